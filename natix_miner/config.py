@@ -1,0 +1,285 @@
+"""One typed configuration tree: a YAML profile (the cascade as data) plus the neuron's flags.
+
+Two halves, both pydantic models validated at start:
+
+* :class:`Profile` - what the engine runs: experts, tiers, escalation band, consensus, cache,
+  breakers, deadlines. Lives in ``configs/*.yaml``; fitted consensus weights live beside it in
+  ``<profile>.consensus.json``.
+* :class:`MinerConfig` - how the neuron runs: chain, wallet, axon, blacklist, ops. Built from
+  CLI flags (bittensor style: ``--wallet.name``, ``--axon.port``), environment and the profile's
+  optional ``miner:`` section, in that order of precedence.
+
+Usage::
+
+    from natix_miner.config import load_profile, MinerConfig
+    profile = load_profile("configs/demo-cpu.yaml")
+    profile.tiers[0].experts              # -> ["effnet_lite0"]
+    cfg = MinerConfig.from_args(["--local", "--axon.port", "8091"])
+
+Errors say which key is wrong: ``ProfileError: configs/x.yaml: tiers.0.budget_s: Input should
+be greater than 0``.
+"""
+
+import json
+import os
+import typing
+from pathlib import Path
+
+import pydantic
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO_ROOT / "configs"
+DEFAULT_PROFILE = CONFIG_DIR / "demo-cpu.yaml"
+
+
+class ProfileError(ValueError):
+    """A profile file is missing, unreadable or invalid; the message names the key."""
+
+
+class _Strict(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+
+class ExpertSpec(_Strict):
+    """One expert: a model of one family, on one device, with its own batching."""
+
+    name: str = pydantic.Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    family: str
+    model: typing.Optional[str] = None  # local path (relative to the repo or absolute) or hub id
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N"
+    dtype: str = pydantic.Field(default="float32", pattern=r"^(float32|float16|bfloat16|fp8|int8|auto)$")
+    max_batch: int = pydantic.Field(default=16, ge=1, le=4096)
+    max_wait_ms: float = pydantic.Field(default=2.0, ge=0, le=1000)
+    timeout_s: typing.Optional[float] = pydantic.Field(default=None, gt=0)
+    memory_gb: typing.Optional[float] = pydantic.Field(default=None, gt=0)  # placement hint
+    options: typing.Dict[str, typing.Any] = pydantic.Field(default_factory=dict)
+
+
+class TierSpec(_Strict):
+    name: str
+    experts: typing.List[str] = pydantic.Field(min_length=1)
+    budget_s: float = pydantic.Field(default=1.0, gt=0, le=60)
+
+
+class EscalationSpec(_Strict):
+    """An image climbs to the next tier only while ``low < p < high``."""
+
+    low: float = pydantic.Field(default=0.2, ge=0, le=1)
+    high: float = pydantic.Field(default=0.8, ge=0, le=1)
+
+    @pydantic.model_validator(mode="after")
+    def _ordered(self):
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
+        return self
+
+
+class ConsensusSpec(_Strict):
+    """Weighted log-odds pooling: p = sigmoid(bias + sum_i w_i * logit(p_i) / sum_i w_i if normalise)."""
+
+    weights: typing.Dict[str, float] = pydantic.Field(default_factory=dict)
+    bias: float = 0.0
+    normalize: bool = True  # geometric mean of odds when no fitted weights
+    temperature: float = pydantic.Field(default=1.0, gt=0)
+
+
+class CacheSpec(_Strict):
+    max_entries: int = pydantic.Field(default=4096, ge=0)
+    ttl_s: float = pydantic.Field(default=600.0, gt=0)
+
+
+class BreakerSpec(_Strict):
+    failures: int = pydantic.Field(default=3, ge=1)
+    cooldown_s: float = pydantic.Field(default=30.0, gt=0)
+
+
+class Profile(_Strict):
+    """The cascade as data (see ``configs/demo-cpu.yaml`` for an annotated example)."""
+
+    name: str
+    description: str = ""
+    experts: typing.List[ExpertSpec] = pydantic.Field(min_length=1)
+    tiers: typing.List[TierSpec] = pydantic.Field(min_length=1)
+    escalation: EscalationSpec = pydantic.Field(default_factory=EscalationSpec)
+    consensus: ConsensusSpec = pydantic.Field(default_factory=ConsensusSpec)
+    cache: CacheSpec = pydantic.Field(default_factory=CacheSpec)
+    breaker: BreakerSpec = pydantic.Field(default_factory=BreakerSpec)
+    deadline_s: float = pydantic.Field(default=7.0, gt=0, le=9.0)
+    fallback_probability: float = pydantic.Field(default=0.49, ge=0, le=1)
+    gpu_memory_fraction: float = pydantic.Field(default=0.9, gt=0, le=1)
+    max_image_bytes: int = pydantic.Field(default=8 * 1024 * 1024, gt=0)
+    max_pixels: int = pydantic.Field(default=4096 * 4096, gt=0)
+    miner: typing.Dict[str, typing.Any] = pydantic.Field(default_factory=dict)
+    path: typing.Optional[str] = pydantic.Field(default=None, exclude=True)
+
+    @pydantic.model_validator(mode="after")
+    def _references(self):
+        names = [e.name for e in self.experts]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"experts: duplicate names {sorted(dup)}")
+        for i, tier in enumerate(self.tiers):
+            for name in tier.experts:
+                if name not in names:
+                    raise ValueError(f"tiers.{i}.experts: unknown expert {name!r} (known: {names})")
+        for name in self.consensus.weights:
+            if name not in names:
+                raise ValueError(f"consensus.weights: unknown expert {name!r}")
+        return self
+
+    def expert(self, name: str) -> ExpertSpec:
+        for e in self.experts:
+            if e.name == name:
+                return e
+        raise KeyError(name)
+
+    def resolve_path(self, value: str) -> str:
+        """A model path relative to the repo root if it exists there, else as given (hub id)."""
+        p = Path(value)
+        if not p.is_absolute() and (REPO_ROOT / p).exists():
+            return str(REPO_ROOT / p)
+        return value
+
+    @property
+    def consensus_file(self) -> typing.Optional[Path]:
+        if not self.path:
+            return None
+        p = Path(self.path)
+        return p.with_name(p.stem + ".consensus.json")
+
+
+def _format_error(path: str, err: pydantic.ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "<root>"
+        lines.append(f"{path}: {loc}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def resolve_profile_path(name_or_path: typing.Union[str, Path, None]) -> Path:
+    """``None`` -> the embedded default; ``h100x2`` -> ``configs/h100x2.yaml``; else a path."""
+    if name_or_path is None:
+        return DEFAULT_PROFILE
+    p = Path(name_or_path)
+    if p.exists():
+        return p
+    cand = CONFIG_DIR / f"{name_or_path}.yaml"
+    if cand.exists():
+        return cand
+    raise ProfileError(f"profile not found: {name_or_path} (looked at {p} and {cand})")
+
+
+def load_profile(name_or_path: typing.Union[str, Path, None] = None) -> Profile:
+    """Load and validate a profile; fitted consensus weights beside it override the YAML's."""
+    path = resolve_profile_path(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ProfileError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ProfileError(f"{path}: top level must be a mapping")
+    data["path"] = str(path)
+    fitted = path.with_name(path.stem + ".consensus.json")
+    if fitted.exists():
+        try:
+            fit = json.loads(fitted.read_text())
+        except json.JSONDecodeError as exc:
+            raise ProfileError(f"{fitted}: not valid JSON: {exc}") from exc
+        cons = dict(data.get("consensus") or {})
+        cons.update({k: v for k, v in fit.items() if k in ("weights", "bias", "normalize", "temperature")})
+        data["consensus"] = cons
+    try:
+        return Profile.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise ProfileError(_format_error(str(path), exc)) from None
+
+
+# ----------------------------------------------------------------------------------------------
+# The neuron's configuration
+
+
+class ChainConfig(_Strict):
+    netuid: int = 72
+    network: str = "finney"
+    chain_endpoint: typing.Optional[str] = None
+
+
+class WalletConfig(_Strict):
+    name: str = "default"
+    hotkey: str = "default"
+    path: str = "~/.bittensor/wallets"
+
+
+class AxonConfig(_Strict):
+    ip: str = "0.0.0.0"
+    port: int = pydantic.Field(default=8091, ge=0, le=65535)
+    external_ip: typing.Optional[str] = None
+    external_port: typing.Optional[int] = None
+    max_workers: int = pydantic.Field(default=16, ge=1)
+    max_body_bytes: int = pydantic.Field(default=16 * 1024 * 1024, gt=0)
+
+
+class BlacklistConfig(_Strict):
+    force_validator_permit: bool = True
+    allow_non_registered: bool = False
+    min_stake: float = 0.0
+    allowed_hotkeys: typing.List[str] = pydantic.Field(default_factory=list)  # local mode admits these
+
+
+class VaultConfig(_Strict):
+    addr: typing.Optional[str] = None
+    token: typing.Optional[str] = pydantic.Field(default=None, repr=False)
+    path: typing.Optional[str] = None  # KV v2 path, e.g. "natix/miner-hotkey"
+    mount: str = "secret"
+    role_id: typing.Optional[str] = pydantic.Field(default=None, repr=False)
+    secret_id: typing.Optional[str] = pydantic.Field(default=None, repr=False)
+    namespace: typing.Optional[str] = None
+    timeout_s: float = 5.0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.path)
+
+
+class MetricsConfig(_Strict):
+    port: int = pydantic.Field(default=9100, ge=0, le=65535)
+    host: str = "0.0.0.0"
+    enabled: bool = True
+
+
+class TracingConfig(_Strict):
+    endpoint: typing.Optional[str] = None  # OTLP/HTTP endpoint; off when None
+    service_name: str = "natix-miner"
+
+
+class LoggingConfig(_Strict):
+    level: str = "INFO"
+    dir: typing.Optional[str] = None
+    rotation: str = "100 MB"
+    retention: str = "14 days"
+    json_logs: bool = False
+
+
+class MinerConfig(_Strict):
+    """Everything the neuron needs; ``profile`` names the cascade."""
+
+    profile: str = str(DEFAULT_PROFILE)
+    local: bool = False
+    model_url: str = ""
+    sync_interval_s: float = 600.0
+    chain: ChainConfig = pydantic.Field(default_factory=ChainConfig)
+    wallet: WalletConfig = pydantic.Field(default_factory=WalletConfig)
+    axon: AxonConfig = pydantic.Field(default_factory=AxonConfig)
+    blacklist: BlacklistConfig = pydantic.Field(default_factory=BlacklistConfig)
+    vault: VaultConfig = pydantic.Field(default_factory=VaultConfig)
+    metrics: MetricsConfig = pydantic.Field(default_factory=MetricsConfig)
+    tracing: TracingConfig = pydantic.Field(default_factory=TracingConfig)
+    logging: LoggingConfig = pydantic.Field(default_factory=LoggingConfig)
+
+    @classmethod
+    def from_args(cls, argv: typing.Optional[typing.Sequence[str]] = None,
+                  env: typing.Optional[typing.Mapping[str, str]] = None) -> "MinerConfig":
+        from natix_miner.miner.args import build_config
+
+        return build_config(argv, env=os.environ if env is None else env)

@@ -1,0 +1,39 @@
+"""One module per model family behind :class:`natix_miner.experts.base.Expert`.
+
+Families are imported lazily by name, so a host without (say) vLLM can still run profiles that
+do not use it.
+
+Usage::
+
+    from natix_miner.experts import create_expert, FAMILIES
+    expert = create_expert(spec, profile)      # spec.family in FAMILIES
+"""
+
+import importlib
+import typing
+
+# family name -> "module:Class"
+FAMILIES: typing.Dict[str, str] = {
+    "timm": "natix_miner.experts.timm_classifier:TimmClassifier",
+}
+
+
+class UnknownFamily(KeyError):
+    pass
+
+
+def register_family(name: str, target: str) -> None:
+    FAMILIES[name] = target
+
+
+def expert_class(family: str):
+    try:
+        target = FAMILIES[family]
+    except KeyError:
+        raise UnknownFamily(f"unknown expert family {family!r}; known: {sorted(FAMILIES)}") from None
+    module, _, cls = target.partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def create_expert(spec, profile=None):
+    return expert_class(spec.family)(spec, profile)

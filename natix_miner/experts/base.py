@@ -1,0 +1,115 @@
+"""The one small interface every model family implements.
+
+An expert loads from a local path or a hub id (offline when ``HF_HUB_OFFLINE=1``), reports its
+device and memory, and turns a batch of decoded images into a batch of :class:`Evidence`.
+``predict_batch`` is blocking and is always called off the event loop, one batch at a time per
+expert (the engine's batcher owns the thread). Async-native experts (vLLM) override
+``predict_batch_async`` instead and set ``is_async = True``.
+
+Usage (writing a family)::
+
+    class MyExpert(Expert):
+        family = "my_family"
+        def load(self, device):           # heavy work here, never in __init__
+            self.model = ...; self.device = device
+        def predict_batch(self, images):  # list[DecodedImage] -> list[Evidence]
+            return [Evidence(probability=0.7) for _ in images]
+"""
+
+import abc
+import dataclasses
+import math
+import typing
+
+from natix_miner.config import ExpertSpec, Profile
+
+if typing.TYPE_CHECKING:  # pragma: no cover
+    from natix_miner.imaging.decode import DecodedImage
+
+EPS = 1e-4
+
+
+@dataclasses.dataclass
+class Evidence:
+    """One expert's answer for one image.
+
+    ``probability`` is the expert's P(roadwork); ``abstain`` marks "no opinion" (OCR found no
+    text, a detector found nothing it trusts) so consensus skips it; ``detail`` carries boxes,
+    read text, depth checks, raw logits, for the result and for hard-example mining.
+    """
+
+    probability: float
+    abstain: bool = False
+    detail: typing.Dict[str, typing.Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        p = float(self.probability)
+        if math.isnan(p):
+            self.abstain = True
+            p = 0.5
+        self.probability = min(1.0 - EPS, max(EPS, p))
+
+    @property
+    def logit(self) -> float:
+        p = self.probability
+        return math.log(p / (1.0 - p))
+
+
+class Expert(abc.ABC):
+    """Base class of all model families (see module docstring)."""
+
+    family: typing.ClassVar[str] = "base"
+    is_async: typing.ClassVar[bool] = False
+
+    def __init__(self, spec: ExpertSpec, profile: typing.Optional[Profile] = None):
+        self.spec = spec
+        self.profile = profile
+        self.name = spec.name
+        self.device = "cpu"
+        self.options = dict(spec.options)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def load(self, device: str) -> None:
+        """Build / load the model onto ``device``. Blocking; called once, off the event loop."""
+
+    def warmup(self) -> None:
+        """Optional: run a dummy batch so the first real request is not slow."""
+
+    def close(self) -> None:
+        """Release resources (GPU memory, engines)."""
+
+    async def start_async(self) -> None:
+        """Async experts create their engines inside the running loop here."""
+
+    async def close_async(self) -> None:
+        self.close()
+
+    # -- inference -------------------------------------------------------------------------
+    def predict_batch(self, images: typing.Sequence["DecodedImage"]) -> typing.List[Evidence]:
+        raise NotImplementedError(f"{type(self).__name__} implements neither predict_batch nor predict_batch_async")
+
+    async def predict_batch_async(self, images: typing.Sequence["DecodedImage"]) -> typing.List[Evidence]:
+        raise NotImplementedError
+
+    # -- reporting -------------------------------------------------------------------------
+    def memory_bytes(self) -> int:
+        """Bytes of parameters and buffers (override when the family knows better)."""
+        model = getattr(self, "model", None)
+        total = 0
+        try:
+            for t in list(model.parameters()) + list(model.buffers()):  # type: ignore[union-attr]
+                total += t.numel() * t.element_size()
+        except Exception:
+            return 0
+        return total
+
+    def resolve_model(self) -> typing.Optional[str]:
+        if self.spec.model is None:
+            return None
+        if self.profile is not None:
+            return self.profile.resolve_path(self.spec.model)
+        return self.spec.model
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, device={self.device!r})"

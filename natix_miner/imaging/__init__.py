@@ -1,0 +1,1 @@
+"""Safe decoding, preprocessing, the validator's augmentations and procedural road scenes."""

@@ -1,0 +1,64 @@
+"""A request body size limit in front of the axon, checked before the body is read.
+
+Usage::
+
+    install_body_limit(axon.app, 16 * 1024 * 1024)
+"""
+
+
+def install_body_limit(app, max_bytes: int) -> None:
+    """Reject requests whose declared or streamed body exceeds ``max_bytes`` with 413."""
+
+    class BodyLimit:
+        def __init__(self, inner):
+            self.inner = inner
+
+        async def __call__(self, scope, receive, send):
+            if scope.get("type") != "http":
+                return await self.inner(scope, receive, send)
+            for name, value in scope.get("headers", []):
+                if name == b"content-length":
+                    try:
+                        if int(value) > max_bytes:
+                            return await _reject(send)
+                    except ValueError:
+                        return await _reject(send, 400, b"bad content-length")
+            seen = 0
+
+            async def limited():
+                nonlocal seen
+                msg = await receive()
+                if msg.get("type") == "http.request":
+                    seen += len(msg.get("body", b""))
+                    if seen > max_bytes:
+                        raise _TooLarge()
+                return msg
+
+            try:
+                return await self.inner(scope, limited, send)
+            except _TooLarge:
+                return await _reject(send)
+
+    app.add_middleware(_factory(BodyLimit))
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _factory(cls):
+    # starlette's add_middleware takes a class called as cls(app, **kwargs)
+    class _M:
+        def __init__(self, app):
+            self._impl = cls(app)
+
+        async def __call__(self, scope, receive, send):
+            await self._impl(scope, receive, send)
+
+    return _M
+
+
+async def _reject(send, status: int = 413, body: bytes = b"request body too large"):
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,225 @@
+"""The miner neuron: axon wiring, blacklist, priority, metagraph sync, local mode.
+
+The miner layer never imports torch: it hands base64 text to the engine's ``predict`` and writes
+back a probability that is always finite and in [0, 1]. The engine runs on the main event loop;
+the axon (uvicorn) runs on its own thread and loop, and hands work over with
+``run_coroutine_threadsafe``.
+
+Usage::
+
+    cfg = MinerConfig.from_args(["--local", "--axon.port", "8091"])
+    asyncio.run(Miner(cfg).run())
+"""
+
+import asyncio
+import logging
+import signal
+import threading
+import time
+import typing
+
+from natix_miner.config import MinerConfig, load_profile
+from natix_miner.engine.result import safe_probability
+from natix_miner.miner.gate import Gate
+from natix_miner.miner.hooks import MinerHooks
+from natix_miner.protocol import ExtendedImageSynapse, ImageSynapse
+
+log = logging.getLogger("natix_miner.miner")
+
+TRANSPORT_MARGIN_S = 1.0  # leave this much of the validator's timeout for the network
+DEFAULT_TIMEOUT_S = 9.0
+
+
+class Miner:
+    def __init__(self, cfg: MinerConfig, engine=None, hooks: typing.Optional[MinerHooks] = None, wallet=None):
+        self.cfg = cfg
+        self.profile = engine.profile if engine is not None else load_profile(cfg.profile)
+        self.engine = engine
+        self.hooks = hooks or MinerHooks()
+        self.wallet = wallet
+        self.gate = Gate(cfg.blacklist, local=cfg.local)
+        self.axon = None
+        self.subtensor = None
+        self.metagraph = None
+        self.loop: typing.Optional[asyncio.AbstractEventLoop] = None
+        self.serving = False
+        self._stop: typing.Optional[asyncio.Event] = None  # created inside the loop
+        self._last_sync = 0.0
+        self.started_at = time.time()
+
+    # -- request path ------------------------------------------------------------------------
+    def _budget(self, synapse) -> float:
+        timeout = synapse.timeout if synapse.timeout else DEFAULT_TIMEOUT_S
+        try:
+            timeout = float(timeout)
+        except (TypeError, ValueError):
+            timeout = DEFAULT_TIMEOUT_S
+        return max(0.2, min(self.profile.deadline_s, timeout - TRANSPORT_MARGIN_S))
+
+    async def _answer(self, synapse, route: str):
+        t0 = time.perf_counter()
+        budget = self._budget(synapse)
+        hotkey = getattr(synapse.dendrite, "hotkey", None)
+        if synapse.testnet_label not in (-1, None):
+            log.debug("testnet_label=%s (logged, never trusted)", synapse.testnet_label)
+        outcome, result = "error", None
+        try:
+            deadline = time.monotonic() + budget
+            cfut = asyncio.run_coroutine_threadsafe(self.engine.predict(synapse.image, deadline), self.loop)
+            result = await asyncio.wait_for(asyncio.wrap_future(cfut), timeout=budget + 0.25)
+            synapse.prediction = safe_probability(result.probability, self.profile.fallback_probability)
+            outcome = "fallback" if result.fallback else "answered"
+        except Exception as exc:  # noqa: BLE001 - the answer must always exist
+            log.error("predict failed (%s: %s); answering the fallback", type(exc).__name__, exc)
+            synapse.prediction = safe_probability(self.profile.fallback_probability)
+        if isinstance(synapse, ExtendedImageSynapse):
+            synapse.model_url = self.cfg.model_url
+        self.hooks.request(route, outcome, time.perf_counter() - t0, result=result, hotkey=hotkey)
+        return synapse
+
+    # bittensor's attach() inspects these signatures: parameter named `synapse`, real annotations.
+    def _attach(self, axon) -> None:
+        miner = self
+
+        async def forward_image(synapse: ImageSynapse) -> ImageSynapse:
+            return await miner._answer(synapse, "ImageSynapse")
+
+        async def blacklist_image(synapse: ImageSynapse) -> typing.Tuple[bool, str]:
+            return miner._blacklist(synapse, "ImageSynapse")
+
+        async def priority_image(synapse: ImageSynapse) -> float:
+            return miner.gate.priority(getattr(synapse.dendrite, "hotkey", None))
+
+        async def forward_extended(synapse: ExtendedImageSynapse) -> ExtendedImageSynapse:
+            return await miner._answer(synapse, "ExtendedImageSynapse")
+
+        async def blacklist_extended(synapse: ExtendedImageSynapse) -> typing.Tuple[bool, str]:
+            return miner._blacklist(synapse, "ExtendedImageSynapse")
+
+        async def priority_extended(synapse: ExtendedImageSynapse) -> float:
+            return miner.gate.priority(getattr(synapse.dendrite, "hotkey", None))
+
+        axon.attach(forward_fn=forward_image, blacklist_fn=blacklist_image, priority_fn=priority_image)
+        axon.attach(forward_fn=forward_extended, blacklist_fn=blacklist_extended, priority_fn=priority_extended)
+
+    def _blacklist(self, synapse, route: str) -> typing.Tuple[bool, str]:
+        hotkey = getattr(synapse.dendrite, "hotkey", None)
+        blocked, reason = self.gate.check(hotkey)
+        if blocked:
+            self.hooks.blacklisted(route, reason, hotkey=hotkey)
+            log.info("blacklisted %s on %s: %s", hotkey, route, reason)
+        return blocked, reason
+
+    # -- chain -------------------------------------------------------------------------------
+    def sync(self) -> None:
+        """Refresh the metagraph (stakes, permits) for the gate. No-op in local mode."""
+        if self.cfg.local or self.subtensor is None:
+            return
+        mg = self.subtensor.metagraph(self.cfg.chain.netuid)
+        stakes = [float(s) for s in mg.S]
+        self.gate.update(list(mg.hotkeys), stakes, [bool(p) for p in mg.validator_permit])
+        self.metagraph = mg
+        self._last_sync = time.time()
+        if self.wallet.hotkey.ss58_address not in mg.hotkeys:
+            log.error("hotkey %s is not registered on netuid %d", self.wallet.hotkey.ss58_address,
+                      self.cfg.chain.netuid)
+
+    def _connect_chain(self) -> None:
+        import bittensor as bt
+
+        net = self.cfg.chain.chain_endpoint or self.cfg.chain.network
+        self.subtensor = bt.Subtensor(network=net)
+        self.sync()
+        self.subtensor.serve_axon(netuid=self.cfg.chain.netuid, axon=self.axon)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def build_axon(self):
+        import bittensor as bt
+
+        a = self.cfg.axon
+        external_ip = a.external_ip or ("127.0.0.1" if self.cfg.local else None)
+        kwargs = dict(wallet=self.wallet, port=a.port or None, ip=a.ip, external_port=a.external_port,
+                      max_workers=a.max_workers)
+        if external_ip:
+            kwargs["external_ip"] = external_ip
+        if self.cfg.local and not a.port:
+            kwargs["port"] = _free_port()
+        axon = bt.Axon(**kwargs)
+        from natix_miner.miner.limits import install_body_limit
+
+        install_body_limit(axon.app, a.max_body_bytes)
+        self._attach(axon)
+        return axon
+
+    async def start(self) -> None:
+        from natix_miner.miner.wallet import load_wallet
+
+        self.loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        if self.wallet is None:
+            self.wallet = load_wallet(self.cfg)
+        if self.engine is None:
+            from natix_miner.engine import Engine
+
+            self.engine = Engine(self.profile)
+        if not self.engine.ready:
+            await self.engine.start()
+        self.axon = self.build_axon()
+        if not self.cfg.local:
+            await self.loop.run_in_executor(None, self._connect_chain)
+        self.axon.start()
+        self.serving = True
+        log.info("miner %s serving on %s:%d (%s mode, profile %s)", self.wallet.hotkey.ss58_address,
+                 self.cfg.axon.ip, self.axon.port, "local" if self.cfg.local else "chain", self.profile.name)
+        self.hooks.started(self)
+
+    @property
+    def port(self) -> int:
+        return self.axon.port if self.axon else 0
+
+    async def stop(self) -> None:
+        self.serving = False
+        if self.axon is not None:
+            try:
+                self.axon.stop()
+            except Exception:  # pragma: no cover
+                pass
+        if self.engine is not None:
+            await self.engine.close()
+        self.hooks.stopped()
+
+    def request_stop(self) -> None:
+        if self.loop and self._stop:
+            self.loop.call_soon_threadsafe(self._stop.set)
+
+    async def run(self, ready: typing.Optional[threading.Event] = None) -> None:
+        """Start, then sync the metagraph every ``sync_interval_s`` until SIGINT/SIGTERM."""
+        await self.start()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self.loop.add_signal_handler(sig, self._stop.set)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass
+        if ready is not None:
+            ready.set()
+        try:
+            while not self._stop.is_set():
+                try:
+                    await asyncio.wait_for(self._stop.wait(), timeout=min(60.0, self.cfg.sync_interval_s))
+                except asyncio.TimeoutError:
+                    pass
+                if not self.cfg.local and time.time() - self._last_sync >= self.cfg.sync_interval_s:
+                    try:
+                        await self.loop.run_in_executor(None, self.sync)
+                    except Exception as exc:  # keep serving on a stale metagraph
+                        log.warning("metagraph sync failed: %s", exc)
+        finally:
+            await self.stop()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

