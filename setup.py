@@ -30,6 +30,7 @@ EXPERTS = [
     "polars>=1.0",
     "rapidocr-onnxruntime>=1.4",
     "onnxruntime>=1.20",
+    "rfdetr>=1.11,<2",
 ]
 TRAINING = [
     "pandas>=2.2",
