@@ -266,6 +266,7 @@ class MinerConfig(_Strict):
 
     profile: str = str(DEFAULT_PROFILE)
     local: bool = False
+    local_metagraph: typing.Optional[str] = None  # YAML/JSON list of {hotkey, stake, validator_permit}
     model_url: str = ""
     sync_interval_s: float = 600.0
     chain: ChainConfig = pydantic.Field(default_factory=ChainConfig)

@@ -32,6 +32,7 @@ def _csv(v: str) -> typing.List[str]:
 FLAGS: typing.List[typing.Tuple[str, str, typing.Callable, str]] = [
     ("--profile", "profile", str, "profile name (configs/NAME.yaml) or path"),
     ("--model_url", "model_url", str, "model repository URL (legacy route)"),
+    ("--local.metagraph", "local_metagraph", str, "local mode: YAML/JSON list of {hotkey, stake, validator_permit}"),
     ("--netuid", "chain.netuid", int, "subnet uid"),
     ("--subtensor.network", "chain.network", str, "finney | test | local"),
     ("--subtensor.chain_endpoint", "chain.chain_endpoint", str, "ws(s):// endpoint"),
@@ -56,6 +57,7 @@ FLAGS: typing.List[typing.Tuple[str, str, typing.Callable, str]] = [
     ("--metrics.enabled", "metrics.enabled", _bool, "true/false"),
     ("--tracing.endpoint", "tracing.endpoint", str, "OTLP/HTTP endpoint"),
     ("--logging.level", "logging.level", str, "DEBUG | INFO | WARNING"),
+    ("--blacklist.minimum_stake", "blacklist.min_stake", float, "alias of --blacklist.min_stake"),
     ("--logging.dir", "logging.dir", str, "rotating log directory"),
     ("--logging.json", "logging.json_logs", _bool, "structured JSON logs"),
 ]
@@ -64,7 +66,11 @@ FLAGS: typing.List[typing.Tuple[str, str, typing.Callable, str]] = [
 def build_parser(parser: typing.Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(prog="natix-miner run", description="Run the miner neuron.")
     parser.add_argument("--local", action="store_true", default=argparse.SUPPRESS,
-                        help="local mode: no chain; only --blacklist.allowed_hotkeys may query")
+                        help="local mode: no chain; the metagraph comes from --local.metagraph")
+    parser.add_argument("--logging.debug", dest="logging.debug", action="store_true", default=argparse.SUPPRESS,
+                        help="debug logging (same as --logging.level DEBUG)")
+    parser.add_argument("--logging.trace", dest="logging.trace", action="store_true", default=argparse.SUPPRESS,
+                        help="most verbose logging")
     for flag, key, typ, help_ in FLAGS:
         parser.add_argument(flag, dest=key, type=typ, default=argparse.SUPPRESS, help=help_)
     return parser
@@ -95,7 +101,11 @@ def build_config(argv: typing.Optional[typing.Sequence[str]] = None,
     env = env or {}
     cli: dict = {}
     for key, value in vars(ns).items():
-        if key in ("local",) or any(key == f[1] for f in FLAGS):
+        if key == "logging.debug" and value:
+            _set(cli, "logging.level", "DEBUG")
+        elif key == "logging.trace" and value:
+            _set(cli, "logging.level", "TRACE")
+        elif key in ("local",) or any(key == f[1] for f in FLAGS):
             _set(cli, key, value)
     from_env: dict = {}
     types = {f[1]: f[2] for f in FLAGS}

@@ -37,3 +37,59 @@ def axon_info(ip: str, port: int, hotkey: str, coldkey: typing.Optional[str] = N
     import bittensor as bt
 
     return bt.AxonInfo(version=1, ip=ip, port=int(port), ip_type=4, hotkey=hotkey, coldkey=coldkey or hotkey)
+
+
+class MinerThread:
+    """Run a :class:`Miner` on its own thread and event loop (tests, notebooks, the mock validator).
+
+    Usage::
+
+        with MinerThread(cfg, engine=engine) as m:
+            port, hotkey = m.port, m.hotkey
+    """
+
+    def __init__(self, cfg, engine=None, hooks=None, wallet=None, start_timeout: float = 300.0):
+        from natix_miner.miner.neuron import Miner
+
+        self.miner = Miner(cfg, engine=engine, hooks=hooks, wallet=wallet)
+        self.start_timeout = start_timeout
+        self._thread = None
+        self._error = None
+
+    def __enter__(self):
+        import asyncio
+        import threading
+
+        ready = threading.Event()
+
+        def _run():
+            try:
+                asyncio.run(self.miner.run(ready=ready))
+            except BaseException as exc:  # surfaced to the caller below
+                self._error = exc
+                ready.set()
+
+        self._thread = threading.Thread(target=_run, name="miner", daemon=True)
+        self._thread.start()
+        if not ready.wait(self.start_timeout):
+            raise TimeoutError("miner did not start in time")
+        if self._error is not None:
+            raise RuntimeError(f"miner failed to start: {self._error!r}") from self._error
+        return self
+
+    @property
+    def port(self) -> int:
+        return self.miner.port
+
+    @property
+    def hotkey(self) -> str:
+        return self.miner.wallet.hotkey.ss58_address
+
+    def info(self):
+        w = self.miner.wallet
+        return axon_info("127.0.0.1", self.port, w.hotkey.ss58_address, w.coldkeypub.ss58_address)
+
+    def __exit__(self, *exc):
+        self.miner.request_stop()
+        self._thread.join(30)
+        return False

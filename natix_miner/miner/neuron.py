@@ -30,6 +30,10 @@ TRANSPORT_MARGIN_S = 1.0  # leave this much of the validator's timeout for the n
 DEFAULT_TIMEOUT_S = 9.0
 
 
+class NotRegisteredError(RuntimeError):
+    """The hotkey is not registered on the subnet: nothing to serve."""
+
+
 class Miner:
     def __init__(self, cfg: MinerConfig, engine=None, hooks: typing.Optional[MinerHooks] = None, wallet=None):
         self.cfg = cfg
@@ -111,7 +115,7 @@ class Miner:
         return blocked, reason
 
     # -- chain -------------------------------------------------------------------------------
-    def sync(self) -> None:
+    def sync(self, first: bool = False) -> None:
         """Refresh the metagraph (stakes, permits) for the gate. No-op in local mode."""
         if self.cfg.local or self.subtensor is None:
             return
@@ -121,15 +125,19 @@ class Miner:
         self.metagraph = mg
         self._last_sync = time.time()
         if self.wallet.hotkey.ss58_address not in mg.hotkeys:
-            log.error("hotkey %s is not registered on netuid %d", self.wallet.hotkey.ss58_address,
-                      self.cfg.chain.netuid)
+            msg = (f"hotkey {self.wallet.hotkey.ss58_address} is not registered on netuid "
+                   f"{self.cfg.chain.netuid} ({self.cfg.chain.network}); register it with "
+                   f"`btcli subnet register --netuid {self.cfg.chain.netuid}` first")
+            if first:
+                raise NotRegisteredError(msg)
+            log.error(msg)
 
     def _connect_chain(self) -> None:
         import bittensor as bt
 
         net = self.cfg.chain.chain_endpoint or self.cfg.chain.network
         self.subtensor = bt.Subtensor(network=net)
-        self.sync()
+        self.sync(first=True)
         self.subtensor.serve_axon(netuid=self.cfg.chain.netuid, axon=self.axon)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -164,6 +172,11 @@ class Miner:
             self.engine = Engine(self.profile)
         if not self.engine.ready:
             await self.engine.start()
+        if self.cfg.local and self.cfg.local_metagraph:
+            from natix_miner.miner.gate import load_metagraph_file
+
+            self.gate.update(*load_metagraph_file(self.cfg.local_metagraph))
+            log.info("local metagraph: %d hotkeys from %s", self.gate.known, self.cfg.local_metagraph)
         self.axon = self.build_axon()
         if not self.cfg.local:
             await self.loop.run_in_executor(None, self._connect_chain)
