@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Install natix-miner into .venv (and the validators' bittensor 9.12.2 into .venv-bt9 for the
+# interoperability tests). Idempotent: re-running only installs what changed.
+#
+#   bash scripts/setup.sh            # core + experts + training + tests
+#   WITH_VLLM=1 bash scripts/setup.sh   # also the CPU vLLM environment used by the VLM tests
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+"$PY" -c 'import sys; assert sys.version_info[:2] == (3, 11), "natix-miner needs Python 3.11, got %s" % sys.version.split()[0]'
+
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+if [ ! -x .venv/bin/python ]; then
+  echo "==> creating .venv"
+  "$PY" -m venv .venv
+fi
+echo "==> installing natix-miner into .venv (torch 2.14.1 + torchvision 0.29.1, bittensor 10.5.0, ...)"
+.venv/bin/pip install -q --upgrade "pip>=24" "setuptools>=77" wheel
+.venv/bin/pip install -q -e ".[test]"
+
+if [ ! -x .venv-bt9/bin/python ]; then
+  echo "==> creating .venv-bt9 (bittensor 9.12.2, the validators' release, for interop tests)"
+  "$PY" -m venv .venv-bt9
+fi
+.venv-bt9/bin/pip install -q "bittensor==9.12.2" "async-substrate-interface==1.5.12"
+
+if [ "${WITH_VLLM:-0}" = "1" ] && [ -f scripts/setup_vllm_env.sh ]; then
+  bash scripts/setup_vllm_env.sh
+fi
+echo "==> setup done: $(.venv/bin/python -c 'import natix_miner, torch, bittensor; print("natix-miner", natix_miner.__version__, "| torch", torch.__version__, "| bittensor", bittensor.__version__)')"
