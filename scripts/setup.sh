@@ -16,7 +16,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 echo "==> installing natix-miner into .venv (torch 2.14.1 + torchvision 0.29.1, bittensor 10.5.0, ...)"
-.venv/bin/pip install -q --upgrade "pip>=24" "setuptools>=77" wheel
+.venv/bin/pip install -q --upgrade "setuptools>=77" wheel
 .venv/bin/pip install -q -e ".[test]"
 
 if [ ! -x .venv-bt9/bin/python ]; then

@@ -1,13 +1,23 @@
-"""Safe image decoding: any format in, bounded memory, RGB out, or a clean :class:`ImageError`.
+"""Safe image decoding: any usual format in, bounded memory, RGB out, or a clean :class:`ImageError`.
 
 Validators send base64 JPEG, normally 224x224, but anything can arrive. The rules:
 
 * base64 is checked strictly (``validate=True``) after stripping whitespace and a data-URL prefix;
-* the encoded size is capped before decoding (``max_bytes``);
+  the text length is capped before anything is decoded (``max_bytes``);
+* only raster formats a camera or a validator can produce are opened (:data:`ALLOWED_FORMATS`:
+  JPEG/MPO, PNG/APNG, GIF, WebP, BMP, TIFF); PIL never tries its other ~40 parsers (EPS would
+  even call Ghostscript);
 * the pixel count is read from the header and capped before any pixel is decoded (``max_pixels``),
-  which stops decompression bombs; PIL's own bomb guard is kept as a second line;
-* EXIF orientation is applied, palettes / alpha / CMYK / 16-bit / greyscale become 8-bit RGB,
-  animated images use their first frame.
+  which stops decompression bombs; it is checked again on the frame actually decoded;
+* EXIF orientation is applied when it is valid and ignored when the EXIF block is broken;
+  palettes / alpha / CMYK / LAB / 16-bit / 32-bit / float / greyscale become 8-bit RGB
+  (NaN and inf in float TIFFs included); animated images use their first frame.
+
+Every failure is an :class:`ImageError` with a short ``reason`` tag (``bad_base64``, ``empty``,
+``too_large``, ``too_many_pixels``, ``unsupported_format``, ``not_an_image``, ``corrupt``); no other
+exception type leaves this module for any input (``tests/test_reliability_decode.py`` holds this
+with hypothesis). No global PIL state is changed and no warnings filter is touched, so decoding is
+safe from several threads at once.
 
 Usage::
 
@@ -24,15 +34,17 @@ import hashlib
 import io
 import re
 import typing
-import warnings
 
 import numpy as np
 from PIL import Image, ImageOps
 
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 4096 * 4096
-_DATA_URL = re.compile(r"^data:[^;,]*;base64,", re.IGNORECASE)
+ALLOWED_FORMATS: typing.Tuple[str, ...] = ("JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "TIFF")
+_DATA_URL = re.compile(r"^data:[^;,]{0,100};base64,", re.IGNORECASE)
 _WS = re.compile(r"\s+")
+_ORIENTATION = 0x0112
+_HIGH_DEPTH = ("I;16", "I;16B", "I;16L", "I;16N", "I;16S", "I", "I;32", "F")
 
 
 class ImageError(ValueError):
@@ -51,6 +63,7 @@ class DecodedImage:
     width: int
     height: int
     format: str
+    max_pixels: int = DEFAULT_MAX_PIXELS
     _rgb: typing.Optional[np.ndarray] = dataclasses.field(default=None, repr=False)
     _sha: typing.Optional[str] = dataclasses.field(default=None, repr=False)
 
@@ -63,12 +76,12 @@ class DecodedImage:
     @property
     def rgb(self) -> np.ndarray:
         if self._rgb is None:
-            self._rgb = _decode_pixels(self.data)
+            self._rgb = _decode_pixels(self.data, self.max_pixels)
         return self._rgb
 
     @property
     def is_jpeg(self) -> bool:
-        return self.format == "JPEG"
+        return self.format in ("JPEG", "MPO")
 
     def pil(self) -> Image.Image:
         return Image.fromarray(self.rgb)
@@ -76,19 +89,25 @@ class DecodedImage:
 
 def b64decode_strict(text: typing.Union[str, bytes], max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
     """Decode standard base64, tolerating whitespace, missing padding and a data-URL prefix."""
-    if isinstance(text, bytes):
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        if len(text) > (max_bytes * 4) // 3 + 1024:
+            raise ImageError("too_large", f"{len(text)} base64 characters")
         try:
-            text = text.decode("ascii")
+            text = bytes(text).decode("ascii")
         except UnicodeDecodeError:
             raise ImageError("bad_base64", "not ASCII") from None
     if not isinstance(text, str):
         raise ImageError("bad_base64", f"expected str, got {type(text).__name__}")
     if len(text) > (max_bytes * 4) // 3 + 1024:
         raise ImageError("too_large", f"{len(text)} base64 characters")
+    if not text.isascii():
+        raise ImageError("bad_base64", "not ASCII")
     text = _DATA_URL.sub("", text.strip())
     text = _WS.sub("", text)
     if not text:
         raise ImageError("empty", "no image data")
+    if len(text) % 4 == 1:
+        raise ImageError("bad_base64", "impossible length")
     text += "=" * (-len(text) % 4)
     try:
         raw = base64.b64decode(text, validate=True)
@@ -101,44 +120,92 @@ def b64decode_strict(text: typing.Union[str, bytes], max_bytes: int = DEFAULT_MA
     return raw
 
 
-def probe(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
-    """Read the header only: format and size, with the pixel cap enforced. No pixels decoded."""
-    if not data:
-        raise ImageError("empty", "no image data")
+def _open(data: bytes) -> Image.Image:
+    """``Image.open`` restricted to :data:`ALLOWED_FORMATS`, every failure an :class:`ImageError`."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                w, h = im.size
-                fmt = im.format or "UNKNOWN"
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        return Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except Image.DecompressionBombError as exc:
         raise ImageError("too_many_pixels", str(exc)) from None
-    except Exception as exc:  # PIL raises many types for garbage
+    except Image.UnidentifiedImageError:
+        raise ImageError("unsupported_format", _sniff(data)) from None
+    except Exception as exc:  # PIL raises many types for garbage headers
         raise ImageError("not_an_image", f"{type(exc).__name__}: {exc}") from None
+
+
+def _check_size(w: int, h: int, max_pixels: int) -> None:
     if w < 1 or h < 1:
         raise ImageError("empty", f"{w}x{h}")
     if w * h > max_pixels:
         raise ImageError("too_many_pixels", f"{w}x{h} > {max_pixels}")
-    return DecodedImage(data=data, width=w, height=h, format=fmt)
 
 
-def _decode_pixels(data: bytes) -> np.ndarray:
+def probe(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """Read the header only: format and size, with the pixel cap enforced. No pixels decoded."""
+    if not data:
+        raise ImageError("empty", "no image data")
+    im = _open(data)
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            try:
-                im.seek(0)
-            except EOFError:
-                pass
-            im = ImageOps.exif_transpose(im) if "exif" in im.info or hasattr(im, "getexif") else im
-            rgb = _to_rgb(im)
-            arr = np.asarray(rgb, dtype=np.uint8)
+        w, h = im.size
+        fmt = im.format or "UNKNOWN"
+    finally:
+        im.close()
+    _check_size(w, h, max_pixels)
+    return DecodedImage(data=bytes(data), width=w, height=h, format=fmt, max_pixels=max_pixels)
+
+
+def _decode_pixels(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    src = im = _open(data)
+    try:
+        try:
+            im.seek(0)
+        except EOFError:
+            pass
+        _check_size(im.size[0], im.size[1], max_pixels)
+        im = _exif_transpose(im)
+        arr = np.asarray(_to_rgb(im), dtype=np.uint8)
     except ImageError:
         raise
+    except MemoryError:
+        raise ImageError("too_many_pixels", "out of memory while decoding") from None
     except Exception as exc:
         raise ImageError("corrupt", f"{type(exc).__name__}: {exc}") from None
-    if arr.ndim != 3 or arr.shape[2] != 3:
+    finally:
+        src.close()
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] * arr.shape[1] > max_pixels:
         raise ImageError("corrupt", f"unexpected decoded shape {arr.shape}")
     return np.ascontiguousarray(arr)
+
+
+def _exif_transpose(im: Image.Image) -> Image.Image:
+    """Apply a valid EXIF orientation (2..8); a broken or hostile EXIF block is ignored."""
+    try:
+        orientation = im.getexif().get(_ORIENTATION, 1)
+    except Exception:
+        return im
+    if not isinstance(orientation, int) or not 2 <= orientation <= 8:
+        return im
+    try:
+        return ImageOps.exif_transpose(im) or im
+    except Exception:
+        return im
+
+
+def _to_uint8(arr: np.ndarray, full_scale: typing.Optional[float] = None) -> np.ndarray:
+    """High bit depth / float to 8 bits. ``full_scale`` is the value that maps to 255 (65535 for
+    16-bit modes); without it: 1.0 for floats in [0, 1], 255 for small ranges, else 65535 or the max."""
+    is_float = arr.dtype.kind == "f"
+    arr = np.nan_to_num(arr.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    lo = min(float(arr.min()), 0.0) if arr.size else 0.0
+    hi = float(arr.max()) if arr.size else 1.0
+    if full_scale is None:
+        if is_float and lo >= 0.0 and hi <= 1.0:
+            full_scale = 1.0
+        elif hi <= 255.0:
+            full_scale = 255.0
+        else:
+            full_scale = 65535.0 if hi <= 65535.0 else hi
+    arr = (arr - lo) * (255.0 / max(full_scale - lo, 1e-12))
+    return np.clip(arr, 0, 255).astype(np.uint8)
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
@@ -146,18 +213,46 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     if mode == "RGB":
         im.load()
         return im
-    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(im, dtype=np.float64)
-        hi = float(arr.max()) if arr.size else 1.0
-        scale = 255.0 / (65535.0 if hi > 255 else max(hi, 1.0))
-        arr = np.clip(arr * scale, 0, 255).astype(np.uint8)
-        return Image.fromarray(arr, "L").convert("RGB")
-    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
-        rgba = im.convert("RGBA")
+    if mode in _HIGH_DEPTH:
+        grey = _to_uint8(np.asarray(im), 65535.0 if mode.startswith("I;16") else None)
+        return Image.fromarray(grey, "L").convert("RGB")
+    if mode in ("RGBA", "LA", "La", "RGBa", "PA") or (mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA") if mode not in ("La", "RGBa") else _via_numpy(im, alpha=True)
         bg = Image.new("RGB", rgba.size, (0, 0, 0))
         bg.paste(rgba, mask=rgba.getchannel("A"))
         return bg
-    return im.convert("RGB")
+    try:
+        return im.convert("RGB")
+    except (ValueError, OSError):
+        return _via_numpy(im, alpha=False)
+
+
+def _via_numpy(im: Image.Image, alpha: bool) -> Image.Image:
+    """Modes PIL cannot convert directly: take the channels as numbers."""
+    arr = np.asarray(im)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    colour = arr[:, :, :3] if arr.shape[2] >= 3 else np.repeat(arr[:, :, :1], 3, axis=2)
+    colour = colour if colour.dtype == np.uint8 else _to_uint8(colour)
+    if not alpha:
+        return Image.fromarray(np.ascontiguousarray(colour), "RGB")
+    a = arr[:, :, -1] if arr.shape[2] in (2, 4) else np.full(arr.shape[:2], 255, np.uint8)
+    a = a if a.dtype == np.uint8 else _to_uint8(a)
+    return Image.fromarray(np.ascontiguousarray(np.dstack([colour, a])), "RGBA")
+
+
+_MAGIC = [(b"\xff\xd8\xff", "jpeg"), (b"\x89PNG", "png"), (b"GIF8", "gif"), (b"BM", "bmp"),
+          (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"), (b"%!PS", "postscript"), (b"%PDF", "pdf"),
+          (b"<", "markup/svg"), (b"\x00\x00\x01\x00", "ico")]
+
+
+def _sniff(data: bytes) -> str:
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp (unreadable)"
+    for magic, name in _MAGIC:
+        if data.startswith(magic):
+            return f"{name} (unreadable or not allowed)"
+    return f"unknown header {data[:8].hex()}"
 
 
 def decode_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, eager: bool = True) -> DecodedImage:
