@@ -40,7 +40,7 @@ from PIL import Image, ImageOps
 
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 4096 * 4096
-ALLOWED_FORMATS: typing.Tuple[str, ...] = ("JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "TIFF")
+ALLOWED_FORMATS: typing.Tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")  # JPEG covers MPO
 _DATA_URL = re.compile(r"^data:[^;,]{0,100};base64,", re.IGNORECASE)
 _WS = re.compile(r"\s+")
 _ORIENTATION = 0x0112
