@@ -15,6 +15,12 @@ import typing
 # family name -> "module:Class"
 FAMILIES: typing.Dict[str, str] = {
     "timm": "natix_miner.experts.timm_classifier:TimmClassifier",
+    "chaos": "natix_miner.experts.chaos:ChaosExpert",
+    "isolated": "natix_miner.experts.isolated:IsolatedExpert",
+    "hf_classifier": "natix_miner.experts.hf_classifier:HFClassifier",
+    "dino_head": "natix_miner.experts.dino_head:DinoHead",
+    "clip_zeroshot": "natix_miner.experts.clip_zeroshot:ClipZeroShot",
+    "ocr": "natix_miner.experts.ocr:OcrExpert",
 }
 
 

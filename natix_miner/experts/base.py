@@ -20,6 +20,7 @@ import abc
 import dataclasses
 import math
 import typing
+from pathlib import Path
 
 from natix_miner.config import ExpertSpec, Profile
 
@@ -104,12 +105,13 @@ class Expert(abc.ABC):
             return 0
         return total
 
-    def resolve_model(self) -> typing.Optional[str]:
-        if self.spec.model is None:
-            return None
-        if self.profile is not None:
-            return self.profile.resolve_path(self.spec.model)
-        return self.spec.model
+    def resolve_model(self, ref: typing.Optional[str] = None) -> typing.Optional[str]:
+        """``spec.model`` (or ``ref``): local path > store name > hub id (offline: cache or a clear
+        :class:`~natix_miner.models_store.ModelUnavailable`) > unchanged; see ``natix_miner/models_store.py``."""
+        from natix_miner.models_store import resolve_model_ref
+
+        base = Path(self.profile.path).parent if self.profile is not None and self.profile.path else None
+        return resolve_model_ref(self.spec.model if ref is None else ref, base=base)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, device={self.device!r})"

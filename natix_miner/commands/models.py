@@ -1,0 +1,91 @@
+"""``natix-miner models list|verify|add|pull``: the local model store (``natix_miner/models_store.py``).
+
+    natix-miner models list [--json]                       # every manifest, present on disk or not
+    natix-miner models verify [NAME ...]                   # recompute sha256s; exit 1 on any mismatch
+    natix-miner models add NAME DIR --family F [--hub-id ORG/NAME] [--licence L] [--mode copy|link|in-place]
+    natix-miner models add NAME package:rapidocr_onnxruntime/models --family ocr
+    natix-miner models pull NAME [--token T]               # snapshot_download (needs network + HF token
+                                                           # for gated repos), pins revision + hashes
+"""
+
+import json
+import sys
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("models", help="the local model store: list, verify, add, pull")
+    p.add_argument("--root", default=None, help="store root (default: $NATIX_MODEL_DIR or <repo>/models)")
+    act = p.add_subparsers(dest="models_action", metavar="ACTION", required=True)
+    ls = act.add_parser("list", help="list manifests and whether their files are here")
+    ls.add_argument("--json", action="store_true")
+    v = act.add_parser("verify", help="recompute sha256 of stored files against the manifests")
+    v.add_argument("names", nargs="*", help="models to verify (default: every present model)")
+    a = act.add_parser("add", help="register a local directory or file and hash it")
+    a.add_argument("name")
+    a.add_argument("source", help="directory, file, or package:PKG/SUBDIR")
+    a.add_argument("--family", required=True, help="expert family that loads it (hf_classifier, timm, ...)")
+    a.add_argument("--hub-id", default=None)
+    a.add_argument("--revision", default=None)
+    a.add_argument("--licence", default="unknown")
+    a.add_argument("--description", default="")
+    a.add_argument("--entry", default=None, help="file inside the directory that profiles resolve to")
+    a.add_argument("--mode", choices=["copy", "link", "in-place"], default="copy",
+                   help="copy into weights/NAME (default), symlink it, or record the path as it is")
+    a.add_argument("--force", action="store_true", help="replace an existing manifest / directory")
+    pl = act.add_parser("pull", help="download a manifest's files from the hub (online only)")
+    pl.add_argument("names", nargs="+")
+    pl.add_argument("--token", default=None, help="Hugging Face token (default: $HF_TOKEN / cached login)")
+    p.set_defaults(func=main)
+
+
+def _list(store, as_json: bool) -> int:
+    rows = []
+    for m in store.manifests():
+        present, reason = store.status(m)
+        row = {"name": m.name, "family": m.family, "hub_id": m.hub_id, "revision": m.revision,
+               "licence": m.licence, "size_bytes": m.size_bytes, "pinned": m.pinned,
+               "present": present, "reason": reason, "path": str(store.directory(m)) if present else None}
+        rows.append(row)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"no manifests under {store.root}")
+        return 0
+    print(f"{'name':<28} {'family':<14} {'size':>10} {'licence':<16} status")
+    for r in rows:
+        size = f"{r['size_bytes'] / 1e6:.1f}MB" if r["size_bytes"] else "-"
+        print(f"{r['name']:<28} {r['family']:<14} {size:>10} {r['licence'][:16]:<16} {r['reason']}")
+    return 0
+
+
+def main(args) -> int:
+    from natix_miner.models_store import ModelStore, ModelUnavailable
+
+    store = ModelStore(args.root)
+    try:
+        if args.models_action == "list":
+            return _list(store, args.json)
+        if args.models_action == "verify":
+            names = args.names or [m.name for m in store.manifests() if store.status(m)[0]]
+            bad = 0
+            for name in names:
+                problems = store.verify(name)
+                bad += bool(problems)
+                print("\n".join(problems) if problems else f"ok: {name}")
+            return 1 if bad else 0
+        if args.models_action == "add":
+            m = store.add(args.name, args.source, args.family, mode=args.mode, hub_id=args.hub_id,
+                          revision=args.revision, licence=args.licence, description=args.description,
+                          entry=args.entry, force=args.force)
+            print(f"added {m.name}: {len(m.files)} files, {m.size_bytes / 1e6:.1f} MB -> {store.manifest_path(m.name)}")
+            return 0
+        if args.models_action == "pull":
+            for name in args.names:
+                m = store.pull(name, token=args.token)
+                print(f"pulled {m.name} {m.hub_id}@{m.revision}: {len(m.files)} files, {m.size_bytes / 1e6:.1f} MB")
+            return 0
+    except (ModelUnavailable, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 2
