@@ -15,7 +15,7 @@ Profile entry::
       device: cuda:0
       dtype: bfloat16
       options:
-        weights: package:efficientnet_lite0 # or a .pth/.safetensors path
+        weights: package:efficientnet_lite0 # or a .pth/.safetensors path, or store:NAME
         head: models/demo/effnet_lite0_head.npz
         image_size: 224
         compile: true                       # torch.compile (GPU only)
@@ -85,14 +85,14 @@ class TimmClassifier(Expert):
         o = self.options
         head = None
         if o.get("head"):
-            path = self.profile.resolve_path(o["head"]) if self.profile else o["head"]
+            path = self.resolve_model(o["head"])  # local path > store name (models/manifests)
             with np.load(path) as z:
                 head = {k: z[k].astype(np.float32) for k in z.files}
             num_classes = 0
         else:
             num_classes = int(o.get("num_classes", 2))
         self.positive_index = int(o.get("positive_index", 1))
-        model = build_timm(self.spec.model, o.get("weights"), num_classes)
+        model = build_timm(self.spec.model, self.resolve_model(o["weights"]) if o.get("weights") else None, num_classes)
         cfg = model.pretrained_cfg
         self.mean = tuple(o.get("mean", cfg.get("mean", (0.485, 0.456, 0.406))))
         self.std = tuple(o.get("std", cfg.get("std", (0.229, 0.224, 0.225))))
