@@ -19,6 +19,7 @@ COMMANDS: typing.List[typing.Tuple[str, str]] = [
     ("run", "natix_miner.commands.run"),
     ("predict", "natix_miner.commands.predict"),
     ("profile", "natix_miner.commands.profile"),
+    ("models", "natix_miner.commands.models"),
     ("evaluate", "natix_miner.training.commands"),
     ("bench", "natix_miner.commands.bench"),
     ("card", "natix_miner.ops.commands"),

@@ -48,6 +48,7 @@ from natix_miner.config import REPO_ROOT
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 NAME = r"^[a-z0-9][a-z0-9._-]*$"
+FILE_SUFFIXES = {".pt", ".pth", ".bin", ".safetensors", ".npz", ".onnx", ".yaml", ".yml", ".json", ".ckpt"}
 IGNORED_PARTS = {".cache", ".git", "__pycache__", ".huggingface"}
 
 
@@ -341,8 +342,8 @@ def resolve_model_ref(ref: typing.Optional[str], store: typing.Optional[ModelSto
             return str(c.resolve())
     if store.has(ref):
         return store.resolve(ref)
-    if ref.startswith(("/", "./", "../", "~")):
-        raise ModelUnavailable(f"local path {ref} does not exist")
+    if ref.startswith(("/", "./", "../", "~")) or ("/" in ref and Path(ref).suffix in FILE_SUFFIXES):
+        raise ModelUnavailable(f"local path {ref} does not exist (looked in {', '.join(map(str, candidates))})")
     if HUB_ID.match(ref):
         return resolve_hub_id(ref)
     return ref
