@@ -254,6 +254,8 @@ class ModelStore:
             entry = entry or src.name
             files_from = src.parent
             only = [src.name]
+            if path_field is not None:
+                path_field = path_field.rsplit("/", 1)[0]
         elif src.is_dir():
             files_from, only = src, None
         else:
@@ -343,7 +345,7 @@ def resolve_model_ref(ref: typing.Optional[str], store: typing.Optional[ModelSto
     if store.has(ref):
         return store.resolve(ref)
     if ref.startswith(("/", "./", "../", "~")) or ("/" in ref and Path(ref).suffix in FILE_SUFFIXES):
-        raise ModelUnavailable(f"local path {ref} does not exist (looked in {', '.join(map(str, candidates))})")
+        raise ModelUnavailable(f"local path {ref} does not exist (looked in {', '.join(dict.fromkeys(map(str, candidates)))})")
     if HUB_ID.match(ref):
         return resolve_hub_id(ref)
     return ref
