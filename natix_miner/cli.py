@@ -23,6 +23,7 @@ COMMANDS: typing.List[typing.Tuple[str, str]] = [
     ("evaluate", "natix_miner.training.commands"),
     ("bench", "natix_miner.commands.bench"),
     ("card", "natix_miner.ops.commands"),
+    ("register", "natix_miner.ops.commands"),
 ]
 
 

@@ -1,55 +1,185 @@
-"""Logging setup: loguru, structured, rotating files, secrets redacted. Standard ``logging`` records
-(ours and bittensor's) are routed into loguru.
+"""Logging: loguru, structured, rotating files, secrets redacted.
+
+Standard ``logging`` records (ours, bittensor's, uvicorn's) are routed into loguru, so every line
+goes through one redaction step before it reaches any sink. Redaction removes:
+
+* values of secret-looking keys (``token=...``, ``"mnemonic": "..."``, ``secret_id: ...``),
+  whole quoted values and whole unquoted mnemonics included;
+* Vault / OpenBao tokens (``hvs.``, ``s.``, ``hvb.``, ``b.`` prefixes) and ``0x`` + 64-hex seeds;
+* every value handed to :func:`register_secret` (the Vault client registers the mnemonic, seed,
+  token and AppRole secret id it reads), wherever it appears;
+* the same in structured ``extra`` fields and in exception messages.
 
 Usage::
 
-    setup_logging(cfg.logging)
+    from natix_miner.ops.logs import setup_logging, register_secret, redact
+    setup_logging(cfg.logging)          # stderr + <dir>/miner.log (rotated, retained, optional JSON)
+    register_secret(mnemonic)           # never appears in a log line from now on
+    redact("token=s.abc...")            # -> "token=***"
 """
 
 import logging
+import os
 import re
 import sys
+import threading
+import typing
 
 from natix_miner.config import LoggingConfig
 
-_SECRET_PATTERNS = [
-    re.compile(r"(?i)(token|secret|password|mnemonic|seed|private[_-]?key)(\"?\s*[:=]\s*\"?)([^\s\",}]+)"),
-    re.compile(r"\b(hvs|s|hvb|b)\.[A-Za-z0-9_-]{20,}\b"),  # Vault / OpenBao tokens
-    re.compile(r"\b0x[0-9a-fA-F]{64}\b"),  # raw seeds
+MASK = "***"
+_KEYS = r"(?:token|secret(?:_id)?|password|passphrase|mnemonic|seed|private[_-]?key)"
+# "mnemonic": "w1 w2 ... w12"  /  token='abc'  -> the whole quoted value
+_QUOTED = re.compile(r"(?i)(\b" + _KEYS + r"\b[\"']?\s*[:=]\s*)([\"'])(.*?)(\2)")
+# mnemonic: w1 w2 ... w12 (unquoted): the run of lowercase words after the key
+_WORDS = re.compile(r"(?i)(\b(?:mnemonic|seed[ _-]?phrase)\b\s*[:=]\s*)([a-z]+(?:[ \t]+[a-z]+){2,23})")
+# token=abc / X-Vault-Token: s.abc -> the value up to a delimiter
+_PLAIN = re.compile(r"(?i)(\b" + _KEYS + r"\b[\"']?\s*[:=]\s*)(?![\"'*])([^\s\"',;}\]]+)")
+_TOKENS = [
+    re.compile(r"\b(?:hvs|hvb|hvr|s|b|r)\.[A-Za-z0-9_-]{20,}"),  # Vault / OpenBao tokens
+    re.compile(r"\b0x[0-9a-fA-F]{64}\b"),  # raw 32-byte seeds / private keys
 ]
+
+_registered: typing.Set[str] = set()  # process-wide by nature: any sink may see any secret
+_registered_lock = threading.Lock()
+
+
+def register_secret(value: typing.Optional[str]) -> None:
+    """Redact ``value`` (and its whitespace-normalised form) from every later log line."""
+    if not value or len(str(value)) < 6:
+        return
+    value = str(value)
+    with _registered_lock:
+        _registered.add(value)
+        norm = " ".join(value.split())
+        if norm != value:
+            _registered.add(norm)
+
+
+def forget_secrets() -> None:
+    """Tests only: clear the registry."""
+    with _registered_lock:
+        _registered.clear()
 
 
 def redact(text: str) -> str:
-    text = _SECRET_PATTERNS[0].sub(lambda m: f"{m.group(1)}{m.group(2)}***", text)
-    for pat in _SECRET_PATTERNS[1:]:
-        text = pat.sub("***", text)
+    """Mask secrets in ``text`` (see the module docstring for what counts)."""
+    if not text:
+        return text
+    with _registered_lock:
+        known = sorted(_registered, key=len, reverse=True)
+    for value in known:
+        if value in text:
+            text = text.replace(value, MASK)
+    text = _QUOTED.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}{m.group(4)}", text)
+    text = _WORDS.sub(lambda m: f"{m.group(1)}{MASK}", text)
+    text = _PLAIN.sub(lambda m: f"{m.group(1)}{MASK}", text)
+    for pat in _TOKENS:
+        text = pat.sub(MASK, text)
     return text
 
 
+_SECRET_KEY = re.compile(r"(?i)" + _KEYS)
+
+
+def _redact_value(key: str, value):
+    if _SECRET_KEY.search(str(key)):
+        return MASK
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: _redact_value(k, v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_redact_value("", v) for v in value)
+    return value
+
+
+class RedactedError(Exception):
+    """Stands in for an exception whose message (or chained cause) held a secret."""
+
+
+def _chain(exc: BaseException) -> typing.List[BaseException]:
+    seen, out = set(), []
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        out.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return out
+
+
+def _redacted_exception(exc: BaseException) -> BaseException:
+    """The exception itself when nothing in its chain needs masking; else a picklable copy of the
+    same type (or :class:`RedactedError`) with a redacted message and no chain."""
+    chain = _chain(exc)
+    if all(redact(str(e)) == str(e) for e in chain):
+        return exc
+    clean = redact(str(exc)) + (" (chained exceptions hidden: they held secrets)" if len(chain) > 1 else "")
+    try:
+        new = type(exc)(clean)
+        if str(new) == clean:
+            return new
+    except Exception:  # noqa: BLE001 - constructors with other signatures
+        pass
+    return RedactedError(f"{type(exc).__name__}: {clean}")
+
+
+def _patch(record) -> None:
+    record["message"] = redact(record["message"])
+    if record["extra"]:
+        for k in list(record["extra"]):
+            record["extra"][k] = _redact_value(k, record["extra"][k])
+    exc = record["exception"]
+    if exc is not None and exc.value is not None:
+        clean = _redacted_exception(exc.value)
+        if clean is not exc.value:
+            record["exception"] = type(exc)(type(clean), clean, exc.traceback)
+
+
 class _Intercept(logging.Handler):
+    """Route standard ``logging`` records into loguru (and so through redaction)."""
+
     def emit(self, record: logging.LogRecord) -> None:
         from loguru import logger
 
         try:
-            level = logger.level(record.levelname).name
+            level: typing.Union[str, int] = logger.level(record.levelname).name
         except ValueError:
             level = record.levelno
-        logger.opt(depth=6, exception=record.exc_info).log(level, record.getMessage())
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad %-format in someone's log call must not kill the caller
+            message = f"{record.msg!r} {record.args!r}"
+        logger.bind(logger_name=record.name).opt(depth=6, exception=record.exc_info).log(level, message)
 
 
-def setup_logging(cfg: LoggingConfig) -> None:
+TEXT_FORMAT = ("<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> | <level>{level: <8}</level> | "
+               "<cyan>{name}</cyan>:<cyan>{line}</cyan> - <level>{message}</level>")
+
+
+def setup_logging(cfg: LoggingConfig, stderr: bool = True) -> typing.List[int]:
+    """Configure loguru (replacing earlier sinks) and route std ``logging`` into it.
+
+    Returns the loguru sink ids. Files go to ``<cfg.dir>/miner.log``, rotated at ``cfg.rotation``
+    (size or time, e.g. ``"100 MB"`` / ``"1 day"``), kept for ``cfg.retention``, compressed
+    (gz) when rotated. ``cfg.json_logs`` writes one JSON object per line (loguru's
+    ``serialize``), with ``extra`` fields bound via ``logger.bind(...)``.
+    """
     from loguru import logger
 
-    def _patch(record):
-        record["message"] = redact(record["message"])
-
+    level = cfg.level.upper()
     logger.remove()
     logger.configure(patcher=_patch)
-    logger.add(sys.stderr, level=cfg.level.upper(), serialize=cfg.json_logs, backtrace=False, diagnose=False)
+    ids = []
+    if stderr:
+        ids.append(logger.add(sys.stderr, level=level, format=TEXT_FORMAT, serialize=cfg.json_logs,
+                              backtrace=False, diagnose=False))
     if cfg.dir:
-        import os
-
         os.makedirs(cfg.dir, exist_ok=True)
-        logger.add(os.path.join(cfg.dir, "miner.log"), level=cfg.level.upper(), rotation=cfg.rotation,
-                   retention=cfg.retention, serialize=cfg.json_logs, enqueue=True, backtrace=False, diagnose=False)
-    logging.basicConfig(handlers=[_Intercept()], level=logging.getLevelName(cfg.level.upper()), force=True)
+        ids.append(logger.add(os.path.join(cfg.dir, "miner.log"), level=level, format=TEXT_FORMAT,
+                              rotation=cfg.rotation, retention=cfg.retention, compression="gz",
+                              serialize=cfg.json_logs, enqueue=True, backtrace=False, diagnose=False))
+    std_level = logging.getLevelName(level) if level != "TRACE" else logging.DEBUG
+    if not isinstance(std_level, int):
+        std_level = logging.INFO
+    logging.basicConfig(handlers=[_Intercept()], level=std_level, force=True)
+    return ids

@@ -1,0 +1,244 @@
+"""Prometheus metrics of the miner: what it answered, how fast, through which tiers, in what state.
+
+Counted per request (from the miner's hooks and the engine's ``PredictResult``):
+
+=============================================  ===================================================
+``natix_requests_total{route,outcome}``        answered | fallback | error | blacklisted
+``natix_request_duration_seconds{route}``      end to end inside the miner (histogram)
+``natix_tier_duration_seconds{tier}``          per tier that ran (histogram)
+``natix_expert_duration_seconds{expert}``      per expert call (histogram)
+``natix_decode_duration_seconds``              image decode (histogram)
+``natix_cascade_requests_total{escalated}``    requests that ran the cascade; escalated = >1 tier
+``natix_final_tier_total{tier}``               the tier whose consensus was answered
+``natix_cache_lookups_total{result}``          hit | miss (per request)
+``natix_fallbacks_total{reason}``              why the fallback value was answered
+``natix_expert_skipped_total{expert,reason}``  breaker_open, timeout, error, not loaded, ...
+``natix_blacklisted_total{route,reason}``      refused callers
+``natix_prediction``                           answered probabilities (histogram, 0..1)
+``natix_last_request_timestamp_seconds``       last answered request (start time before any)
+=============================================  ===================================================
+
+Read at scrape time (from ``miner.engine.status()`` and the process): ``natix_engine_ready``,
+``natix_axon_serving``, ``natix_expert_load_status{expert,status}``, ``natix_expert_loaded{expert}``,
+``natix_breaker_state{expert}`` (0 closed, 1 half-open, 2 open), ``natix_expert_queue_depth{expert}``,
+``natix_cache_entries``, ``natix_cache_hit_ratio``, ``natix_gpu_memory_bytes{device,kind}``,
+``natix_vault_up`` (when Vault is configured), ``natix_miner_info{...}``, and the standard
+``process_*`` metrics.
+
+Usage::
+
+    m = MinerMetrics()
+    m.bind(miner)                                   # scrape-time state
+    m.observe_request("ImageSynapse", "answered", 0.012, result)
+    body, content_type = m.render()
+"""
+
+import re
+import time
+import typing
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+ROUTES = ("ImageSynapse", "ExtendedImageSynapse")
+OUTCOMES = ("answered", "fallback", "error", "blacklisted")
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.0, 9.0, 12.0)
+PROB_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 10)) + (1.0,)
+BREAKER_CODE = {"closed": 0, "half_open": 1, "open": 2}
+LOAD_STATES = ("pending", "loaded", "failed")
+
+
+def _route(route: str) -> str:
+    return route if route in ROUTES else "other"
+
+
+def _reason(text: typing.Optional[str]) -> str:
+    """Bounded label values: the reason's stem (``bad_image:too_large`` -> ``bad_image``)."""
+    if not text:
+        return "unknown"
+    stem = re.split(r"[:\s(]", str(text).strip(), maxsplit=1)[0].lower()
+    stem = re.sub(r"[^a-z0-9_]+", "_", stem).strip("_")
+    return stem[:40] or "unknown"
+
+
+def _blacklist_reason(text: str) -> str:
+    t = (text or "").lower()
+    for key, label in (("stake", "low_stake"), ("permit", "no_validator_permit"), ("unregistered", "unregistered"),
+                       ("not registered", "unregistered"), ("missing", "missing_hotkey"), ("local", "local_mode")):
+        if key in t:
+            return label
+    return _reason(t)
+
+
+class _StateCollector:
+    """Scrape-time gauges from the bound miner; never raises."""
+
+    def __init__(self, owner: "MinerMetrics"):
+        self.owner = owner
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        o = self.owner
+        miner = o.miner
+        engine = getattr(miner, "engine", None)
+        ready = GaugeMetricFamily("natix_engine_ready", "1 when the engine has loaded and serves")
+        serving = GaugeMetricFamily("natix_axon_serving", "1 when the axon is serving")
+        status: dict = {}
+        try:
+            status = engine.status() if engine is not None else {}
+        except Exception:  # noqa: BLE001
+            status = {}
+        ready.add_metric([], 1.0 if status.get("ready") else 0.0)
+        serving.add_metric([], 1.0 if getattr(miner, "serving", False) else 0.0)
+        yield ready
+        yield serving
+        load = GaugeMetricFamily("natix_expert_load_status", "1 for the expert's load status", labels=["expert", "status"])
+        loaded = GaugeMetricFamily("natix_expert_loaded", "1 when the expert's model is loaded", labels=["expert"])
+        breaker = GaugeMetricFamily("natix_breaker_state", "circuit breaker: 0 closed, 1 half-open, 2 open",
+                                    labels=["expert"])
+        queue = GaugeMetricFamily("natix_expert_queue_depth", "images waiting in the expert's batcher",
+                                  labels=["expert"])
+        for name, e in (status.get("experts") or {}).items():
+            st = str(e.get("load") or "pending")
+            for s in sorted(set(LOAD_STATES) | {st}):
+                load.add_metric([name, s], 1.0 if s == st else 0.0)
+            loaded.add_metric([name], 1.0 if st == "loaded" else 0.0)
+            breaker.add_metric([name], float(BREAKER_CODE.get(str(e.get("breaker")), 2)))
+            if isinstance(e.get("queue"), (int, float)):
+                queue.add_metric([name], float(e["queue"]))
+        yield load
+        yield loaded
+        yield breaker
+        yield queue
+        cache = status.get("cache") or {}
+        entries = GaugeMetricFamily("natix_cache_entries", "results held in the engine's cache")
+        entries.add_metric([], float(cache.get("entries", 0) or 0))
+        ratio = GaugeMetricFamily("natix_cache_hit_ratio", "engine cache hits / lookups since start")
+        ratio.add_metric([], float(cache.get("hit_rate", 0.0) or 0.0))
+        yield entries
+        yield ratio
+        engine_requests = CounterMetricFamily("natix_engine_predict", "predict() calls seen by the engine")
+        engine_requests.add_metric([], float(status.get("requests", 0) or 0))
+        yield engine_requests
+        from natix_miner.ops.gpu import gpu_memory
+
+        gpu = GaugeMetricFamily("natix_gpu_memory_bytes", "GPU memory by device and kind "
+                                "(allocated/reserved: this process's torch allocator; used: whole device; total)",
+                                labels=["device", "kind"])
+        for d in gpu_memory():
+            for kind in ("allocated", "reserved", "used", "total"):
+                if kind in d:
+                    gpu.add_metric([d["device"], kind], float(d[kind]))
+        yield gpu
+        if o.vault_probe is not None:
+            up = GaugeMetricFamily("natix_vault_up", "1 when Vault answers its health check unsealed")
+            up.add_metric([], 1.0 if o.vault_probe().get("ok") else 0.0)
+            yield up
+        info = GaugeMetricFamily("natix_miner_info", "static facts about this miner",
+                                 labels=["hotkey", "profile", "version", "mode"])
+        if o.info:
+            info.add_metric([o.info.get(k, "") for k in ("hotkey", "profile", "version", "mode")], 1.0)
+        yield info
+
+
+class MinerMetrics:
+    """All metrics in one private registry (several miners per process never collide)."""
+
+    def __init__(self, registry: typing.Optional[CollectorRegistry] = None, process: bool = True):
+        r = self.registry = registry or CollectorRegistry()
+        if process:
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+        self.miner = None
+        self.info: typing.Dict[str, str] = {}
+        self.vault_probe: typing.Optional[typing.Callable[[], dict]] = None
+        self.requests = Counter("natix_requests", "requests by route and outcome", ["route", "outcome"], registry=r)
+        self.latency = Histogram("natix_request_duration_seconds", "end-to-end time inside the miner",
+                                 ["route"], buckets=LATENCY_BUCKETS, registry=r)
+        self.tier_latency = Histogram("natix_tier_duration_seconds", "time per tier that ran", ["tier"],
+                                      buckets=LATENCY_BUCKETS, registry=r)
+        self.expert_latency = Histogram("natix_expert_duration_seconds", "time per expert call", ["expert"],
+                                        buckets=LATENCY_BUCKETS, registry=r)
+        self.decode_latency = Histogram("natix_decode_duration_seconds", "image decode time",
+                                        buckets=LATENCY_BUCKETS, registry=r)
+        self.cascade = Counter("natix_cascade_requests", "requests that ran the cascade", ["escalated"], registry=r)
+        self.final_tier = Counter("natix_final_tier", "the tier whose consensus was answered", ["tier"], registry=r)
+        self.cache = Counter("natix_cache_lookups", "result cache lookups per request", ["result"], registry=r)
+        self.fallbacks = Counter("natix_fallbacks", "fallback answers by reason", ["reason"], registry=r)
+        self.skipped = Counter("natix_expert_skipped", "experts left out of a request", ["expert", "reason"],
+                               registry=r)
+        self.blacklisted = Counter("natix_blacklisted", "refused callers", ["route", "reason"], registry=r)
+        self.prediction = Histogram("natix_prediction", "answered probabilities", buckets=PROB_BUCKETS, registry=r)
+        self.last_request = Gauge("natix_last_request_timestamp_seconds",
+                                  "unix time of the last answered request (process start before any)", registry=r)
+        self.last_request.set(time.time())
+        for route in ROUTES:
+            for outcome in OUTCOMES:
+                self.requests.labels(route, outcome)
+            self.latency.labels(route)
+        for v in ("true", "false"):
+            self.cascade.labels(v)
+        for v in ("hit", "miss"):
+            self.cache.labels(v)
+        r.register(_StateCollector(self))
+
+    def bind(self, miner, info: typing.Optional[typing.Dict[str, str]] = None) -> None:
+        """Read scrape-time state from ``miner`` (``.engine.status()``, ``.serving``)."""
+        self.miner = miner
+        if info:
+            self.info = dict(info)
+        status = {}
+        try:
+            status = miner.engine.status()
+        except Exception:  # noqa: BLE001
+            pass
+        for name in (status.get("experts") or {}):
+            self.expert_latency.labels(name)
+
+    def observe_request(self, route: str, outcome: str, seconds: float, result=None) -> None:
+        route = _route(route)
+        self.requests.labels(route, outcome if outcome in OUTCOMES else "error").inc()
+        self.latency.labels(route).observe(max(0.0, float(seconds)))
+        if outcome in ("answered", "fallback"):
+            self.last_request.set(time.time())
+        if result is None:
+            if outcome == "error":
+                self.fallbacks.labels("exception").inc()
+            return
+        try:
+            self.prediction.observe(float(result.probability))
+        except (TypeError, ValueError):
+            pass
+        if getattr(result, "fallback", False):
+            self.fallbacks.labels(_reason(result.fallback_reason)).inc()
+        if getattr(result, "cached", False):
+            self.cache.labels("hit").inc()
+            return
+        if getattr(result, "image_sha256", None):  # decoded, looked up, missed
+            self.cache.labels("miss").inc()
+        timings = getattr(result, "timings", None) or {}
+        for key, value in timings.items():
+            kind, _, name = key.partition(":")
+            if kind == "tier" and name:
+                self.tier_latency.labels(name).observe(value)
+            elif kind == "expert" and name:
+                self.expert_latency.labels(name).observe(value)
+            elif key == "decode":
+                self.decode_latency.observe(value)
+        tiers = list(getattr(result, "tiers_run", None) or [])
+        if tiers:
+            self.cascade.labels("true" if len(tiers) > 1 else "false").inc()
+            self.final_tier.labels(tiers[-1]).inc()
+        for expert, why in (getattr(result, "skipped", None) or {}).items():
+            self.skipped.labels(expert, _reason(why)).inc()
+
+    def observe_blacklisted(self, route: str, reason: str) -> None:
+        route = _route(route)
+        self.requests.labels(route, "blacklisted").inc()
+        self.blacklisted.labels(route, _blacklist_reason(reason)).inc()
+
+    def render(self) -> typing.Tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
