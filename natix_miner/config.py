@@ -41,25 +41,45 @@ class _Strict(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
 
 
+DEVICE_PATTERN = r"^(auto|cpu|cuda|cuda:[0-9]+)$"
+
+
 class ExpertSpec(_Strict):
-    """One expert: a model of one family, on one device, with its own batching."""
+    """One expert: a model of one family, on one or more devices, with its own batching.
+
+    ``devices: [cuda:0, cuda:1]`` (or ``replicas: 2`` with ``device: auto``) runs one instance per
+    device (data parallel); each request goes to the least-loaded replica. Keys: docs/engine.md.
+    """
 
     name: str = pydantic.Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    family: str
+    family: str = pydantic.Field(min_length=1)
     model: typing.Optional[str] = None  # local path (relative to the repo or absolute) or hub id
-    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N"
+    device: str = pydantic.Field(default="auto", pattern=DEVICE_PATTERN)  # auto, cpu, cuda, cuda:N
+    devices: typing.Optional[typing.List[typing.Annotated[str, pydantic.Field(pattern=DEVICE_PATTERN)]]] = \
+        pydantic.Field(default=None, min_length=1, max_length=64)  # one replica per entry
+    replicas: int = pydantic.Field(default=1, ge=1, le=64)  # instances when ``devices`` is not given
     dtype: str = pydantic.Field(default="float32", pattern=r"^(float32|float16|bfloat16|fp8|int8|auto)$")
     max_batch: int = pydantic.Field(default=16, ge=1, le=4096)
     max_wait_ms: float = pydantic.Field(default=2.0, ge=0, le=1000)
+    concurrency: int = pydantic.Field(default=1, ge=1, le=256)  # batches in flight per replica
     timeout_s: typing.Optional[float] = pydantic.Field(default=None, gt=0)
-    memory_gb: typing.Optional[float] = pydantic.Field(default=None, gt=0)  # placement hint
+    memory_gb: typing.Optional[float] = pydantic.Field(default=None, gt=0)  # placement hint, per replica
     options: typing.Dict[str, typing.Any] = pydantic.Field(default_factory=dict)
 
+    @pydantic.model_validator(mode="after")
+    def _replicas(self):
+        if self.devices is not None:
+            if self.device != "auto":
+                raise ValueError(f"expert {self.name!r}: give device or devices, not both")
+            if self.replicas not in (1, len(self.devices)):
+                raise ValueError(f"expert {self.name!r}: replicas ({self.replicas}) must equal the number of "
+                                 f"devices listed ({len(self.devices)})")
+        return self
 
-class TierSpec(_Strict):
-    name: str
-    experts: typing.List[str] = pydantic.Field(min_length=1)
-    budget_s: float = pydantic.Field(default=1.0, gt=0, le=60)
+    @property
+    def replica_devices(self) -> typing.List[str]:
+        """The requested device of every replica (``auto`` / ``cuda`` still to be placed)."""
+        return list(self.devices) if self.devices else [self.device] * self.replicas
 
 
 class EscalationSpec(_Strict):
@@ -75,13 +95,28 @@ class EscalationSpec(_Strict):
         return self
 
 
-class ConsensusSpec(_Strict):
-    """Weighted log-odds pooling: p = sigmoid(bias + sum_i w_i * logit(p_i) / sum_i w_i if normalise)."""
+class TierSpec(_Strict):
+    name: str = pydantic.Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    experts: typing.List[str] = pydantic.Field(min_length=1)
+    budget_s: float = pydantic.Field(default=1.0, gt=0, le=60)
+    min_budget_s: float = pydantic.Field(default=0.0, ge=0, le=60)  # skip the tier with less time left
+    escalation: typing.Optional[EscalationSpec] = None  # band after this tier (default: the profile's)
 
-    weights: typing.Dict[str, float] = pydantic.Field(default_factory=dict)
+
+class ConsensusStage(_Strict):
+    """One pooling rule: ``p = sigmoid((bias + sum_i w_i * logit(p_i) [/ sum_i |w_i|]) / temperature)``."""
+
+    weights: typing.Dict[str, float] = pydantic.Field(default_factory=dict)  # absent expert: weight 1
     bias: float = 0.0
-    normalize: bool = True  # geometric mean of odds when no fitted weights
+    normalize: bool = True  # divide by the weights' sum: the geometric mean of odds when unfitted
     temperature: float = pydantic.Field(default=1.0, gt=0)
+
+
+class ConsensusSpec(ConsensusStage):
+    """Weighted log-odds pooling; ``stages`` (tier name -> rule) overrides it when the cascade stops
+    after that tier. Fitted values live in ``<profile>.consensus.json`` (see docs/engine.md)."""
+
+    stages: typing.Dict[str, ConsensusStage] = pydantic.Field(default_factory=dict)
 
 
 class CacheSpec(_Strict):
@@ -119,14 +154,35 @@ class Profile(_Strict):
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"experts: duplicate names {sorted(dup)}")
+        tier_names = [t.name for t in self.tiers]
+        dup = {n for n in tier_names if tier_names.count(n) > 1}
+        if dup:
+            raise ValueError(f"tiers: duplicate names {sorted(dup)}")
+        seen: typing.Dict[str, str] = {}
         for i, tier in enumerate(self.tiers):
             for name in tier.experts:
                 if name not in names:
                     raise ValueError(f"tiers.{i}.experts: unknown expert {name!r} (known: {names})")
+                if name in seen:
+                    raise ValueError(f"tiers.{i}.experts: expert {name!r} is already in tier {seen[name]!r}")
+                seen[name] = tier.name
         for name in self.consensus.weights:
             if name not in names:
                 raise ValueError(f"consensus.weights: unknown expert {name!r}")
+        for stage, rule in self.consensus.stages.items():
+            if stage not in tier_names:
+                raise ValueError(f"consensus.stages: unknown tier {stage!r} (tiers: {tier_names})")
+            for name in rule.weights:
+                if name not in names:
+                    raise ValueError(f"consensus.stages.{stage}.weights: unknown expert {name!r}")
         return self
+
+    @property
+    def tiered_experts(self) -> typing.List[ExpertSpec]:
+        """The experts the engine loads: those in a tier. Others are definitions that experts may
+        reference (a depth model a detector builds for its size check)."""
+        used = {n for t in self.tiers for n in t.experts}
+        return [e for e in self.experts if e.name in used]
 
     def expert(self, name: str) -> ExpertSpec:
         for e in self.experts:
@@ -149,12 +205,54 @@ class Profile(_Strict):
         return p.with_name(p.stem + ".consensus.json")
 
 
-def _format_error(path: str, err: pydantic.ValidationError) -> str:
+def _format_error(path: str, err: pydantic.ValidationError, data: typing.Any = None) -> str:
+    """One ``file: key.path: problem`` line per error; list items of experts/tiers also name the item."""
     lines = []
     for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"]) or "<root>"
-        lines.append(f"{path}: {loc}: {e['msg']}")
+        parts = [str(x) for x in e["loc"]]
+        if len(parts) >= 2 and parts[0] in ("experts", "tiers") and isinstance(data, dict):
+            try:
+                item = data[parts[0]][int(parts[1])]
+                if isinstance(item, dict) and item.get("name"):
+                    parts[1] = f"{parts[1]}({item['name']})"
+            except (KeyError, IndexError, TypeError, ValueError):
+                pass
+        loc = ".".join(parts) or "<root>"
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"{path}: {loc}: {msg}")
     return "\n".join(lines)
+
+
+FITTED_KEYS = ("weights", "bias", "normalize", "temperature", "stages")
+
+
+def _fitted_consensus(fitted: Path, data: dict) -> dict:
+    """Read ``<profile>.consensus.json`` and return the merged ``consensus`` section.
+
+    Format (written by the training pipeline): ``{"weights": {expert: w}, "bias": b,
+    "normalize": false, "temperature": 1.0, "stages": {tier: {...same keys...}}, ...metadata}``.
+    Unknown top-level keys are metadata and ignored; ``normalize`` defaults to false here.
+    """
+    try:
+        fit = json.loads(fitted.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ProfileError(f"{fitted}: not valid JSON: {exc}") from exc
+    if not isinstance(fit, dict):
+        raise ProfileError(f"{fitted}: top level must be an object")
+    cons = {"normalize": False, **{k: v for k, v in fit.items() if k in FITTED_KEYS}}
+    try:
+        spec = ConsensusSpec.model_validate(cons)
+    except pydantic.ValidationError as exc:
+        raise ProfileError(_format_error(str(fitted), exc)) from None
+    names = {e.get("name") for e in data.get("experts") or [] if isinstance(e, dict)}
+    for where, weights in [("weights", spec.weights)] + [
+            (f"stages.{k}.weights", v.weights) for k, v in spec.stages.items()]:
+        unknown = sorted(set(weights) - names)
+        if unknown:
+            raise ProfileError(f"{fitted}: {where}: experts not in the profile: {unknown}")
+    merged = dict(data.get("consensus") or {})
+    merged.update(cons)
+    return merged
 
 
 def resolve_profile_path(name_or_path: typing.Union[str, Path, None]) -> Path:
@@ -182,17 +280,11 @@ def load_profile(name_or_path: typing.Union[str, Path, None] = None) -> Profile:
     data["path"] = str(path)
     fitted = path.with_name(path.stem + ".consensus.json")
     if fitted.exists():
-        try:
-            fit = json.loads(fitted.read_text())
-        except json.JSONDecodeError as exc:
-            raise ProfileError(f"{fitted}: not valid JSON: {exc}") from exc
-        cons = dict(data.get("consensus") or {})
-        cons.update({k: v for k, v in fit.items() if k in ("weights", "bias", "normalize", "temperature")})
-        data["consensus"] = cons
+        data["consensus"] = _fitted_consensus(fitted, data)
     try:
         return Profile.model_validate(data)
     except pydantic.ValidationError as exc:
-        raise ProfileError(_format_error(str(path), exc)) from None
+        raise ProfileError(_format_error(str(path), exc, data)) from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -218,6 +310,9 @@ class AxonConfig(_Strict):
     external_port: typing.Optional[int] = None
     max_workers: int = pydantic.Field(default=16, ge=1)
     max_body_bytes: int = pydantic.Field(default=16 * 1024 * 1024, gt=0)
+    max_inflight: int = pydantic.Field(default=32, ge=1)  # requests inside the engine (miner/admission.py)
+    max_waiting: int = pydantic.Field(default=128, ge=0)  # queued by stake; beyond: fallback answer at once
+    max_connections: int = pydantic.Field(default=512, ge=1)  # open HTTP connections; beyond: 503
 
 
 class BlacklistConfig(_Strict):
