@@ -33,6 +33,7 @@ VARIABLES: typing.Dict[str, typing.Tuple[typing.Optional[str], str]] = {
     "NATIX_LOG_LEVEL": ("logging.level", "log level"),
     "NATIX_MODEL_DIR": (None, "the local model store (default: models/ in the repo)"),
     "NATIX_SEED": (None, "seed for procedural data in demos and tests"),
+    "NATIX_ALLOW_INSECURE_PERMISSIONS": (None, "1: start even if key/config files are open to other users"),
     "NATIX_REGISTRATION_URL": (None, "NATIX participant API base for `natix-miner register`"),
 }
 

@@ -20,6 +20,7 @@ import typing
 
 from natix_miner.config import MinerConfig, load_profile
 from natix_miner.engine.result import safe_probability
+from natix_miner.miner.admission import Admission, Overloaded
 from natix_miner.miner.gate import Gate
 from natix_miner.miner.hooks import MinerHooks
 from natix_miner.protocol import ExtendedImageSynapse, ImageSynapse
@@ -42,6 +43,7 @@ class Miner:
         self.hooks = hooks or MinerHooks()
         self.wallet = wallet
         self.gate = Gate(cfg.blacklist, local=cfg.local)
+        self.admission = Admission(cfg.axon.max_inflight, cfg.axon.max_waiting)  # runs on self.loop
         self.axon = None
         self.subtensor = None
         self.metagraph = None
@@ -69,10 +71,16 @@ class Miner:
         outcome, result = "error", None
         try:
             deadline = time.monotonic() + budget
-            cfut = asyncio.run_coroutine_threadsafe(self.engine.predict(synapse.image, deadline), self.loop)
+            work = self.admission.run(self.gate.priority(hotkey), deadline,
+                                      lambda: self.engine.predict(synapse.image, deadline))
+            cfut = asyncio.run_coroutine_threadsafe(work, self.loop)
             result = await asyncio.wait_for(asyncio.wrap_future(cfut), timeout=budget + 0.25)
             synapse.prediction = safe_probability(result.probability, self.profile.fallback_probability)
             outcome = "fallback" if result.fallback else "answered"
+        except Overloaded as exc:  # more callers than the engine serves: answer in time, by stake
+            outcome = "shed"
+            log.debug("overloaded (%s); answering the fallback", exc.reason)
+            synapse.prediction = safe_probability(self.profile.fallback_probability)
         except Exception as exc:  # noqa: BLE001 - the answer must always exist
             log.error("predict failed (%s: %s); answering the fallback", type(exc).__name__, exc)
             synapse.prediction = safe_probability(self.profile.fallback_probability)
@@ -156,6 +164,7 @@ class Miner:
         from natix_miner.miner.limits import install_body_limit
 
         install_body_limit(axon.app, a.max_body_bytes)
+        axon.fast_config.limit_concurrency = a.max_connections  # uvicorn answers 503 beyond this
         self._attach(axon)
         return axon
 
@@ -166,6 +175,9 @@ class Miner:
         self._stop = asyncio.Event()
         if self.wallet is None:
             self.wallet = load_wallet(self.cfg)
+        from natix_miner.ops.startup_checks import enforce_permissions
+
+        enforce_permissions(self.cfg, self.wallet, self.profile)  # refuses key/config files open to others
         if self.engine is None:
             from natix_miner.engine import Engine
 

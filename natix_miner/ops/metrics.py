@@ -71,6 +71,30 @@ def _blacklist_reason(text: str) -> str:
     return _reason(t)
 
 
+_GPU_KINDS = ("allocated", "reserved", "used", "free", "total", "placed", "budget")
+
+
+def _gpu_rows(status: dict) -> typing.Dict[str, typing.Dict[str, float]]:
+    """device -> {kind: bytes}: the engine's ``status()["devices"]`` (placement + live memory), topped
+    up by :func:`natix_miner.ops.gpu.gpu_memory` (NVML ``used``; works without engine support)."""
+    from natix_miner.ops.gpu import gpu_memory
+
+    rows: typing.Dict[str, typing.Dict[str, float]] = {}
+    for dev, d in (status.get("devices") or {}).items():
+        if not str(dev).startswith("cuda") or not isinstance(d, dict):
+            continue
+        for kind in _GPU_KINDS:
+            v = d.get(f"{kind}_bytes")
+            if isinstance(v, (int, float)):
+                rows.setdefault(str(dev), {})[kind] = float(v)
+    for d in gpu_memory():
+        row = rows.setdefault(d["device"], {})
+        for kind in _GPU_KINDS:
+            if kind in d and kind not in row:
+                row[kind] = float(d[kind])
+    return rows
+
+
 class _StateCollector:
     """Scrape-time gauges from the bound miner; never raises."""
 
@@ -123,15 +147,12 @@ class _StateCollector:
         engine_requests = CounterMetricFamily("natix_engine_predict", "predict() calls seen by the engine")
         engine_requests.add_metric([], float(status.get("requests", 0) or 0))
         yield engine_requests
-        from natix_miner.ops.gpu import gpu_memory
-
-        gpu = GaugeMetricFamily("natix_gpu_memory_bytes", "GPU memory by device and kind "
-                                "(allocated/reserved: this process's torch allocator; used: whole device; total)",
-                                labels=["device", "kind"])
-        for d in gpu_memory():
-            for kind in ("allocated", "reserved", "used", "total"):
-                if kind in d:
-                    gpu.add_metric([d["device"], kind], float(d[kind]))
+        gpu = GaugeMetricFamily("natix_gpu_memory_bytes", "GPU memory by device and kind (allocated/reserved: "
+                                "this process's torch allocator; used/free/total: the card; placed/budget: "
+                                "the engine's placement)", labels=["device", "kind"])
+        for dev, kinds in _gpu_rows(status).items():
+            for kind, value in sorted(kinds.items()):
+                gpu.add_metric([dev, kind], float(value))
         yield gpu
         if o.vault_probe is not None:
             up = GaugeMetricFamily("natix_vault_up", "1 when Vault answers its health check unsealed")

@@ -96,6 +96,7 @@ class CascadeTracer:
 
     def _engine_spans(self, ctx, start: int, end: int, result) -> None:
         from opentelemetry import trace
+        from opentelemetry.trace import Status, StatusCode
 
         t = dict(result.timings or {})
         ns = lambda s: int(max(0.0, float(s)) * 1e9)  # noqa: E731
@@ -116,8 +117,8 @@ class CascadeTracer:
             tctx = trace.set_span_in_context(tsp)
             for name in experts_by_tier.get(tier, []):
                 key = f"expert:{name}"
-                if key not in t:
-                    continue
+                if key not in t and name not in (result.skipped or {}):
+                    continue  # not part of this request
                 attrs: typing.Dict[str, typing.Any] = {"natix.expert": name}
                 ev = (result.evidence or {}).get(name)
                 if ev is not None:
@@ -126,7 +127,13 @@ class CascadeTracer:
                 if name in (result.skipped or {}):
                     attrs["natix.expert.skipped"] = str(result.skipped[name])
                 esp = self.tracer.start_span(key, context=tctx, start_time=cursor, attributes=attrs)
-                esp.end(end_time=cursor + ns(t[key]))
+                if key not in t:  # failed, timed out or refused: no duration measured
+                    esp.set_status(Status(StatusCode.ERROR, str(result.skipped[name])))
+                if key in t:
+                    length = ns(t[key])
+                else:  # a timeout lasted the tier; an error or refusal has no measured length
+                    length = dur if str(result.skipped[name]).startswith("timeout") else 0
+                esp.end(end_time=cursor + length)
             cursor += dur
             tsp.end(end_time=cursor)
         eng.end(end_time=max(cursor, start + total))
