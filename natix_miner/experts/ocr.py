@@ -8,8 +8,9 @@ Text with no match -> ``no_match_probability`` (mild evidence against; ``null`` 
 
 Matching: text is lower-cased, accents stripped (``desvío`` -> ``desvio``, ``ß`` -> ``ss``), common
 OCR digit/letter confusions folded (``R0AD W0RK``), spaces ignored (``ROADWORK`` = ``road work``).
-Terms of six letters or more match fuzzily (``difflib`` ratio >= ``threshold``), also inside a longer
-word (``Baustellenausfahrt``); shorter terms must match a whole word exactly.
+Terms of six letters or more tolerate OCR edits (Levenshtein, ``floor(n * (1 - threshold))`` for n
+letters: ``constitution`` is not ``construction``), also inside a longer word
+(``Baustellenausfahrt``); shorter terms must match a whole word exactly.
 
 Profile entry::
 
@@ -18,7 +19,7 @@ Profile entry::
       model: store:rapidocr-ppocrv4        # optional; default: the models inside the wheel
       max_batch: 4
       options:
-        threshold: 0.8                     # fuzzy match ratio
+        threshold: 0.8                     # match quality: 1 - edits / letters
         match_probability: 0.95            # P(roadwork) for a perfect, strong, confident match
         no_match_probability: 0.45         # text read, nothing matched (null: abstain)
         min_text_score: 0.5                # drop OCR lines below this confidence
@@ -30,7 +31,6 @@ Evidence detail: ``text`` (all lines read), ``lines`` ([text, score]), ``matches
 ([term, read, ratio]).
 """
 
-import difflib
 import logging
 import typing
 import unicodedata
@@ -80,19 +80,38 @@ def normalize(text: str) -> str:
     return " ".join("".join(ch if ch.isalnum() else " " for ch in t).split())
 
 
-def _ratio(a: str, b: str) -> float:
-    return difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance (insertions, deletions, substitutions)."""
+    if len(a) < len(b):
+        a, b = b, a
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
 
 
-def _partial(term: str, word: str) -> float:
-    """Best ratio of ``term`` against equally long slices of a longer ``word``."""
-    n = len(term)
-    return max(_ratio(term, word[i:i + n]) for i in range(len(word) - n + 1))
+def _distance(term: str, read: str, partial: bool) -> int:
+    """Edit distance of ``term`` to ``read``, or to its best slice when ``partial``."""
+    d = edit_distance(term, read)
+    if partial:
+        n = len(term)
+        for size in (n - 1, n, n + 1):
+            for i in range(len(read) - size + 1):
+                d = min(d, edit_distance(term, read[i:i + size]))
+    return d
 
 
 def match_terms(text: str, vocabulary: typing.Mapping[str, float] = VOCABULARY,
                 threshold: float = 0.8) -> typing.List[typing.Tuple[str, str, float]]:
-    """Roadwork terms found in ``text``: ``[(term, what was read, ratio)]``, best first."""
+    """Roadwork terms found in ``text``: ``[(term, what was read, quality)]``, best first.
+
+    A term of n letters (spaces ignored) tolerates ``floor(n * (1 - threshold))`` edits (0.8: one
+    edit up to 9 letters, two up to 14, ...); terms shorter than six letters must match exactly.
+    ``quality`` = 1 - edits / n.
+    """
     words = normalize(text).split()
     found: typing.Dict[str, typing.Tuple[str, str, float]] = {}
     for raw_term in vocabulary:
@@ -100,22 +119,24 @@ def match_terms(text: str, vocabulary: typing.Mapping[str, float] = VOCABULARY,
         term = "".join(term_words)
         if not term:
             continue
-        best = (0.0, "")
+        allowed = 0 if len(term) < FUZZY_MIN_LEN else int(len(term) * (1.0 - threshold) + 1e-9)
+        best: typing.Optional[typing.Tuple[int, str]] = None
         k = len(term_words)
-        for size in {max(1, k - 1), k, k + 1}:
+        for size in sorted({max(1, k - 1), k, k + 1}):
             for i in range(len(words) - size + 1):
                 window = words[i:i + size]
                 read = "".join(window)
-                if len(term) < FUZZY_MIN_LEN:
-                    r = 1.0 if window == term_words else 0.0
+                if allowed == 0:
+                    d = 0 if window == term_words else len(term)
                 else:
-                    r = _ratio(term, read)
-                    if size == 1 and len(term) >= PARTIAL_MIN_LEN and len(read) > len(term):
-                        r = max(r, _partial(term, read))
-                if r > best[0]:
-                    best = (r, " ".join(window))
-        if best[0] >= threshold:
-            found[raw_term] = (raw_term, best[1], round(best[0], 4))
+                    if abs(len(read) - len(term)) > allowed and not (size == 1 and len(term) >= PARTIAL_MIN_LEN):
+                        continue
+                    d = _distance(term, read, partial=size == 1 and len(term) >= PARTIAL_MIN_LEN
+                                  and len(read) > len(term))
+                if d <= allowed and (best is None or d < best[0]):
+                    best = (d, " ".join(window))
+        if best is not None:
+            found[raw_term] = (raw_term, best[1], round(1.0 - best[0] / len(term), 4))
     return sorted(found.values(), key=lambda m: -m[2] * vocabulary[m[0]])
 
 
