@@ -1,0 +1,201 @@
+"""``natix-miner evaluate``: a profile (or several, side by side) on the validator's own challenges.
+
+Each labelled image becomes a challenge exactly as a validator makes one
+(:mod:`natix_miner.imaging.augment`: level 0..3, rotation, resized crop, distortions, JPEG
+quality 75). Levels are balanced (image ``i`` gets level ``i mod 4`` after a seeded shuffle) or,
+with ``all_levels``, every image is sent at every level. The same JPEG bytes go to every profile,
+through the real engine (``Engine.predict``: tiers, deadlines, consensus, fallbacks).
+
+Reported per profile: MCC, accuracy, the reward proxy ``(0.5 MCC + 0.5 acc) ** 3``, the confusion
+matrix, the MCC-best threshold (0.5 after calibration), ECE, log-loss, average precision; the
+same per augmentation level and per source (real / synthetic); where the cascade stopped,
+fallbacks and latency. PNG plots: reliability diagram, precision-recall curves, MCC against the
+threshold.
+
+Usage::
+
+    natix-miner evaluate --profile demo-cpu --data procedural --n 200 --json eval.json --plots out/
+    natix-miner evaluate --profile demo-cpu --compare configs/h100x1.yaml --data data/val
+
+    from natix_miner.training.evaluate import evaluate_profiles
+    report = evaluate_profiles(["demo-cpu"], "procedural", n=100)
+"""
+
+import asyncio
+import dataclasses
+import json
+import typing
+from pathlib import Path
+
+import numpy as np
+
+from natix_miner.training.metrics import binary_metrics, pr_curve, reliability_bins, summarize
+
+LEVELS = (0, 1, 2, 3)
+
+
+@dataclasses.dataclass
+class Challenge:
+    key: str
+    label: int
+    source: str
+    level: int
+    jpeg: bytes
+    params: dict
+
+
+def make_challenges(samples, seed: int = 0, all_levels: bool = False,
+                    levels: typing.Sequence[int] = LEVELS, progress: bool = True) -> typing.List[Challenge]:
+    """The validator's augmentation applied to each sample (seeded: same seed, same bytes)."""
+    from tqdm import tqdm
+
+    from natix_miner.imaging.augment import augment
+
+    order = list(range(len(samples)))
+    np.random.default_rng(seed).shuffle(order)
+    out: typing.List[Challenge] = []
+    for rank, i in enumerate(tqdm(order, desc="challenges", unit="img", disable=not progress, leave=False)):
+        s = samples[i]
+        if s.label is None:
+            raise ValueError(f"{s.key}: evaluation needs labelled images")
+        img = s.image()
+        todo = list(levels) if all_levels else [levels[rank % len(levels)]]
+        for lv in todo:
+            rng = np.random.default_rng([seed, i, lv])
+            a = augment(img, rng, level=lv)
+            out.append(Challenge(s.key, int(s.label), s.source, lv, a.jpeg(), a.params))
+    return out
+
+
+def _latency(values: typing.Sequence[float]) -> dict:
+    if not values:
+        return {}
+    a = np.asarray(values) * 1000
+    return {"p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)),
+            "p99": float(np.percentile(a, 99)), "mean": float(a.mean())}
+
+
+def profile_report(challenges: typing.Sequence[Challenge], results) -> dict:
+    """Metrics of one profile's results on the challenges (same order)."""
+    y = np.array([c.label for c in challenges])
+    p = np.array([r.probability for r in results], dtype=np.float64)
+    lv = np.array([c.level for c in challenges])
+    src = np.array([c.source for c in challenges])
+    exits: typing.Dict[str, int] = {}
+    for r in results:
+        key = r.tiers_run[-1] if r.tiers_run else "none"
+        exits[key] = exits.get(key, 0) + 1
+    fallbacks: typing.Dict[str, int] = {}
+    for r in results:
+        if r.fallback:
+            k = (r.fallback_reason or "unknown").split(":")[0]
+            fallbacks[k] = fallbacks.get(k, 0) + 1
+    return {
+        "overall": summarize(y, p),
+        "per_level": {int(k): binary_metrics(y[lv == k], p[lv == k]) for k in sorted(set(lv.tolist()))},
+        "per_source": {str(k): binary_metrics(y[src == k], p[src == k]) for k in sorted(set(src.tolist()))},
+        "exits": exits,
+        "fallbacks": fallbacks,
+        "latency_ms": _latency([r.timings.get("total", 0.0) for r in results if not r.cached]),
+        "reliability": reliability_bins(y, p),
+        "average_precision": pr_curve(y, p)["average_precision"],
+    }
+
+
+async def _run_profile(profile, challenges, concurrency: int, progress: bool):
+    from natix_miner.training.runner import ProfileRunner
+
+    async with ProfileRunner(profile, concurrency=concurrency, progress=progress) as run:
+        return await run.predict([c.jpeg for c in challenges], desc=f"evaluate {profile.name}")
+
+
+def _unique_names(profiles) -> typing.List[str]:
+    names, seen = [], {}
+    for prof in profiles:
+        n = prof.name
+        seen[n] = seen.get(n, 0) + 1
+        names.append(n if seen[n] == 1 else f"{n}#{seen[n]}")
+    return names
+
+
+def evaluate_profiles(profiles: typing.Sequence, data: str, n: typing.Optional[int] = None, seed: int = 0,
+                      all_levels: bool = False, concurrency: int = 32, plots: typing.Optional[str] = None,
+                      progress: bool = True, samples=None) -> dict:
+    """Evaluate profiles (names, paths or ``Profile`` objects) on the same challenges."""
+    from natix_miner.config import Profile, load_profile
+    from natix_miner.training.datasets import label_counts, load_samples
+
+    profs = [p if isinstance(p, Profile) else load_profile(p) for p in profiles]
+    if not profs:
+        raise ValueError("no profile to evaluate")
+    if samples is None:
+        samples = load_samples(data, limit=n, seed=seed, labelled=True)
+    challenges = make_challenges(samples, seed=seed, all_levels=all_levels, progress=progress)
+    names = _unique_names(profs)
+    report: dict = {"data": str(data), "n": len(challenges), "images": len(samples), "seed": seed,
+                    "labels": label_counts(samples), "all_levels": all_levels, "profiles": {}}
+    series = {}
+    y = np.array([c.label for c in challenges])
+    for name, prof in zip(names, profs):
+        results = asyncio.run(_run_profile(prof, challenges, concurrency, progress))
+        rep = profile_report(challenges, results)
+        rep["profile_path"] = prof.path
+        report["profiles"][name] = rep
+        series[name] = (y, np.array([r.probability for r in results]))
+    if len(profs) > 1:
+        report["comparison"] = compare(series)
+    if plots:
+        from natix_miner.training.plots import pr_curves, reliability_diagram, threshold_curves
+
+        d = Path(plots)
+        report["plots"] = [str(reliability_diagram(series, d / "reliability.png")),
+                           str(pr_curves(series, d / "pr_curve.png")),
+                           str(threshold_curves(series, d / "mcc_threshold.png"))]
+    return report
+
+
+def compare(series) -> dict:
+    """Pairwise: how often two profiles disagree after rounding, and each one's wins."""
+    names = list(series)
+    out = {}
+    for i in range(len(names)):
+        for j in range(i + 1, len(names)):
+            y, a = series[names[i]]
+            _, b = series[names[j]]
+            qa, qb = np.round(a).astype(int), np.round(b).astype(int)
+            out[f"{names[i]} vs {names[j]}"] = {
+                "disagree": int((qa != qb).sum()),
+                f"only_{names[i]}_right": int(((qa == y) & (qb != y)).sum()),
+                f"only_{names[j]}_right": int(((qb == y) & (qa != y)).sum()),
+            }
+    return out
+
+
+def format_report(report: dict) -> str:
+    lines = [f"data {report['data']}: {report['images']} images, {report['n']} challenges, labels {report['labels']}"]
+    head = (f"{'profile':<22}{'MCC':>7}{'acc':>7}{'reward':>8}{'best_t':>8}{'ECE':>7}"
+            + "".join(f"{'L' + str(k) + ' MCC':>9}" for k in LEVELS) + f"{'fallback':>9}{'p50 ms':>8}")
+    lines.append(head)
+    for name, r in report["profiles"].items():
+        o = r["overall"]
+        lv = "".join(f"{r['per_level'][k]['mcc']:>9.3f}" if k in r["per_level"] else f"{'-':>9}" for k in LEVELS)
+        lines.append(f"{name:<22}{o['mcc']:>7.3f}{o['accuracy']:>7.3f}{o['reward_proxy']:>8.3f}"
+                     f"{o.get('best_threshold', float('nan')):>8.3f}{o['ece']:>7.3f}{lv}"
+                     f"{sum(r['fallbacks'].values()):>9d}{r['latency_ms'].get('p50', float('nan')):>8.1f}")
+    for name, r in report["profiles"].items():
+        cm = r["overall"]["confusion"]
+        src = ", ".join(f"{k}: MCC {v['mcc']:.3f} acc {v['accuracy']:.3f} (n={v['n']})" for k, v in r["per_source"].items())
+        lines.append(f"{name}: confusion [label none: {cm['tn']} right, {cm['fp']} wrong] "
+                     f"[label roadwork: {cm['tp']} right, {cm['fn']} wrong]; exits {r['exits']}; {src}")
+    for k, v in report.get("comparison", {}).items():
+        lines.append(f"{k}: {v}")
+    for p in report.get("plots", []):
+        lines.append(f"plot: {p}")
+    return "\n".join(lines)
+
+
+def write_json(report: dict, path: typing.Union[str, Path]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+    return path
