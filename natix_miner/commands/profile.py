@@ -1,16 +1,23 @@
-"""``natix-miner profile show|validate [PROFILE]``: the cascade as data, checked.
+"""``natix-miner profile show|validate|plan [PROFILE]``: the cascade as data, checked.
 
-    natix-miner profile validate configs/h100x2.yaml   # exit 1 with "key: problem" lines if wrong
-    natix-miner profile show demo-cpu                  # tiers, experts, devices, budgets
+    natix-miner profile validate configs/h100x2.yaml   # exit 1 with "file: key: problem" lines if wrong
+    natix-miner profile show demo-cpu                  # tiers, experts, devices, budgets, weights
+    natix-miner profile plan h100x2 --gpus 2 --gpu-gb 80   # dry-run placement table from the hints
+
+``validate`` checks the schema, the references between keys, the fitted consensus file beside the
+profile, that every expert family is known and that each family accepts its options (experts are
+constructed, never loaded: no weights are needed).
 """
 
 import sys
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("profile", help="show or validate a profile")
-    p.add_argument("action", choices=["show", "validate"])
+    p = sub.add_parser("profile", help="show, validate or dry-run place a profile")
+    p.add_argument("action", choices=["show", "validate", "plan"])
     p.add_argument("profile", nargs="?", default=None)
+    p.add_argument("--gpus", type=int, default=None, help="plan: number of GPUs (default: the visible ones)")
+    p.add_argument("--gpu-gb", type=float, default=80.0, help="plan: memory per GPU in GB (with --gpus)")
     p.set_defaults(func=main)
 
 
@@ -22,16 +29,43 @@ def main(args) -> int:
     except ProfileError as exc:
         print(f"invalid profile:\n{exc}", file=sys.stderr)
         return 1
+    from natix_miner.engine.engine import check_profile
+
+    problems = check_profile(prof)
+    if problems:
+        print("invalid profile:\n" + "\n".join(problems), file=sys.stderr)
+        return 1
     if args.action == "validate":
-        print(f"ok: {prof.path} ({len(prof.experts)} experts, {len(prof.tiers)} tiers)")
+        fitted = prof.consensus_file
+        extra = f", fitted consensus {fitted.name}" if fitted is not None and fitted.exists() else ""
+        print(f"ok: {prof.path} ({len(prof.experts)} experts, {len(prof.tiers)} tiers{extra})")
         return 0
-    print(f"profile {prof.name}: {prof.description}")
-    print(f"deadline {prof.deadline_s}s, escalate while {prof.escalation.low} < p < {prof.escalation.high}")
+    if args.action == "plan":
+        from natix_miner.engine.placement import GiB, Placement, PlacementError
+
+        inventory = None
+        if args.gpus is not None:
+            inventory = {f"cuda:{i}": int(args.gpu_gb * GiB) for i in range(args.gpus)}
+        plan = Placement(prof.gpu_memory_fraction, inventory=inventory)
+        try:
+            plan.plan(prof.tiered_experts)
+        except PlacementError as exc:
+            print(plan.table())
+            print(f"does not fit: {exc}", file=sys.stderr)
+            return 1
+        print(plan.table())
+        return 0
+    print(f"profile {prof.name}: {prof.description}".rstrip(": "))
+    print(f"deadline {prof.deadline_s}s, escalate while {prof.escalation.low} < p < {prof.escalation.high}, "
+          f"fallback {prof.fallback_probability}")
     for tier in prof.tiers:
-        print(f"  tier {tier.name} (budget {tier.budget_s}s)")
+        band = f", band {tier.escalation.low}-{tier.escalation.high}" if tier.escalation else ""
+        print(f"  tier {tier.name} (budget {tier.budget_s}s{band})")
         for name in tier.experts:
             e = prof.expert(name)
             w = prof.consensus.weights.get(name, 1.0)
-            print(f"    {name:<24} {e.family:<14} {e.device:<8} {e.dtype:<9} batch<={e.max_batch:<5} weight {w:+.3f}")
-    print(f"  consensus bias {prof.consensus.bias:+.3f} normalize={prof.consensus.normalize}")
+            devs = ",".join(e.replica_devices)
+            print(f"    {name:<24} {e.family:<14} {devs:<16} {e.dtype:<9} batch<={e.max_batch:<5} weight {w:+.3f}")
+    print(f"  consensus bias {prof.consensus.bias:+.3f} normalize={prof.consensus.normalize}"
+          f"{' stages=' + ','.join(prof.consensus.stages) if prof.consensus.stages else ''}")
     return 0

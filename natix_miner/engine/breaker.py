@@ -1,53 +1,92 @@
-"""A circuit breaker per expert: open after repeated failures, probe after a cool-down.
+"""A circuit breaker per expert replica: open after repeated failures, probe after a cool-down.
 
 States: ``closed`` (normal) -> ``open`` after ``failures`` consecutive failures or timeouts ->
-``half_open`` once ``cooldown_s`` has passed (one probe request is let through) -> ``closed`` on
-success, ``open`` again on failure.
+``half_open`` once ``cooldown_s`` has passed: exactly one probe request is let through ->
+``closed`` when the probe succeeds, ``open`` again (a fresh cool-down) when it fails. A probe whose
+caller vanished (cancelled, never recorded) is given up after another cool-down, so the breaker can
+never stick half-open.
 
 Usage::
 
     b = Breaker(failures=3, cooldown_s=30)
-    if b.allow(): ...; b.record(ok=True)
+    if b.allow():
+        try: run(); b.record(ok=True)
+        except Exception as e: b.record(ok=False, error=str(e))
 """
 
 import time
+import typing
 
 
 class Breaker:
     CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
-    def __init__(self, failures: int = 3, cooldown_s: float = 30.0, clock=time.monotonic):
-        self.threshold = failures
-        self.cooldown_s = cooldown_s
+    def __init__(self, failures: int = 3, cooldown_s: float = 30.0,
+                 clock: typing.Callable[[], float] = time.monotonic):
+        self.threshold = max(1, int(failures))
+        self.cooldown_s = float(cooldown_s)
         self._clock = clock
-        self.state = self.CLOSED
+        self._state = self.CLOSED
         self.consecutive = 0
         self.opened_at = 0.0
         self.total_failures = 0
+        self.total_successes = 0
+        self.opens = 0  # how many times it tripped
+        self.probes = 0
         self.last_error: str = ""
-        self._probe_in_flight = False
+        self._probe_started: typing.Optional[float] = None
+
+    @property
+    def state(self) -> str:
+        """The state as of now (an open breaker past its cool-down reads ``half_open``)."""
+        if self._state == self.OPEN and self._clock() - self.opened_at >= self.cooldown_s:
+            return self.HALF_OPEN
+        return self._state
 
     def allow(self) -> bool:
-        if self.state == self.CLOSED:
+        """May a request go through now? In ``half_open`` this hands out the single probe."""
+        if self._state == self.CLOSED:
             return True
-        if self.state == self.OPEN and self._clock() - self.opened_at >= self.cooldown_s:
-            self.state = self.HALF_OPEN
-            self._probe_in_flight = False
-        if self.state == self.HALF_OPEN and not self._probe_in_flight:
-            self._probe_in_flight = True
-            return True
-        return False
+        now = self._clock()
+        if self._state == self.OPEN:
+            if now - self.opened_at < self.cooldown_s:
+                return False
+            self._state = self.HALF_OPEN
+            self._probe_started = None
+        if self._probe_started is not None and now - self._probe_started < self.cooldown_s:
+            return False  # the probe is still out
+        self._probe_started = now
+        self.probes += 1
+        return True
+
+    def release(self) -> None:
+        """The caller gave up without an outcome (cancelled): free the probe slot."""
+        if self._state == self.HALF_OPEN:
+            self._probe_started = None
 
     def record(self, ok: bool, error: str = "") -> None:
         if ok:
-            self.state = self.CLOSED
+            self.total_successes += 1
+            self._state = self.CLOSED
             self.consecutive = 0
-            self._probe_in_flight = False
+            self._probe_started = None
             return
         self.total_failures += 1
         self.consecutive += 1
         self.last_error = error[:200]
-        if self.state == self.HALF_OPEN or self.consecutive >= self.threshold:
-            self.state = self.OPEN
-            self.opened_at = self._clock()
-            self._probe_in_flight = False
+        if self._state == self.HALF_OPEN or (self._state == self.CLOSED and self.consecutive >= self.threshold):
+            self.trip()
+
+    def trip(self, error: str = "") -> None:
+        """Open now (also used when an expert fails to load)."""
+        if error:
+            self.last_error = error[:200]
+        self._state = self.OPEN
+        self.opened_at = self._clock()
+        self._probe_started = None
+        self.opens += 1
+
+    def snapshot(self) -> dict:
+        return {"state": self.state, "consecutive_failures": self.consecutive, "failures": self.total_failures,
+                "successes": self.total_successes, "opens": self.opens, "probes": self.probes,
+                "last_error": self.last_error}

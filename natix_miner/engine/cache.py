@@ -50,9 +50,15 @@ class ResultCache(typing.Generic[T]):
     def put(self, key: str, value: T) -> None:
         if self.max_entries <= 0:
             return
-        self._data[key] = (self._clock(), value)
+        now = self._clock()
+        self._data[key] = (now, value)
         self._data.move_to_end(key)
         while len(self._data) > self.max_entries:
+            self._data.popitem(last=False)
+        while self._data:  # drop expired entries from the cold end
+            stamp, _ = next(iter(self._data.values()))
+            if now - stamp <= self.ttl_s:
+                break
             self._data.popitem(last=False)
 
     # -- in-flight de-duplication ------------------------------------------------------------
@@ -67,6 +73,10 @@ class ResultCache(typing.Generic[T]):
     def end(self, key: str, fut: asyncio.Future) -> None:
         if self._inflight.get(key) is fut:
             del self._inflight[key]
+
+    @property
+    def inflight_count(self) -> int:
+        return len(self._inflight)
 
     @property
     def hit_rate(self) -> float:

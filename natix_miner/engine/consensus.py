@@ -1,23 +1,27 @@
 """Weighted log-odds pooling of the experts that answered.
 
-    z = bias + sum_i w_i * logit(p_i)        (divided by sum_i w_i when ``normalize``)
+    z = bias + sum_i w_i * logit(p_i)        (the sum divided by sum_i |w_i| when ``normalize``)
     p = sigmoid(z / temperature)
 
-With no fitted weights every weight is 1 and ``normalize`` is on: the geometric mean of the
-odds. ``natix-miner calibrate`` fits weights and bias by logistic regression on the experts'
-logits and writes them beside the profile (``normalize: false`` then).
+Only experts that answered and did not abstain take part; a missing expert contributes nothing
+(as if it had said 0.5). With no fitted weights every weight is 1 and ``normalize`` is on: the
+geometric mean of the odds. The training pipeline fits weights and bias by logistic regression on
+the experts' logits and writes them beside the profile in ``<profile>.consensus.json``
+(``normalize: false``); it may also fit one rule per exit point in ``stages`` (tier name -> rule),
+used when the cascade stops after that tier, since the experts present differ there.
 
 Usage::
 
     from natix_miner.engine.consensus import Consensus
     c = Consensus(profile.consensus)
-    c.combine({"a": Evidence(0.9), "b": Evidence(0.6)})   # -> 0.78...
+    c.combine({"a": Evidence(0.9), "b": Evidence(0.6)})          # -> 0.786 (geometric mean of odds)
+    c.combine(evidence, stage="fast")                            # the rule fitted for tier "fast"
 """
 
 import math
 import typing
 
-from natix_miner.config import ConsensusSpec
+from natix_miner.config import ConsensusSpec, ConsensusStage
 from natix_miner.experts.base import Evidence
 
 
@@ -28,27 +32,38 @@ def sigmoid(z: float) -> float:
     return e / (1.0 + e)
 
 
+def logit(p: float) -> float:
+    return math.log(p / (1.0 - p))
+
+
 class Consensus:
     def __init__(self, spec: typing.Optional[ConsensusSpec] = None):
         self.spec = spec or ConsensusSpec()
 
-    def weight(self, name: str) -> float:
-        return float(self.spec.weights.get(name, 1.0))
+    def rule(self, stage: typing.Optional[str] = None) -> ConsensusStage:
+        if stage is not None and stage in self.spec.stages:
+            return self.spec.stages[stage]
+        return self.spec
 
-    def combine(self, evidence: typing.Mapping[str, Evidence]) -> typing.Optional[float]:
+    def weight(self, name: str, stage: typing.Optional[str] = None) -> float:
+        return float(self.rule(stage).weights.get(name, 1.0))
+
+    def combine(self, evidence: typing.Mapping[str, Evidence],
+                stage: typing.Optional[str] = None) -> typing.Optional[float]:
         """Pool non-abstaining evidence; ``None`` when nobody gave an opinion."""
+        rule = self.rule(stage)
         num = 0.0
         den = 0.0
         for name, ev in evidence.items():
             if ev.abstain:
                 continue
-            w = self.weight(name)
+            w = float(rule.weights.get(name, 1.0))
             if w == 0.0:
                 continue
             num += w * ev.logit
             den += abs(w)
         if den == 0.0:
             return None
-        z = num / den if self.spec.normalize else num
-        z = (z + self.spec.bias) / self.spec.temperature
+        z = num / den if rule.normalize else num
+        z = (z + rule.bias) / rule.temperature
         return sigmoid(z)

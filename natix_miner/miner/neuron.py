@@ -193,6 +193,10 @@ class Miner:
         if not self.cfg.local:
             await self.loop.run_in_executor(None, self._connect_chain)
         self.axon.start()
+        for _ in range(1000):  # axon.start() returns before uvicorn listens: early callers got refused
+            if getattr(self.axon.fast_server, "started", True):
+                break
+            await asyncio.sleep(0.01)
         self.serving = True
         log.info("miner %s serving on %s:%d (%s mode, profile %s)", self.wallet.hotkey.ss58_address,
                  self.cfg.axon.ip, self.axon.port, "local" if self.cfg.local else "chain", self.profile.name)
