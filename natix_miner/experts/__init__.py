@@ -21,6 +21,16 @@ FAMILIES: typing.Dict[str, str] = {
     "dino_head": "natix_miner.experts.dino_head:DinoHead",
     "clip_zeroshot": "natix_miner.experts.clip_zeroshot:ClipZeroShot",
     "ocr": "natix_miner.experts.ocr:OcrExpert",
+    "ultralytics": "natix_miner.experts.ultralytics_det:UltralyticsDetector",
+    "rfdetr": "natix_miner.experts.rfdetr_det:RFDETRDetector",
+    "hf_detector": "natix_miner.experts.hf_detector:HFDetector",
+    "grounding_dino": "natix_miner.experts.grounding_dino:GroundingDinoDetector",
+    "owlv2": "natix_miner.experts.owlv2:Owlv2Detector",
+    "sam3": "natix_miner.experts.sam3:Sam3Detector",
+    "depth": "natix_miner.experts.depth:DepthExpert",
+    "vllm": "natix_miner.experts.vlm.vllm_engine:VLLMVisionLanguageExpert",
+    "hf_vlm": "natix_miner.experts.vlm.hf_backend:HFVisionLanguageExpert",
+    "openai_vlm": "natix_miner.experts.vlm.openai_backend:OpenAIVisionLanguageExpert",
 }
 
 

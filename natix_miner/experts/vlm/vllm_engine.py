@@ -1,0 +1,229 @@
+"""The ``vllm`` family: a vision-language model served by an in-process vLLM ``AsyncLLM`` engine.
+
+The engine (``vllm.v1.engine.async_llm.AsyncLLM``; ``AsyncLLMEngine`` is an alias) is created once
+in the miner's event loop (``start_async``) and shut down in ``close_async``. Each image is one
+request: the question through the model's chat template with the image, ``max_tokens=1`` and
+``logprob_token_ids`` = the yes/no answer tokens, so P(yes) is a softmax over the answer words'
+log-probabilities. Concurrent requests are batched by vLLM's own scheduler (continuous batching), so
+a profile can give this expert a large ``max_batch`` and a ``max_wait_ms`` of 0. Several experts of
+this family can live in one process, each on its own GPUs (``engine.device_ids``) or spread over
+several (``engine.tensor_parallel_size`` / ``engine.data_parallel_size``).
+
+Profile entry (every ``engine`` key maps to a vLLM engine argument, see docs/vlm.md)::
+
+    - name: qwen3vl_8b
+      family: vllm
+      model: Qwen/Qwen3-VL-8B-Instruct-FP8
+      device: cuda:1
+      dtype: auto
+      max_batch: 64
+      max_wait_ms: 0
+      options:
+        max_pixels: 200704                 # visual token budget per image
+        thinking: {mode: band, band: [0.35, 0.65], max_tokens: 192, timeout_s: 2.5}
+        engine:
+          gpu_memory_utilization: 0.45
+          max_model_len: 4096
+          kv_cache_dtype: fp8
+          enable_prefix_caching: true
+          max_num_seqs: 64
+
+Usage::
+
+    expert = VLLMVisionLanguageExpert(spec, profile)
+    expert.load("cuda:1")           # blocking: options, processor, engine arguments
+    await expert.start_async()      # in the serving loop: the engine starts
+    evidence = await expert.predict_batch_async([decoded_image])
+    await expert.close_async()
+"""
+
+import asyncio
+import itertools
+import typing
+
+import pydantic
+
+from natix_miner.experts.base import Evidence
+from natix_miner.experts.vlm.common import VLMExpert
+from natix_miner.experts.vlm.prompt import AnswerSet, VLMOptionError, strip_after_marker
+
+_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16", "auto": "auto", "fp8": "auto"}
+
+
+class VLLMEngineOptions(pydantic.BaseModel):
+    """``options.engine``: the vLLM engine arguments this project exposes (docs/vlm.md explains each).
+
+    Anything else vLLM accepts goes under ``extra`` (checked against ``AsyncEngineArgs`` at load).
+    """
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    max_model_len: int = pydantic.Field(default=4096, ge=64)
+    gpu_memory_utilization: float = pydantic.Field(default=0.9, gt=0, le=1)
+    kv_cache_memory_bytes: typing.Optional[int] = pydantic.Field(default=None, gt=0)
+    kv_cache_dtype: typing.Literal["auto", "float16", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2"] = "auto"
+    enable_prefix_caching: bool = True
+    enable_chunked_prefill: typing.Optional[bool] = None
+    max_num_seqs: typing.Optional[int] = pydantic.Field(default=None, ge=1)
+    max_num_batched_tokens: typing.Optional[int] = pydantic.Field(default=None, ge=1)
+    quantization: typing.Optional[str] = None  # fp8 | awq | awq_marlin | gptq_marlin | compressed-tensors | ...
+    tensor_parallel_size: int = pydantic.Field(default=1, ge=1)
+    data_parallel_size: int = pydantic.Field(default=1, ge=1)
+    mm_encoder_tp_mode: typing.Optional[typing.Literal["weights", "data"]] = None
+    speculative_config: typing.Optional[typing.Dict[str, typing.Any]] = None
+    device_ids: typing.Optional[typing.List[int]] = None
+    enforce_eager: bool = False
+    limit_mm_per_prompt: typing.Dict[str, int] = pydantic.Field(default_factory=lambda: {"image": 1, "video": 0})
+    mm_processor_cache_gb: typing.Optional[float] = pydantic.Field(default=None, ge=0)
+    seed: int = 0
+    trust_remote_code: bool = False
+    extra: typing.Dict[str, typing.Any] = pydantic.Field(default_factory=dict)
+
+
+def engine_arguments(opts: VLLMEngineOptions, model: str, dtype: str, device: str,
+                     max_pixels: typing.Optional[int], min_pixels: typing.Optional[int],
+                     n_logprobs: int) -> typing.Dict[str, typing.Any]:
+    """Keyword arguments for ``vllm.AsyncEngineArgs`` (pure: no vLLM import, testable anywhere)."""
+    if dtype not in _DTYPES:
+        raise VLMOptionError(f"dtype {dtype!r} is not supported by the vllm family (use {sorted(_DTYPES)}; "
+                             "quantised weights: options.engine.quantization)")
+    kw: typing.Dict[str, typing.Any] = dict(
+        model=model, dtype=_DTYPES[dtype], max_model_len=opts.max_model_len,
+        gpu_memory_utilization=opts.gpu_memory_utilization, kv_cache_dtype=opts.kv_cache_dtype,
+        enable_prefix_caching=opts.enable_prefix_caching, tensor_parallel_size=opts.tensor_parallel_size,
+        data_parallel_size=opts.data_parallel_size, enforce_eager=opts.enforce_eager, seed=opts.seed,
+        trust_remote_code=opts.trust_remote_code, max_logprobs=max(20, n_logprobs),
+        limit_mm_per_prompt={"video": 0, **opts.limit_mm_per_prompt},
+        disable_log_stats=True,
+    )
+    quant = opts.quantization or ("fp8" if dtype == "fp8" else None)
+    optional = dict(kv_cache_memory_bytes=opts.kv_cache_memory_bytes, enable_chunked_prefill=opts.enable_chunked_prefill,
+                    max_num_seqs=opts.max_num_seqs, max_num_batched_tokens=opts.max_num_batched_tokens,
+                    quantization=quant, mm_encoder_tp_mode=opts.mm_encoder_tp_mode,
+                    speculative_config=opts.speculative_config, mm_processor_cache_gb=opts.mm_processor_cache_gb)
+    kw.update({k: v for k, v in optional.items() if v is not None})
+    mm = {k: v for k, v in (("max_pixels", max_pixels), ("min_pixels", min_pixels)) if v}
+    if mm:
+        kw["mm_processor_kwargs"] = mm
+    device_ids = opts.device_ids
+    if device_ids is None and device.startswith("cuda:") and opts.tensor_parallel_size * opts.data_parallel_size == 1:
+        device_ids = [int(device.split(":", 1)[1])]
+    if device_ids is not None:
+        world = opts.tensor_parallel_size * opts.data_parallel_size
+        if len(device_ids) < world:
+            raise VLMOptionError(f"engine.device_ids {device_ids} has fewer devices than tensor_parallel_size x "
+                                 f"data_parallel_size = {world}")
+        if device.startswith("cuda"):
+            kw["device_ids"] = list(device_ids)
+    clash = set(kw) & set(opts.extra)
+    if clash:
+        raise VLMOptionError(f"engine.extra repeats {sorted(clash)}; set them as engine options instead")
+    kw.update(opts.extra)
+    return kw
+
+
+class VLLMVisionLanguageExpert(VLMExpert):
+    family = "vllm"
+    backend_section = "engine"
+    is_async = True
+
+    _ids = itertools.count()
+
+    def load(self, device: str) -> None:
+        from transformers import AutoProcessor
+
+        try:
+            self.engine_opts = VLLMEngineOptions.model_validate(self.opts.engine)
+        except pydantic.ValidationError as exc:
+            raise VLMOptionError("; ".join(f"experts.{self.name}.options.engine.{'.'.join(map(str, e['loc']))}: "
+                                           f"{e['msg']}" for e in exc.errors())) from None
+        path = self.resolve_model()
+        if not path:
+            raise VLMOptionError(f"expert {self.name}: 'model' is required for family vllm")
+        marked = self.opts.thinking.mode != "off"
+        self.engine_kwargs = engine_arguments(self.engine_opts, path, self.spec.dtype, device, self.opts.max_pixels,
+                                              self.opts.min_pixels,
+                                              n_logprobs=len(self.opts.yes_words) + len(self.opts.no_words))
+        self.processor = AutoProcessor.from_pretrained(path, trust_remote_code=self.engine_opts.trust_remote_code)
+        self.answers = AnswerSet.from_tokenizer(self.processor.tokenizer, *self.words, marked=marked)
+        self.prompt_direct = self._template(thinking=False)
+        self.prompt_think = self._template(thinking=True)
+        self.device = device
+        self.engine = None
+
+    def _template(self, thinking: bool) -> str:
+        return self.processor.apply_chat_template(self.opts.messages(thinking=thinking), tokenize=False,
+                                                  add_generation_prompt=True, **self.opts.chat_template_kwargs)
+
+    async def start_async(self) -> None:
+        """Create the engine in the running loop; check the engine's tokenizer agrees on answer ids."""
+        from vllm import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        valid = set(AsyncEngineArgs.__dataclass_fields__)
+        unknown = set(self.engine_kwargs) - valid
+        if unknown:
+            raise VLMOptionError(f"experts.{self.name}.options.engine: vLLM does not know {sorted(unknown)}")
+        self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**self.engine_kwargs))
+        engine_answers = AnswerSet.from_tokenizer(self.engine.get_tokenizer(), *self.words,
+                                                  marked=self.opts.thinking.mode != "off")
+        if engine_answers.ids(False) != self.answers.ids(False):
+            await self.close_async()
+            raise VLMOptionError(f"expert {self.name}: engine tokenizer answer ids {engine_answers.ids(False)} "
+                                 f"differ from the processor's {self.answers.ids(False)}")
+
+    async def _final(self, prompt: str, image, params) -> typing.Any:
+        if self.engine is None:
+            raise RuntimeError(f"expert {self.name}: engine not started (call start_async)")
+        rid = f"{self.name}-{next(self._ids)}"
+        final = None
+        async for out in self.engine.generate({"prompt": prompt, "multi_modal_data": {"image": image}}, params, rid):
+            final = out
+        return final
+
+    async def score(self, prompt: str, image, marked: bool = False) -> typing.Tuple[typing.Optional[float], dict]:
+        from vllm import SamplingParams
+
+        ids = self.answers.ids(marked=marked)
+        params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=ids)
+        out = await self._final(prompt, image, params)
+        step = out.outputs[0].logprobs[0]
+        return self.answers.probability({tid: step[tid].logprob for tid in ids if tid in step}, marked=marked)
+
+    async def think(self, image) -> dict:
+        from vllm import SamplingParams
+
+        t = self.opts.thinking
+        params = SamplingParams(max_tokens=t.max_tokens, temperature=0.0, stop=[t.answer_marker])
+        out = await self._final(self.prompt_think, image, params)
+        reasoning = out.outputs[0].text
+        p, d = await self.score(self.prompt_think + strip_after_marker(reasoning, t.answer_marker) + t.answer_marker,
+                                image, marked=True)
+        return self.thought(reasoning, p, d, len(out.outputs[0].token_ids))
+
+    async def _one(self, image) -> Evidence:
+        pil = image.pil()
+        p, detail = await self.score(self.prompt_direct, pil)
+        self.stats["direct"] += 1
+        thought = None
+        if self.wants_thinking(p):
+            self.stats["thinking"] += 1
+            try:
+                thought = await asyncio.wait_for(self.think(pil), timeout=self.opts.thinking.timeout_s)
+            except asyncio.TimeoutError:  # the request is aborted by the cancelled generator
+                self.stats["thinking_timeouts"] += 1
+                thought = {"p": None, "answer": None, "timed_out": True}
+        return self.evidence(p, detail, thought)
+
+    async def predict_batch_async(self, images) -> typing.List[Evidence]:
+        return list(await asyncio.gather(*(self._one(im) for im in images)))
+
+    async def close_async(self) -> None:
+        engine, self.engine = self.engine, None
+        if engine is not None:
+            engine.shutdown()
+
+    def close(self) -> None:
+        engine, self.engine = getattr(self, "engine", None), None
+        if engine is not None:
+            engine.shutdown()
