@@ -9,13 +9,14 @@ import torch
 
 from natix_miner.config import load_profile
 from natix_miner.experts import create_expert
-from tests.tiny_hf import road_images, tiny_clip, tiny_siglip, write_profile
+from tests.tiny_hf import road_images, tiny_clip, tiny_siglip, tiny_siglip2, write_profile
 
 
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("zs")
-    return {"clip": tiny_clip(root / "clip"), "siglip": tiny_siglip(root / "siglip")}
+    return {"clip": tiny_clip(root / "clip"), "siglip": tiny_siglip(root / "siglip"),
+            "siglip2": tiny_siglip2(root / "siglip2")}
 
 
 def load(tmp_path, model_dir, options="{}", dtype="float32"):
@@ -40,7 +41,7 @@ def model_logits(model_dir, images, prompts):
 
     proc = AutoProcessor.from_pretrained(model_dir)
     model = AutoModel.from_pretrained(model_dir).eval()
-    siglip = model.config.model_type == "siglip"
+    siglip = model.config.model_type.startswith("siglip")
     kw = dict(padding="max_length", max_length=16) if siglip else dict(padding=True)
     inputs = proc(text=prompts, images=images, return_tensors="pt", **kw)
     with torch.no_grad():
@@ -63,12 +64,13 @@ def test_clip_softmax_matches_model_forward(tmp_path, dirs):
     assert e.memory_bytes() > 0
 
 
-def test_siglip_sigmoid_matches_model_forward(tmp_path, dirs):
-    e = load(tmp_path, dirs["siglip"], PROMPTS)
-    assert e.mode == "sigmoid"
+@pytest.mark.parametrize("kind", ["siglip", "siglip2"])
+def test_siglip_sigmoid_matches_model_forward(tmp_path, dirs, kind):
+    e = load(tmp_path, dirs[kind], PROMPTS)
+    assert e.mode == "sigmoid" and e.model.config.model_type == kind
     imgs = road_images(3, seed=4)
     ev = e.predict_batch(imgs)
-    z = model_logits(dirs["siglip"], imgs, ["road work sign", "clear empty highway"])
+    z = model_logits(dirs[kind], imgs, ["road work sign", "clear empty highway"])
     np.testing.assert_allclose([x.probability for x in ev], 1 / (1 + np.exp(-z[:, 0])), atol=1e-4)
 
 

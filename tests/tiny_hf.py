@@ -122,6 +122,40 @@ def tiny_siglip(directory: Path, seed: int = 0) -> Path:
     return directory
 
 
+def siglip2_tokenizer():
+    """A BPE trained in memory, handed to the Gemma-style ``Siglip2Tokenizer`` that SigLIP 2 uses."""
+    import json as _json
+
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import Siglip2Tokenizer
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
+    tk = Tokenizer(models.BPE(unk_token="<unk>"))
+    tk.normalizer = normalizers.Sequence([normalizers.Lowercase(), normalizers.Replace(" ", "▁")])
+    tk.pre_tokenizer = pre_tokenizers.Split(pattern="▁", behavior="merged_with_previous")
+    tk.train_from_iterator([PROMPT_WORDS] * 4, trainers.BpeTrainer(vocab_size=200, special_tokens=specials))
+    model = _json.loads(tk.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    return Siglip2Tokenizer(vocab=model["vocab"], merges=merges)
+
+
+def tiny_siglip2(directory: Path, seed: int = 0) -> Path:
+    """SigLIP 2 (NaFlex: patches + attention mask + spatial shapes), 16 patches per image."""
+    import torch
+    from transformers import Siglip2Config, Siglip2ImageProcessor, Siglip2Model, Siglip2Processor
+
+    torch.manual_seed(seed)
+    tok = siglip2_tokenizer()
+    text = dict(_text_config(16), vocab_size=256, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                eos_token_id=tok.eos_token_id)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, patch_size=16,
+                  num_patches=16)
+    Siglip2Model(Siglip2Config(text_config=text, vision_config=vision)).save_pretrained(directory)
+    Siglip2Processor(image_processor=Siglip2ImageProcessor(max_num_patches=16, patch_size=16),
+                     tokenizer=tok).save_pretrained(directory)
+    return directory
+
+
 def road_images(n: int, seed: int = 0, size: int = 224) -> typing.List[np.ndarray]:
     """Varied RGB uint8 images (sky over a grey road with coloured blobs)."""
     rng = np.random.default_rng(seed)

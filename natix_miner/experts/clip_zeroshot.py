@@ -112,19 +112,21 @@ class ClipZeroShot(Expert):
                  self.dtype, n, len(self.negative), self.mode)
 
     def embed_text(self, prompts: typing.List[str]):
-        tok = self.processor.tokenizer
         if self.siglip:  # SigLIP was trained on max_length padding; other padding shifts its embeddings
             max_len = int(getattr(self.model.config.text_config, "max_position_embeddings", 64))
-            enc = tok(prompts, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt")
+            enc = self.processor(text=prompts, padding="max_length", max_length=max_len, truncation=True,
+                                 return_tensors="pt")
         else:
-            enc = tok(prompts, padding=True, truncation=True, return_tensors="pt")
+            enc = self.processor(text=prompts, padding=True, truncation=True, return_tensors="pt")
         enc = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "position_ids")}
         f = _features(self.model.get_text_features(**enc)).float()
         return f / f.norm(dim=-1, keepdim=True)
 
     def embed_images(self, images):
         arrays = [getattr(im, "rgb", im) for im in images]
-        inputs = self.processor.image_processor(images=arrays, return_tensors="pt")
+        # through the processor (the documented call), not its image_processor: a processor may set
+        # defaults of its own (SigLIP 2's max_num_patches) that differ from the bare image processor's
+        inputs = self.processor(images=arrays, return_tensors="pt")
         inputs = {k: (v.to(self.device, dtype=self.dtype) if v.is_floating_point() else v.to(self.device))
                   for k, v in inputs.items()}
         f = _features(self.model.get_image_features(**inputs)).float()
