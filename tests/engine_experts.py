@@ -131,6 +131,20 @@ class BadLoadExpert(BrightnessExpert):
         raise FileNotFoundError(f"no weights at {self.spec.model}")
 
 
+class SecondLoadFails(BrightnessExpert):
+    """The first instance of an expert loads; later ones fail (a card without room for a replica)."""
+
+    family = "engine_test_second_load_fails"
+    loads: typing.Dict[str, int] = {}
+
+    def load(self, device):
+        key = self.options["key"]
+        self.loads[key] = self.loads.get(key, 0) + 1
+        if self.loads[key] > 1:
+            raise MemoryError("CUDA out of memory (replica)")
+        super().load(device)
+
+
 _BARRIERS: typing.Dict[str, threading.Barrier] = {}
 
 
@@ -166,8 +180,8 @@ class LoopProbeExpert(BrightnessExpert):
         return super().predict_batch(images)
 
 
-FAMILY_CLASSES = [StrictOptionsExpert, BrightnessExpert, SlowExpert, FlakyExpert, HangingExpert, BadLoadExpert, BarrierExpert,
-                  LoopProbeExpert]
+FAMILY_CLASSES = [StrictOptionsExpert, BrightnessExpert, SlowExpert, FlakyExpert, HangingExpert, BadLoadExpert,
+                  SecondLoadFails, BarrierExpert, LoopProbeExpert]
 
 
 def register() -> None:

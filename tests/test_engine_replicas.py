@@ -56,3 +56,16 @@ async def test_a_sick_replica_is_opened_alone_and_routed_around(tmp_path):
         st = engine.status()["experts"]["f"]
         assert [r["breaker"]["state"] for r in st["replicas"]] == ["open", "closed"]
 
+
+
+async def test_a_replica_that_fails_to_load_leaves_a_degraded_expert(tmp_path):
+    prof = make_profile(tmp_path, experts=[{"name": "d", "family": "engine_test_second_load_fails",
+                                            "devices": ["cpu", "cpu"], "options": {"key": "deg"}}],
+                        tiers=[{"name": "t", "experts": ["d"], "budget_s": 5}])
+    async with Engine(prof, placement=Placement(0.9, inventory={})) as engine:
+        res = await engine.predict(noise_jpeg(0))
+        st = engine.status()["experts"]["d"]
+        table = engine.placement_table()
+    assert "d" in res.evidence and not res.fallback
+    assert st["load"] == "degraded" and st["replicas_loaded"] == "1/2" and "MemoryError" in st["load_error"]
+    assert "d[0]" in table and "d[1]" not in table

@@ -149,8 +149,8 @@ class Engine:
                 pool = ExpertPool(spec, replicas)
                 pool.start()
                 self.pools[spec.name] = pool
-                self.load_status[spec.name] = "loaded" if len(replicas) == len(devices) else \
-                    f"degraded ({len(replicas)}/{len(devices)} replicas)"
+                # "degraded": serving, but with fewer replicas than asked (status shows which)
+                self.load_status[spec.name] = "loaded" if len(replicas) == len(devices) else "degraded"
         finally:
             bar.close()
             loader.shutdown(wait=False)
@@ -404,6 +404,7 @@ class Engine:
             if spec.name in self.load_errors:
                 entry["load_error"] = self.load_errors[spec.name]
             if pool:
+                entry["replicas_loaded"] = f"{len(pool.replicas)}/{len(spec.replica_devices)}"
                 entry.update({k: v for k, v in pool.snapshot().items() if k not in entry})
             experts[spec.name] = entry
         devices = self.placement.devices()

@@ -180,8 +180,12 @@ class Placement:
         rows = [("expert", "device", "memory", "share of card")]
         for p in self.placed:
             share = f"{100.0 * p.bytes / p.total:.1f}%" if p.total else "-"
-            mem = f"{p.bytes / GiB:.2f} GiB" if p.bytes >= GiB else f"{p.bytes / 1024 ** 2:.1f} MiB"
-            rows.append((p.label, p.device, mem + ("" if p.measured or not p.bytes else " (hint)"), share))
+            if not p.bytes and not p.measured:
+                mem = "?"
+            else:
+                mem = f"{p.bytes / GiB:.2f} GiB" if p.bytes >= GiB else f"{p.bytes / 1024 ** 2:.1f} MiB"
+                mem += "" if p.measured else " (hint)"
+            rows.append((p.label, p.device, mem, share))
         for d, total in self.gpus.items():
             if total:
                 rows.append((f"= {d} total", d, f"{self.used[d] / GiB:.2f} GiB",
