@@ -21,8 +21,13 @@ def _exported_metric_names() -> set:
 
     from natix_miner.ops.metrics import MinerMetrics
 
+    import types
+
+    from natix_miner.miner.admission import Admission
+
     m = MinerMetrics()
     m.vault_probe = lambda: {"ok": True}
+    m.miner = types.SimpleNamespace(admission=Admission(4, 8), engine=None, serving=False)
     body, _ = m.render()
     names = set()
     for fam in text_string_to_metric_families(body.decode()):

@@ -93,6 +93,8 @@ async def test_counters_histograms_state_and_health(traced_miner, validator_wall
     assert metric(s, "natix_expert_loaded", expert="colour") == 1
     assert metric(s, "natix_expert_load_status", expert="colour", status="loaded") == 1
     assert metric(s, "natix_cache_hit_ratio") == pytest.approx(0.5)
+    assert metric(s, "natix_admission_inflight") == 0 and metric(s, "natix_admission_refused_total") == 0
+    assert metric(s, "natix_requests_total", outcome="shed") == 0
     assert metric(s, "natix_miner_info", hotkey=m.hotkey, mode="local") == 1
     assert metric(s, "process_resident_memory_bytes") > 0
     assert time.time() - metric(s, "natix_last_request_timestamp_seconds") < 60

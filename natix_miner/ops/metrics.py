@@ -3,7 +3,7 @@
 Counted per request (from the miner's hooks and the engine's ``PredictResult``):
 
 =============================================  ===================================================
-``natix_requests_total{route,outcome}``        answered | fallback | error | blacklisted
+``natix_requests_total{route,outcome}``        answered | fallback | shed | error | blacklisted
 ``natix_request_duration_seconds{route}``      end to end inside the miner (histogram)
 ``natix_tier_duration_seconds{tier}``          per tier that ran (histogram)
 ``natix_expert_duration_seconds{expert}``      per expert call (histogram)
@@ -22,6 +22,7 @@ Read at scrape time (from ``miner.engine.status()`` and the process): ``natix_en
 ``natix_axon_serving``, ``natix_expert_load_status{expert,status}``, ``natix_expert_loaded{expert}``,
 ``natix_breaker_state{expert}`` (0 closed, 1 half-open, 2 open), ``natix_expert_queue_depth{expert}``,
 ``natix_cache_entries``, ``natix_cache_hit_ratio``, ``natix_gpu_memory_bytes{device,kind}``,
+``natix_admission_inflight`` / ``_waiting`` / ``natix_admission_refused_total{reason}`` (overload shedding),
 ``natix_vault_up`` (when Vault is configured), ``natix_miner_info{...}``, and the standard
 ``process_*`` metrics.
 
@@ -42,7 +43,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 ROUTES = ("ImageSynapse", "ExtendedImageSynapse")
-OUTCOMES = ("answered", "fallback", "error", "blacklisted")
+OUTCOMES = ("answered", "fallback", "shed", "error", "blacklisted")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.0, 9.0, 12.0)
 PROB_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 10)) + (1.0,)
 BREAKER_CODE = {"closed": 0, "half_open": 1, "open": 2}
@@ -144,6 +145,21 @@ class _StateCollector:
         ratio.add_metric([], float(cache.get("hit_rate", 0.0) or 0.0))
         yield entries
         yield ratio
+        adm: dict = {}
+        try:
+            adm = miner.admission.snapshot() if getattr(miner, "admission", None) is not None else {}
+        except Exception:  # noqa: BLE001
+            adm = {}
+        if adm:
+            for key in ("inflight", "waiting"):
+                g = GaugeMetricFamily(f"natix_admission_{key}", f"requests {key} in the miner's admission control")
+                g.add_metric([], float(adm.get(key, 0) or 0))
+                yield g
+            refused = CounterMetricFamily("natix_admission_refused", "requests shed by admission control",
+                                          labels=["reason"])
+            for reason, n in (adm.get("refused") or {}).items():
+                refused.add_metric([_reason(reason)], float(n))
+            yield refused
         engine_requests = CounterMetricFamily("natix_engine_predict", "predict() calls seen by the engine")
         engine_requests.add_metric([], float(status.get("requests", 0) or 0))
         yield engine_requests
@@ -223,11 +239,11 @@ class MinerMetrics:
         route = _route(route)
         self.requests.labels(route, outcome if outcome in OUTCOMES else "error").inc()
         self.latency.labels(route).observe(max(0.0, float(seconds)))
-        if outcome in ("answered", "fallback"):
+        if outcome in ("answered", "fallback", "shed"):
             self.last_request.set(time.time())
         if result is None:
-            if outcome == "error":
-                self.fallbacks.labels("exception").inc()
+            if outcome in ("error", "shed"):
+                self.fallbacks.labels("exception" if outcome == "error" else "shed").inc()
             return
         try:
             self.prediction.observe(float(result.probability))
