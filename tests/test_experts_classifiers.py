@@ -51,6 +51,7 @@ tiers: [{{name: fast, experts: [natix_vit]}}]
 """, "natix_vit")
     assert e.positive == [1] and e.id2label[1] == "Roadwork"
     assert e.dtype == torch.float32 and e.device == "cpu"  # float16 is a CUDA-only choice
+    assert e.fast == (224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # vectorised path, checked against the processor
     imgs = road_images(4)
     ev = e.predict_batch(imgs)
     want = reference_probability(vit_dir, imgs, 1)

@@ -54,6 +54,7 @@ PROMPTS = "{positive_prompts: [road work sign], negative_prompts: [clear empty h
 def test_clip_softmax_matches_model_forward(tmp_path, dirs):
     e = load(tmp_path, dirs["clip"], PROMPTS, dtype="bfloat16")
     assert e.mode == "softmax" and e.dtype == torch.float32
+    assert e.fast == (224, tuple(e.processor.image_processor.image_mean), tuple(e.processor.image_processor.image_std))
     imgs = road_images(3, seed=2)
     ev = e.predict_batch(imgs)
     z = model_logits(dirs["clip"], imgs, ["road work sign", "clear empty highway"])
@@ -68,6 +69,7 @@ def test_clip_softmax_matches_model_forward(tmp_path, dirs):
 def test_siglip_sigmoid_matches_model_forward(tmp_path, dirs, kind):
     e = load(tmp_path, dirs[kind], PROMPTS)
     assert e.mode == "sigmoid" and e.model.config.model_type == kind
+    assert e.fast is None  # 64 px bicubic / NaFlex patches: the processor itself prepares the images
     imgs = road_images(3, seed=4)
     ev = e.predict_batch(imgs)
     z = model_logits(dirs[kind], imgs, ["road work sign", "clear empty highway"])
@@ -84,6 +86,15 @@ def test_temperature_bias_aggregate_and_anomaly_abstain(tmp_path, dirs):
     assert [m.detail["z_roadwork"] for m in mx] != [b.detail["z_roadwork"] for b in base]
     gate = load(tmp_path, dirs["clip"], "{min_similarity: 1.01}").predict_batch(imgs)
     assert all(g.abstain for g in gate) and not any(b.abstain for b in base)
+
+
+def test_processor_path_equals_fast_path(tmp_path, dirs):
+    imgs = road_images(3, seed=8)
+    fast = load(tmp_path, dirs["clip"]).predict_batch(imgs)
+    slow_expert = load(tmp_path, dirs["clip"], "{preprocess: processor}")
+    assert slow_expert.fast is None
+    np.testing.assert_allclose([x.probability for x in slow_expert.predict_batch(imgs)],
+                               [x.probability for x in fast], atol=1e-5)
 
 
 def test_bad_options_fail_clearly(tmp_path, dirs):

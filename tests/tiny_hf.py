@@ -103,10 +103,9 @@ def tiny_clip(directory: Path, seed: int = 0) -> Path:
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
     torch.manual_seed(seed)
-    cfg = CLIPConfig(text_config=_text_config(32), vision_config=_VISION, projection_dim=16)
+    cfg = CLIPConfig(text_config=_text_config(32), vision_config=dict(_VISION, image_size=224), projection_dim=16)
     CLIPModel(cfg).save_pretrained(directory)
-    CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}),
-                  tokenizer=word_tokenizer()).save_pretrained(directory)
+    CLIPProcessor(image_processor=CLIPImageProcessor(), tokenizer=word_tokenizer()).save_pretrained(directory)
     return directory
 
 

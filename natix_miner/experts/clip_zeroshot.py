@@ -25,6 +25,7 @@ Profile entry::
         bias: 0.0
         aggregate: mean                        # mean | max
         min_similarity: null                   # e.g. 0.05: abstain below this
+        preprocess: auto                       # auto: vectorised when it matches the processor; processor
         positive_prompts: ["a dashcam photo of road work", ...]
         negative_prompts: ["a dashcam photo of a clear road", ...]
 
@@ -100,6 +101,10 @@ class ClipZeroShot(Expert):
             raise ValueError(f"expert {self.name}: prompts must be non-empty strings")
         self.device = device
         self._torch = torch
+        mode = str(o.get("preprocess", "auto"))
+        if mode not in ("auto", "processor"):
+            raise ValueError(f"expert {self.name}: preprocess must be auto or processor, not {mode!r}")
+        self.fast = hf_common.fast_pixels(self.processor) if mode == "auto" else None
         with torch.inference_mode():
             self.scale = float(self.model.logit_scale.float().exp().item())
             self.logit_bias = float(self.model.logit_bias.float().item()) if hasattr(self.model, "logit_bias") else 0.0
@@ -124,11 +129,17 @@ class ClipZeroShot(Expert):
 
     def embed_images(self, images):
         arrays = [getattr(im, "rgb", im) for im in images]
-        # through the processor (the documented call), not its image_processor: a processor may set
-        # defaults of its own (SigLIP 2's max_num_patches) that differ from the bare image processor's
-        inputs = self.processor(images=arrays, return_tensors="pt")
-        inputs = {k: (v.to(self.device, dtype=self.dtype) if v.is_floating_point() else v.to(self.device))
-                  for k, v in inputs.items()}
+        if self.fast:  # verified at load to equal the processor on 224 px images
+            from natix_miner.imaging.preprocess import to_batch
+
+            size, mean, std = self.fast
+            inputs = {"pixel_values": to_batch(arrays, size, mean, std, device=self.device, dtype=self.dtype)}
+        else:
+            # through the processor (the documented call), not its image_processor: a processor may set
+            # defaults of its own (SigLIP 2's max_num_patches) that differ from the bare image processor's
+            inputs = self.processor(images=arrays, return_tensors="pt")
+            inputs = {k: (v.to(self.device, dtype=self.dtype) if v.is_floating_point() else v.to(self.device))
+                      for k, v in inputs.items()}
         f = _features(self.model.get_image_features(**inputs)).float()
         return f / f.norm(dim=-1, keepdim=True)
 

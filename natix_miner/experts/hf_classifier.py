@@ -16,6 +16,11 @@ Profile entry::
       options:
         positive_label: Roadwork            # optional; found by name when omitted
         temperature: 1.0                    # logits / T before softmax (calibration)
+        preprocess: auto                    # auto: vectorised when it matches the processor; processor
+
+Preprocessing: the checkpoint's image processor defines it; when a vectorised resize + normalise
+(``imaging.preprocess.to_batch``, on the expert's device) reproduces the processor on 224 px probes at
+load time, that faster path is used (``preprocess: processor`` forces the processor).
 
 Heads: single-logit (sigmoid), multi-label (sigmoid of the positive logit) or softmax over all
 labels (the positive probabilities summed). Evidence detail: ``logit`` (log-odds of the answer)
@@ -93,16 +98,27 @@ class HFClassifier(Expert):
             self.id2label, o.get("positive_label"), o.get("positive_index"))
         self.device = device
         self._torch = torch
-        log.info("%s: %s on %s (%s), roadwork = %s", self.name, type(self.model).__name__, device,
-                 self.dtype, [self.id2label.get(i) for i in self.positive])
+        mode = str(o.get("preprocess", "auto"))
+        if mode not in ("auto", "processor"):
+            raise ValueError(f"expert {self.name}: preprocess must be auto or processor, not {mode!r}")
+        self.fast = hf_common.fast_pixels(self.processor) if mode == "auto" else None
+        log.info("%s: %s on %s (%s), roadwork = %s, %s preprocessing", self.name, type(self.model).__name__,
+                 device, self.dtype, [self.id2label.get(i) for i in self.positive],
+                 "vectorised" if self.fast else "processor")
 
     def warmup(self) -> None:
         self.predict_batch([np.zeros((224, 224, 3), np.uint8)])
 
     def logits(self, images) -> np.ndarray:
         arrays = [getattr(im, "rgb", im) for im in images]
-        inputs = self.processor(images=arrays, return_tensors="pt")
-        pixels = inputs["pixel_values"].to(self.device, dtype=self.dtype, non_blocking=True)
+        if self.fast:
+            from natix_miner.imaging.preprocess import to_batch
+
+            size, mean, std = self.fast
+            pixels = to_batch(arrays, size, mean, std, device=self.device, dtype=self.dtype)
+        else:
+            inputs = self.processor(images=arrays, return_tensors="pt")
+            pixels = inputs["pixel_values"].to(self.device, dtype=self.dtype, non_blocking=True)
         with self._torch.inference_mode():
             out = self.model(pixel_values=pixels).logits
         return out.float().cpu().numpy() / self.temperature

@@ -6,9 +6,13 @@ Usage (inside a family's ``load``)::
     dtype = hf_common.torch_dtype(self.spec.dtype, device)        # fp32 on CPU, fp16/bf16 on CUDA
     model = hf_common.from_pretrained(AutoModel, self.resolve_model(), self.name, dtype=dtype)
     pil = hf_common.pil_images(images)                             # DecodedImage / ndarray -> PIL RGB
+    fast = hf_common.fast_pixels(processor)    # (size, mean, std) when to_batch reproduces the processor
 """
 
+import logging
 import typing
+
+import numpy as np
 
 from natix_miner.models_store import ModelUnavailable, is_offline
 
@@ -65,3 +69,36 @@ def module_bytes(*modules) -> int:
         for t in list(m.parameters()) + list(m.buffers()):
             total += t.numel() * t.element_size()
     return total
+
+
+def fast_pixels(processor, probe_size: int = 224) -> typing.Optional[typing.Tuple[int, tuple, tuple]]:
+    """``(size, mean, std)`` for :func:`natix_miner.imaging.preprocess.to_batch` when it reproduces
+    ``processor(images=...)["pixel_values"]`` on validator-sized (224 px square) images, else None.
+
+    transformers' image processors work image by image on the CPU (tens of ms per image on a busy
+    host); ``to_batch`` is one vectorised pass and can normalise on the GPU. The equivalence is not
+    assumed from the config: it is checked on random probe images at load time.
+    """
+    from natix_miner.imaging.preprocess import to_batch
+
+    ip = getattr(processor, "image_processor", processor)
+    try:
+        if getattr(ip, "do_rescale", True) and abs(float(ip.rescale_factor) - 1 / 255) > 1e-9:
+            return None
+        normalize = getattr(ip, "do_normalize", True)
+        mean = tuple(float(v) for v in ip.image_mean) if normalize else (0.0, 0.0, 0.0)
+        std = tuple(float(v) for v in ip.image_std) if normalize else (1.0, 1.0, 1.0)
+        size = dict(ip.crop_size) if getattr(ip, "do_center_crop", False) else dict(ip.size)
+        side = int(size.get("height") or size.get("shortest_edge"))
+        if int(size.get("width", side)) != side:
+            return None
+        rng = np.random.default_rng(0)
+        probe = [rng.integers(0, 256, (probe_size, probe_size, 3), dtype=np.uint8) for _ in range(2)]
+        want = processor(images=probe, return_tensors="pt")["pixel_values"].float()
+        got = to_batch(probe, side, mean, std)
+    except Exception as exc:  # an unusual processor: keep using it as it is
+        logging.getLogger("natix_miner.experts").debug("no fast preprocessing: %s", exc)
+        return None
+    if tuple(want.shape) != tuple(got.shape) or float((want - got).abs().max()) > 1e-3:
+        return None
+    return side, mean, std
