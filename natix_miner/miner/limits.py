@@ -58,7 +58,9 @@ def _factory(cls):
     return _M
 
 
-async def _reject(send, status: int = 413, body: bytes = b"request body too large"):
+async def _reject(send, status: int = 413, message: bytes = b"request body too large"):
+    # JSON, so a bittensor dendrite reports axon.status_code=413 and the message (not a parse error)
+    body = b'{"message": "' + message + b'"}'
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
