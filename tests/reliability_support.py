@@ -45,7 +45,9 @@ class RecordingHooks(MinerHooks):
     def request(self, route, outcome, seconds, result=None, hotkey=None):
         with self.lock:
             self.requests.append({"route": route, "outcome": outcome, "seconds": seconds, "hotkey": hotkey,
-                                  "fallback_reason": getattr(result, "fallback_reason", None)})
+                                  "fallback_reason": getattr(result, "fallback_reason", None),
+                                  "evidence": sorted(getattr(result, "evidence", None) or {}),
+                                  "skipped": dict(getattr(result, "skipped", None) or {})})
 
     def blacklisted(self, route, reason, hotkey=None):
         with self.lock:

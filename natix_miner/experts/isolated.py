@@ -17,6 +17,7 @@ Profile entry::
       options:
         inner: {family: timm, model: test_efficientnet, options: {num_classes: 2}}
         threads: 1                       # torch threads in the child
+        families: {}                     # plugin families to register in the child: {name: "module:Class"}
         restart_backoff_s: 1.0
 
 Usage (direct)::
@@ -58,10 +59,13 @@ def _child_main(fd: int) -> None:  # pragma: no cover - runs in the child
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     conn = multiprocessing.connection.Connection(fd)
     try:
-        inner, profile, device, threads = conn.recv()
+        inner, profile, device, threads, families = conn.recv()
         from natix_miner.config import ExpertSpec
-        from natix_miner.experts import create_expert
+        from natix_miner.experts import create_expert, register_family
         from natix_miner.imaging.decode import probe
+
+        for family, target in families.items():  # plugin families the child must know
+            register_family(family, target)
 
         if threads:
             import torch
@@ -107,6 +111,7 @@ class IsolatedExpert(Expert):
         self.inner_spec = inner
         self.device = device
         self.threads = int(self.options.get("threads", 1))
+        self.families = dict(self.options.get("families") or {})  # {family: "module:Class"} to register
         self.start_timeout_s = float(self.options.get("start_timeout_s", 300.0))
         self.call_timeout_s = float(self.spec.timeout_s or self.options.get("call_timeout_s", 30.0))
         self.backoff_s = float(self.options.get("restart_backoff_s", 1.0))
@@ -136,7 +141,7 @@ class IsolatedExpert(Expert):
         parent = multiprocessing.connection.Connection(ours.detach())
         end = time.monotonic() + self.start_timeout_s
         try:
-            parent.send((self.inner_spec, self.profile, self.device, self.threads))
+            parent.send((self.inner_spec, self.profile, self.device, self.threads, self.families))
             while time.monotonic() < end and not self._closing.is_set():
                 if parent.poll(0.2):
                     msg = parent.recv()

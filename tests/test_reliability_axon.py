@@ -1,0 +1,169 @@
+"""Hostile requests through a real axon and real dendrites: every hostile image gets a valid answer,
+oversized bodies are refused before they are read, and a blacklisted caller's bytes never reach
+the image decoder. The process survives all of it and keeps answering.
+"""
+
+import json
+import socket
+import time
+
+import pytest
+import requests
+
+from natix_miner.engine import Engine
+from natix_miner.imaging import decode
+from natix_miner.imaging.hostile import cases, png_bomb
+from natix_miner.miner.local import MinerThread, loopback_dendrite
+from natix_miner.miner.wallet import ephemeral_wallet
+from natix_miner.protocol import ImageSynapse
+from tests.engine_experts import make_profile, tiny_timm
+from tests.reliability_support import RecordingHooks, miner_config, query, valid, validators
+
+BODY_LIMIT = 4 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A miner with a real torch model (random weights) behind a real axon, body limit 4 MB."""
+    tmp = tmp_path_factory.mktemp("axon")
+    vals = validators(tmp, [5000])
+    prof = make_profile(tmp, experts=[tiny_timm("fast")], tiers=[{"name": "t0", "experts": ["fast"], "budget_s": 5}],
+                        fallback_probability=0.3, cache={"max_entries": 0}, deadline_s=7.0,
+                        max_image_bytes=2 * 1024 * 1024)
+    hooks = RecordingHooks()
+    engine = Engine(prof)
+    miner_wallet = ephemeral_wallet("m", "m", str(tmp / "miner"))
+    cfg = miner_config(tmp, vals, axon={"max_body_bytes": BODY_LIMIT})
+    with MinerThread(cfg, engine=engine, hooks=hooks, wallet=miner_wallet) as m:
+        yield m, vals[0][0], hooks, engine
+
+
+async def _alive(m, wallet, jpeg):
+    r, took = await query(wallet, m.info(), ImageSynapse(image=jpeg))
+    assert r.axon.status_code == 200 and valid(r.prediction) and took < 9
+    return r
+
+
+async def test_every_hostile_image_gets_a_valid_answer_in_time(served):
+    m, wallet, hooks, _ = served
+    for case in cases():
+        r, took = await query(wallet, m.info(), ImageSynapse(image=case.text))
+        assert r.axon.status_code == 200, (case.name, r.axon.status_message, r.dendrite.status_message)
+        assert valid(r.prediction), case.name
+        assert took < 9.0, case.name
+        rec = hooks.requests[-1]
+        if case.expect == "answer":
+            assert rec["outcome"] == "answered", (case.name, rec)
+        else:
+            assert rec["outcome"] == "fallback" and rec["fallback_reason"] == f"bad_image:{case.reason}", \
+                (case.name, rec)
+            assert r.prediction == pytest.approx(0.3)
+
+
+def _signed(wallet, m, image: str):
+    d = loopback_dendrite(wallet)
+    syn = d.preprocess_synapse_for_request(m.info(), ImageSynapse(image=image), timeout=9.0)
+    return f"http://127.0.0.1:{m.port}/ImageSynapse", syn.to_headers(), syn.model_dump(exclude={"dendrite", "axon"})
+
+
+async def test_tens_of_mb_body_is_refused_with_413_before_parsing(served):
+    m, wallet, hooks, engine = served
+    before = engine.requests
+    big = "A" * (30 * 1024 * 1024)
+    url, headers, body = _signed(wallet, m, big)
+    t0 = time.monotonic()
+    r = requests.post(url, headers=headers, data=json.dumps(body), timeout=30)
+    assert r.status_code == 413
+    r2, took = await query(wallet, m.info(), ImageSynapse(image=big), timeout=12.0)  # the validators' client
+    assert r2.prediction == -1.0 and took < 12.0
+    assert r2.axon.status_code == 413, (r2.axon, r2.dendrite)
+    assert engine.requests == before  # never reached the engine
+    assert time.monotonic() - t0 < 30
+    await _alive(m, wallet, cases()[0].text)
+
+
+def _chunked_post(port: int, path: str, headers: dict, total: int, chunk: int = 1 << 20) -> int:
+    """POST ``total`` bytes with Transfer-Encoding: chunked (no Content-Length); return the status."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    try:
+        head = [f"POST {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Transfer-Encoding: chunked",
+                "Content-Type: application/json"] + [f"{k}: {v}" for k, v in headers.items()
+                                                     if k.lower() not in ("content-length", "host")]
+        s.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
+        sent = 0
+        payload = b"A" * chunk
+        try:
+            while sent < total:
+                s.sendall(b"%x\r\n" % len(payload) + payload + b"\r\n")
+                sent += len(payload)
+            s.sendall(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server stopped reading: that is the point
+        data = b""
+        while b"\r\n" not in data:
+            got = s.recv(4096)
+            if not got:
+                break
+            data += got
+        return int(data.split(b" ")[1]) if data.startswith(b"HTTP/1.1") else -1
+    finally:
+        s.close()
+
+
+async def test_chunked_body_without_length_is_cut_off(served):
+    m, wallet, _, engine = served
+    before = engine.requests
+    _, headers, _ = _signed(wallet, m, "x")
+    status = _chunked_post(m.port, "/ImageSynapse", headers, 40 * 1024 * 1024)
+    assert status in (400, 413, -1), status  # refused (or the connection dropped), never served
+    assert engine.requests == before
+    await _alive(m, wallet, cases()[0].text)
+
+
+async def test_body_under_the_limit_with_an_oversized_image_gets_the_fallback(served):
+    m, wallet, hooks, _ = served
+    image = "A" * (3 * 1024 * 1024)  # under the 4 MB body limit, over the profile's 2 MB image cap
+    r, took = await query(wallet, m.info(), ImageSynapse(image=image))
+    assert r.axon.status_code == 200 and r.prediction == pytest.approx(0.3)
+    assert hooks.requests[-1]["fallback_reason"] == "bad_image:too_large"
+
+
+async def test_blacklisted_callers_bytes_never_reach_the_decoder(served, tmp_path, monkeypatch):
+    """Blacklisting happens on the headers, before the body is read or decoded: prove it by counting
+    every call into the image parser (a pass-through spy on ``decode._open``)."""
+    m, wallet, hooks, engine = served
+    calls = []
+    real_open = decode._open
+
+    def spy(data):
+        calls.append(len(data))
+        return real_open(data)
+
+    monkeypatch.setattr(decode, "_open", spy)
+    stranger = ephemeral_wallet("stranger", "s", str(tmp_path / "stranger"))
+    before = engine.requests
+    bomb = next(c.text for c in cases() if c.name == "png_bomb_real_30000")
+    for image in (bomb, "garbage!!", cases()[0].text):
+        r, _ = await query(stranger, m.info(), ImageSynapse(image=image))
+        assert r.axon.status_code == 403 and r.prediction == -1.0
+    assert calls == [] and engine.requests == before
+    assert [x["hotkey"] for x in hooks.refused[-3:]] == [stranger.hotkey.ss58_address] * 3
+    await _alive(m, wallet, cases()[0].text)  # the spy does see an admitted caller's image
+    assert calls and engine.requests == before + 1
+
+
+async def test_unknown_route_and_malformed_json_are_rejected_cleanly(served):
+    m, wallet, _, engine = served
+    before = engine.requests
+    r = requests.post(f"http://127.0.0.1:{m.port}/NoSuchSynapse", data=b"{}", timeout=10)
+    assert 400 <= r.status_code < 500
+    url, headers, _ = _signed(wallet, m, "x")
+    r = requests.post(url, headers=headers, data=b"{not json", timeout=10)
+    assert 400 <= r.status_code < 600 and r.status_code != 200
+    assert engine.requests == before
+    await _alive(m, wallet, cases()[0].text)
+
+
+def test_bomb_payload_is_small_on_the_wire():
+    """The 900 Mpx bomb fits easily under any body limit: only the pixel cap stops it."""
+    assert len(png_bomb(30000, 30000, lie=False)) < 200 * 1024
