@@ -36,7 +36,7 @@ def jpegs(n: int, size: int = 224):
     return out
 
 
-def profile_for(arch: str, devices, max_batch: int):
+def profile_for(arch: str, devices, max_batch: int, gpu_decode: bool = True, concurrency: int = 1):
     from natix_miner.config import Profile
 
     return Profile.model_validate({
@@ -44,15 +44,16 @@ def profile_for(arch: str, devices, max_batch: int):
         "deadline_s": 9.0,
         "cache": {"max_entries": 0},
         "experts": [{"name": "cls", "family": "timm", "model": arch, "devices": list(devices), "dtype": "bfloat16",
-                     "max_batch": max_batch, "max_wait_ms": 2, "options": {"num_classes": 2, "image_size": 224}}],
+                     "max_batch": max_batch, "max_wait_ms": 2, "concurrency": concurrency, "options": {"num_classes": 2, "image_size": 224, "gpu_decode": gpu_decode}}],
         "tiers": [{"name": "fast", "experts": ["cls"], "budget_s": 8.0}],
     })
 
 
-async def run(arch: str, devices, images, inflight: int, max_batch: int) -> dict:
+async def run(arch: str, devices, images, inflight: int, max_batch: int, gpu_decode: bool,
+              concurrency: int = 1) -> dict:
     from natix_miner.engine import Engine
 
-    engine = Engine(profile_for(arch, devices, max_batch))
+    engine = Engine(profile_for(arch, devices, max_batch, gpu_decode, concurrency))
     t0 = time.perf_counter()
     await engine.start(strict=True)
     load_s = time.perf_counter() - t0
@@ -67,6 +68,7 @@ async def run(arch: str, devices, images, inflight: int, max_batch: int) -> dict
     for r in engine.pools["cls"].replicas:
         r.served = 0
         r.batcher.batches = r.batcher.items = 0
+        r.batcher.busy_s = 0.0
     t = time.perf_counter()
     results = await asyncio.gather(*(one(d) for d in images))
     wall = time.perf_counter() - t
@@ -74,10 +76,11 @@ async def run(arch: str, devices, images, inflight: int, max_batch: int) -> dict
     await engine.close()
     fallbacks = sum(r.fallback for r in results)
     reps = st["experts"]["cls"]["replicas"]
-    out = {"devices": list(devices), "load_s": round(load_s, 2), "images": len(images),
+    out = {"devices": list(devices), "gpu_decode": gpu_decode, "concurrency": concurrency, "load_s": round(load_s, 2), "images": len(images),
            "images_per_s": round(len(images) / wall, 1), "fallbacks": fallbacks,
            "p50_total_ms": round(sorted(r.timings["total"] for r in results)[len(results) // 2] * 1000, 2),
-           "replicas": [{"device": r["device"], "items": r["items"], "mean_batch": r["mean_batch"]} for r in reps],
+           "replicas": [{"device": r["device"], "items": r["items"], "mean_batch": r["mean_batch"],
+                         "busy_s": r["busy_s"], "wall_s": round(wall, 2)} for r in reps],
            "devices_status": {d: {k: v for k, v in row.items() if k != "experts"}
                               for d, row in st["devices"].items() if d.startswith("cuda")}}
     print(json.dumps(out, indent=1), flush=True)
@@ -90,6 +93,8 @@ def main() -> int:
     ap.add_argument("--images", type=int, default=3000)
     ap.add_argument("--inflight", type=int, default=512)
     ap.add_argument("--max-batch", type=int, default=64)
+    ap.add_argument("--gpu-decode", type=int, default=1, help="1: the timm expert decodes JPEGs on the card")
+    ap.add_argument("--concurrency", type=int, default=1, help="batches in flight per replica")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -101,10 +106,12 @@ def main() -> int:
         return 2
     print(f"{n} GPU(s): {[torch.cuda.get_device_name(i) for i in range(n)]}, torch {torch.__version__}", flush=True)
     images = jpegs(args.images)
-    results = [asyncio.run(run(args.arch, ["cuda:0"], images, args.inflight, args.max_batch))]
+    gd = bool(args.gpu_decode)
+    c = args.concurrency
+    results = [asyncio.run(run(args.arch, ["cuda:0"], images, args.inflight, args.max_batch, gd, c))]
     if n > 1:
         results.append(asyncio.run(run(args.arch, [f"cuda:{i}" for i in range(n)], images, args.inflight,
-                                       args.max_batch)))
+                                       args.max_batch, gd, c)))
         print(f"speed-up with {n} replicas: {results[1]['images_per_s'] / results[0]['images_per_s']:.2f}x")
     if args.out:
         with open(args.out, "w") as f:

@@ -24,6 +24,7 @@ import collections
 import functools
 import logging
 import math
+import os
 import sys
 import time
 import typing
@@ -75,9 +76,10 @@ def check_profile(profile: Profile, injected: typing.Iterable[str] = ()) -> typi
 
 class Engine:
     def __init__(self, profile: Profile, experts: typing.Optional[typing.Mapping[str, Injected]] = None,
-                 placement: typing.Optional[Placement] = None):
+                 placement: typing.Optional[Placement] = None, decode_threads: typing.Optional[int] = None):
         """``experts``: ready-made instances by expert name (one, or one per replica) instead of
-        building them from their family; ``placement``: a plan with a given device inventory."""
+        building them from their family; ``placement``: a plan with a given device inventory;
+        ``decode_threads``: image decoding threads (default: up to 8, one per core)."""
         self.profile = profile
         self.consensus = Consensus(profile.consensus)
         self.cache: ResultCache[PredictResult] = ResultCache(profile.cache.max_entries, profile.cache.ttl_s)
@@ -89,7 +91,7 @@ class Engine:
             e.name: "pending" if e.name in tiered else "unused" for e in profile.experts}
         self.load_errors: typing.Dict[str, str] = {}
         self.placement = placement or Placement(profile.gpu_memory_fraction)
-        self._decode_pool = DaemonExecutor(2, name="decode")
+        self._decode_pool = DaemonExecutor(decode_threads or min(8, os.cpu_count() or 2), name="decode")
         self.ready = False
         self.requests = 0
         self.answered = 0
