@@ -1,0 +1,345 @@
+"""Shared detector logic: roadwork class mapping, evidence aggregation, calibration, depth check hook.
+
+Every detector family (``ultralytics``, ``rfdetr``, ``hf_detector``, ``grounding_dino``, ``owlv2``,
+``sam3``) turns a batch of images into :class:`Detections` (boxes in original image pixels,
+scores, the model's own label names / ids). This module does the rest, identically for all:
+
+1. **mapping**: ``options.classes`` maps roadwork object classes to the model's class names or ids
+   (names are matched case-insensitively, ``_``/``-``/space-insensitive; ints match ids)::
+
+       classes:
+         cone: [traffic_cone, "traffic cone", 3]
+         barrier: [barrier, barricade, jersey_barrier]
+         sign: [road_work_sign, "stop sign"]
+         construction_vehicle: [excavator, truck]
+         worker: [worker, person]
+
+   Detections of unmapped classes are dropped (counted in ``detail["unmapped"]``).
+2. **depth check** (optional, ``options.depth_check``): each detection's score is multiplied by a
+   plausibility factor from :mod:`natix_miner.experts.depth` (a cone 3 m wide is not a cone).
+3. **aggregation**: per class, a noisy-OR over its ``top_k`` best detections with score
+   ``>= min_score``: ``q_c = 1 - prod(1 - s_i)``; across classes a weighted noisy-OR with a leak:
+   ``P = 1 - (1 - leak) * prod_c(1 - w_c * q_c)``; then a logistic calibration
+   ``p = sigmoid(a * logit(P) + b)`` that the training pipeline fits (:func:`fit_calibration`)
+   and writes back into the profile as ``options.calibration: {a: .., b: ..}``.
+
+Aggregation options (all optional)::
+
+    options:
+      min_score: 0.25          # detections below are ignored
+      top_k: 3                 # per class, best detections used in the noisy-OR
+      weights: {cone: 0.9, barrier: 0.8, sign: 0.85, construction_vehicle: 0.6, worker: 0.5}
+      leak: 0.05               # P when nothing is found
+      calibration: {a: 1.0, b: 0.0}
+      abstain_when_empty: false  # true: no mapped detection -> abstain instead of P = leak
+      nms_iou: 0.5             # class-wise NMS after mapping (default on for open-vocabulary families)
+      depth_check: depth_small # a depth expert's name in this profile, or a depth model path
+      depth_options: {...}     # camera assumptions when depth_check is a path (see depth.py)
+
+``Evidence.detail`` lists the mapped detections scoring ``>= min_score`` (before the depth factor):
+``boxes`` (xyxy, image pixels), ``classes`` (roadwork class), ``labels`` (model label), ``scores``
+(after the depth factor: what the aggregation used), ``raw_scores``, and ``class_scores``
+(``q_c``), ``features`` (``q_c`` in :data:`ROADWORK_CLASSES` order, for fitting per-class weights),
+``raw`` (``P`` before calibration), ``unmapped`` and, with a depth check, ``depth``.
+
+Usage (writing a detector family)::
+
+    class MyDetector(DetectorExpert):
+        family = "my_detector"
+        def load_model(self, device): ...
+        def detect(self, images):          # -> list[Detections]
+            ...
+"""
+
+import dataclasses
+import math
+import typing
+
+import numpy as np
+
+from natix_miner.experts.base import Evidence, Expert
+
+ROADWORK_CLASSES: typing.Tuple[str, ...] = ("cone", "barrier", "sign", "construction_vehicle", "worker")
+DEFAULT_WEIGHTS: typing.Dict[str, float] = {
+    "cone": 0.9, "barrier": 0.8, "sign": 0.85, "construction_vehicle": 0.6, "worker": 0.5}
+
+
+class DetectorConfigError(ValueError):
+    """A detector's ``options`` are malformed; the message names the option."""
+
+
+@dataclasses.dataclass
+class Detections:
+    """Raw detections for one image: ``boxes`` (N, 4) xyxy in original pixels, ``scores`` (N,),
+    ``labels`` (the model's class names or prompt texts), ``ids`` (class ids, -1 if none)."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: typing.List[str]
+    ids: np.ndarray
+    image_size: typing.Tuple[int, int]  # (height, width)
+
+    def __post_init__(self):
+        self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
+        self.scores = np.asarray(self.scores, dtype=np.float32).reshape(-1)
+        self.ids = np.asarray(self.ids, dtype=np.int64).reshape(-1)
+        self.labels = [str(x) for x in self.labels]
+        n = len(self.scores)
+        if not (len(self.boxes) == len(self.labels) == len(self.ids) == n):
+            raise ValueError(f"Detections: inconsistent lengths boxes={len(self.boxes)} scores={n} "
+                             f"labels={len(self.labels)} ids={len(self.ids)}")
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    @classmethod
+    def empty(cls, image_size) -> "Detections":
+        return cls(np.zeros((0, 4)), np.zeros(0), [], np.zeros(0), tuple(image_size))
+
+
+def _norm(name: str) -> str:
+    return " ".join(str(name).casefold().replace("_", " ").replace("-", " ").split())
+
+
+class ClassMap:
+    """Roadwork class <- model class names / ids (see module docstring)."""
+
+    def __init__(self, mapping: typing.Mapping[str, typing.Sequence[typing.Union[str, int]]]):
+        if not isinstance(mapping, typing.Mapping) or not mapping:
+            raise DetectorConfigError("options.classes: expected a non-empty mapping "
+                                      "{roadwork_class: [model class names or ids]}")
+        self.by_name: typing.Dict[str, str] = {}
+        self.by_id: typing.Dict[int, str] = {}
+        for rclass, names in mapping.items():
+            if isinstance(names, (str, int)):
+                names = [names]
+            if not isinstance(names, (list, tuple)) or not names:
+                raise DetectorConfigError(f"options.classes.{rclass}: expected a list of class names or ids")
+            for n in names:
+                if isinstance(n, bool) or not isinstance(n, (str, int)):
+                    raise DetectorConfigError(f"options.classes.{rclass}: {n!r} is neither a name nor an id")
+                if isinstance(n, int):
+                    self._put(self.by_id, n, rclass)
+                else:
+                    self._put(self.by_name, _norm(n), rclass)
+        self.classes = tuple(mapping)
+
+    @staticmethod
+    def _put(table, key, rclass):
+        if key in table and table[key] != rclass:
+            raise DetectorConfigError(f"options.classes: {key!r} mapped to both {table[key]!r} and {rclass!r}")
+        table[key] = rclass
+
+    def lookup(self, label: str, class_id: int = -1) -> typing.Optional[str]:
+        hit = self.by_name.get(_norm(label))
+        if hit is None and class_id >= 0:
+            hit = self.by_id.get(int(class_id))
+        return hit
+
+
+@dataclasses.dataclass
+class Aggregator:
+    """Detections of roadwork classes -> calibrated P(roadwork) (see module docstring)."""
+
+    classes: typing.Tuple[str, ...] = ROADWORK_CLASSES
+    weights: typing.Dict[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    min_score: float = 0.25
+    top_k: int = 3
+    leak: float = 0.05
+    a: float = 1.0
+    b: float = 0.0
+
+    @classmethod
+    def from_options(cls, options: typing.Mapping[str, typing.Any], classes: typing.Sequence[str]) -> "Aggregator":
+        weights = dict(DEFAULT_WEIGHTS)
+        for k, v in dict(options.get("weights") or {}).items():
+            if k not in classes:
+                raise DetectorConfigError(f"options.weights.{k}: not a mapped class (mapped: {list(classes)})")
+            weights[k] = float(v)
+        for c in classes:
+            weights.setdefault(c, 1.0)
+        bad = {k: w for k, w in weights.items() if not 0.0 <= w <= 1.0}
+        if bad:
+            raise DetectorConfigError(f"options.weights: must lie in [0, 1], got {bad}")
+        cal = dict(options.get("calibration") or {})
+        agg = cls(classes=tuple(classes), weights=weights,
+                  min_score=float(options.get("min_score", 0.25)), top_k=int(options.get("top_k", 3)),
+                  leak=float(options.get("leak", 0.05)), a=float(cal.get("a", 1.0)), b=float(cal.get("b", 0.0)))
+        if not 0.0 <= agg.leak < 1.0:
+            raise DetectorConfigError(f"options.leak: must lie in [0, 1), got {agg.leak}")
+        if agg.top_k < 1:
+            raise DetectorConfigError(f"options.top_k: must be >= 1, got {agg.top_k}")
+        return agg
+
+    def class_scores(self, classes: typing.Sequence[str], scores: typing.Sequence[float]) -> typing.Dict[str, float]:
+        out = {}
+        for c in self.classes:
+            s = sorted((float(x) for k, x in zip(classes, scores) if k == c and x >= self.min_score), reverse=True)
+            out[c] = 1.0 - float(np.prod([1.0 - x for x in s[: self.top_k]])) if s else 0.0
+        return out
+
+    def raw(self, q: typing.Mapping[str, float]) -> float:
+        keep = 1.0 - self.leak
+        for c, qc in q.items():
+            keep *= 1.0 - self.weights.get(c, 1.0) * qc
+        return 1.0 - keep
+
+    def calibrate(self, raw: float) -> float:
+        r = min(1.0 - 1e-6, max(1e-6, raw))
+        z = self.a * math.log(r / (1.0 - r)) + self.b
+        return 1.0 / (1.0 + math.exp(-z)) if z > -500 else 0.0
+
+
+def fit_calibration(raw: typing.Sequence[float], labels: typing.Sequence[int], l2: float = 1e-3,
+                    iters: int = 50) -> typing.Tuple[float, float]:
+    """Fit ``(a, b)`` of ``p = sigmoid(a * logit(raw) + b)`` by regularised Newton steps."""
+    r = np.clip(np.asarray(raw, dtype=np.float64), 1e-6, 1 - 1e-6)
+    y = np.asarray(labels, dtype=np.float64)
+    if r.shape != y.shape or r.size == 0:
+        raise ValueError("fit_calibration: raw and labels must be non-empty and of equal length")
+    x = np.stack([np.log(r / (1 - r)), np.ones_like(r)], axis=1)
+    w = np.array([1.0, 0.0])
+    for _ in range(iters):
+        p = 1.0 / (1.0 + np.exp(-(x @ w)))
+        g = x.T @ (p - y) + l2 * w
+        h = (x * (p * (1 - p))[:, None]).T @ x + l2 * np.eye(2)
+        step = np.linalg.solve(h, g)
+        w -= step
+        if np.abs(step).max() < 1e-9:
+            break
+    return float(w[0]), float(w[1])
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, groups: typing.Sequence, iou: float) -> np.ndarray:
+    """Indices kept by greedy non-maximum suppression within each group (e.g. roadwork class)."""
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    order = np.argsort(-np.asarray(scores, np.float32), kind="stable")
+    area = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+    keep: typing.List[int] = []
+    for i in order:
+        ok = True
+        for j in keep:
+            if groups[j] != groups[i]:
+                continue
+            xx1, yy1 = max(boxes[i, 0], boxes[j, 0]), max(boxes[i, 1], boxes[j, 1])
+            xx2, yy2 = min(boxes[i, 2], boxes[j, 2]), min(boxes[i, 3], boxes[j, 3])
+            inter = max(0.0, xx2 - xx1) * max(0.0, yy2 - yy1)
+            union = area[i] + area[j] - inter
+            if union > 0 and inter / union > iou:
+                ok = False
+                break
+        if ok:
+            keep.append(int(i))
+    return np.asarray(keep, dtype=np.int64)
+
+
+def torch_dtype(spec_dtype: str, device: str, family: str):
+    """The torch dtype an expert runs in: float32 on CPU; float16 / bfloat16 honoured on GPUs."""
+    import torch
+
+    if spec_dtype in ("fp8", "int8"):
+        raise DetectorConfigError(f"{family}: dtype {spec_dtype!r} is not supported (use float32, float16 or bfloat16)")
+    if not device.startswith("cuda"):
+        return torch.float32
+    return {"float16": torch.float16, "bfloat16": torch.bfloat16, "auto": torch.float16}.get(spec_dtype, torch.float32)
+
+
+def _finite_list(values: np.ndarray) -> typing.List[typing.Optional[float]]:
+    return [round(float(v), 3) if math.isfinite(v) else None for v in values]
+
+
+def rgb_of(image) -> np.ndarray:
+    rgb = getattr(image, "rgb", image)
+    if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise TypeError(f"expected a DecodedImage or an (H, W, 3) uint8 array, got {type(image).__name__}")
+    return rgb
+
+
+class DetectorExpert(Expert):
+    """Base of all detector families: subclasses implement :meth:`load_model` and :meth:`detect`."""
+
+    default_classes: typing.ClassVar[typing.Optional[typing.Dict[str, typing.List[str]]]] = None
+    default_nms_iou: typing.ClassVar[typing.Optional[float]] = None  # closed-set detectors run their own NMS
+
+    def load(self, device: str) -> None:
+        self.classmap = ClassMap(self.class_mapping())
+        self.aggregator = Aggregator.from_options(self.options, self.classmap.classes)
+        self.abstain_when_empty = bool(self.options.get("abstain_when_empty", False))
+        nms_iou = self.options.get("nms_iou", self.default_nms_iou)
+        self.nms_iou = None if nms_iou is None else float(nms_iou)
+        self.load_model(device)
+        self.device = device
+        self.depth_checker = None
+        if self.options.get("depth_check"):
+            from natix_miner.experts.depth import checker_from_reference
+
+            self.depth_checker = checker_from_reference(self.options["depth_check"], self.profile,
+                                                        self.options.get("depth_options"), device)
+
+    def class_mapping(self) -> typing.Mapping[str, typing.Any]:
+        mapping = self.options.get("classes") or self.default_classes
+        if not mapping:
+            raise DetectorConfigError(f"{self.name}: options.classes is required for family {self.family!r}")
+        return mapping
+
+    def load_model(self, device: str) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def detect(self, images: typing.Sequence) -> typing.List[Detections]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def memory_bytes(self) -> int:
+        own = super().memory_bytes()
+        return own + (self.depth_checker.memory_bytes() if self.depth_checker is not None else 0)
+
+    def predict_batch(self, images) -> typing.List[Evidence]:
+        return self.evidence(images, self.detect(images))
+
+    def evidence(self, images, detections: typing.Sequence[Detections], checker=None) -> typing.List[Evidence]:
+        """Map, optionally depth-check, aggregate. ``checker`` overrides ``options.depth_check``."""
+        checker = checker if checker is not None else self.depth_checker
+        mapped = [self._mapped(d) for d in detections]
+        checks = checker.check(images, mapped) if checker is not None else [None] * len(mapped)
+        return [self._one(m, c) for m, c in zip(mapped, checks)]
+
+    def _mapped(self, det: Detections) -> typing.Tuple[Detections, typing.List[str], int]:
+        keep, classes = [], []
+        for i, (label, cid) in enumerate(zip(det.labels, det.ids)):
+            c = self.classmap.lookup(label, int(cid))
+            if c is not None:
+                keep.append(i)
+                classes.append(c)
+        idx = np.asarray(keep, dtype=np.int64)
+        if self.nms_iou is not None and len(idx):
+            kept = nms(det.boxes[idx], det.scores[idx], classes, self.nms_iou)
+            idx, classes = idx[kept], [classes[k] for k in kept]
+        sub = Detections(det.boxes[idx], det.scores[idx], [det.labels[i] for i in idx], det.ids[idx], det.image_size)
+        return sub, classes, len(det) - len(keep)
+
+    def _one(self, mapped, check) -> Evidence:
+        det, classes, unmapped = mapped
+        factors = np.ones(len(det), dtype=np.float32) if check is None else np.asarray(check["factor"], np.float32)
+        scores = det.scores * factors
+        q = self.aggregator.class_scores(classes, scores)
+        raw = self.aggregator.raw(q)
+        keep = det.scores >= self.aggregator.min_score  # shown even when the depth factor removed them
+        detail = {
+            "boxes": det.boxes[keep].round(1).tolist(),
+            "classes": [c for c, k in zip(classes, keep) if k],
+            "labels": [lb for lb, k in zip(det.labels, keep) if k],
+            "scores": scores[keep].round(4).tolist(),
+            "raw_scores": det.scores[keep].round(4).tolist(),
+            "class_scores": q,
+            "features": [q.get(c, 0.0) for c in ROADWORK_CLASSES],
+            "raw": raw,
+            "unmapped": int(unmapped),
+        }
+        if check is not None:
+            detail["depth"] = {k: (_finite_list(np.asarray(v, np.float64)[keep]) if isinstance(v, (list, np.ndarray))
+                                   else v) for k, v in check.items()}
+        abstain = self.abstain_when_empty and not (scores >= self.aggregator.min_score).any()
+        return Evidence(0.5 if abstain else self.aggregator.calibrate(raw), abstain=abstain, detail=detail)
+
+    def close(self) -> None:
+        if self.depth_checker is not None:
+            self.depth_checker.close()

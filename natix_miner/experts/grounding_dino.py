@@ -1,0 +1,95 @@
+"""Grounding DINO (and MM Grounding DINO) with roadwork text prompts (family ``grounding_dino``).
+
+The prompts become one caption, ``"traffic cone. construction barrier. ... ."``; the model scores
+every (query box, caption token) pair. A prompt's score for a box is the maximum over its own
+tokens (the tokens between two ``.``), so each box gets the best prompt and that prompt's class.
+
+The model directory needs its BERT vocabulary: ``from_pretrained(dir)`` reads ``vocab.txt`` /
+``tokenizer.json`` saved beside the weights. (In transformers 5, ``BertTokenizer(vocab_file=...)``
+silently ignores the file; build tokenizers with ``vocab={...}`` or ``from_pretrained``.) The
+model marks phrase boundaries with the BERT ids of ``[CLS]`` 101, ``[SEP]`` 102, ``.`` 1012 and
+``?`` 1029: a vocabulary that puts them elsewhere runs, but without phrase separation.
+
+Profile entry::
+
+    - name: gdino_tiny
+      family: grounding_dino
+      model: models/grounding-dino-tiny          # or IDEA-Research/grounding-dino-tiny (cached)
+      dtype: float16
+      max_batch: 8
+      options:
+        prompts: {cone: [traffic cone], barrier: [construction barrier], sign: [road work sign],
+                  construction_vehicle: [excavator], worker: [worker in safety vest]}
+        conf: 0.2
+        image_size: 800        # optional: processor shortest edge
+"""
+
+import typing
+
+import numpy as np
+
+from natix_miner.experts.detection import DetectorConfigError, rgb_of, torch_dtype
+from natix_miner.experts.hf_detector import load_pretrained
+from natix_miner.experts.open_vocab import OpenVocabDetector, cxcywh_to_xyxy
+
+
+class GroundingDinoDetector(OpenVocabDetector):
+    family = "grounding_dino"
+
+    def load_model(self, device: str) -> None:
+        from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
+
+        if not self.spec.model:
+            raise DetectorConfigError(f"{self.name}: family 'grounding_dino' needs model: <dir or hub id>")
+        ref = self.resolve_model()
+        self.dtype = torch_dtype(self.spec.dtype, device, self.family)
+        self.model = load_pretrained(AutoModelForZeroShotObjectDetection, ref, self.name,
+                                     dtype=self.dtype).eval().to(device)
+        self.processor = load_pretrained(AutoProcessor, ref, self.name)
+        if self.options.get("image_size"):
+            s = int(self.options["image_size"])
+            self.processor.image_processor.size = {"shortest_edge": s, "longest_edge": max(s, 1333 * s // 800)}
+        if any("." in p for p in self.prompts):
+            raise DetectorConfigError(f"{self.name}: prompts must not contain '.' (it separates phrases)")
+        self.caption = ". ".join(p.lower() for p in self.prompts) + "."
+        ids = self.processor.tokenizer(self.caption)["input_ids"]
+        self.spans = self.prompt_spans(ids)
+        max_len = int(getattr(self.model.config, "max_text_len", 256))
+        if len(ids) > max_len:
+            raise DetectorConfigError(f"{self.name}: prompts take {len(ids)} tokens, the model reads {max_len}")
+
+    def prompt_spans(self, ids: typing.Sequence[int]) -> typing.List[np.ndarray]:
+        """Token positions of each prompt in the caption's ``input_ids``."""
+        tok = self.processor.tokenizer
+        dot = tok.convert_tokens_to_ids(".")
+        specials = set(tok.all_special_ids)
+        spans, cur = [], []
+        for pos, t in enumerate(ids):
+            if t == dot:
+                spans.append(np.asarray(cur, dtype=np.int64))
+                cur = []
+            elif t not in specials:
+                cur.append(pos)
+        if len(spans) != len(self.prompts) or any(len(s) == 0 for s in spans):
+            raise DetectorConfigError(f"{self.name}: could not split the caption {self.caption!r} into "
+                                      f"{len(self.prompts)} phrases with this tokenizer")
+        return spans
+
+    def warmup(self) -> None:
+        self.detect([np.zeros((224, 224, 3), np.uint8)])
+
+    def detect(self, images):
+        import torch
+
+        if not len(images):
+            return []
+        rgbs = [rgb_of(im) for im in images]
+        inputs = self.processor(images=list(rgbs), text=[self.caption] * len(rgbs), return_tensors="pt").to(self.device)
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        with torch.inference_mode():
+            out = self.model(**inputs)
+        probs = out.logits.float().sigmoid().cpu().numpy()          # (B, Q, max_text_len)
+        boxes = out.pred_boxes.float().cpu().numpy()                 # (B, Q, 4) cxcywh, normalised
+        per_prompt = np.stack([probs[..., s].max(axis=-1) for s in self.spans], axis=-1)  # (B, Q, P)
+        return [self.to_detections(per_prompt[i], cxcywh_to_xyxy(boxes[i], rgb.shape[1], rgb.shape[0]), rgb.shape[:2])
+                for i, rgb in enumerate(rgbs)]

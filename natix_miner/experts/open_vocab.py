@@ -1,0 +1,91 @@
+"""Shared text-prompt logic of the open-vocabulary families (``grounding_dino``, ``owlv2``, ``sam3``).
+
+``options.prompts`` maps each roadwork class to the phrases that find it; the class mapping of
+:mod:`natix_miner.experts.detection` is built from it, so the same aggregation, calibration and
+depth check apply. Each image query / box gets the prompt that scores highest on it; class-wise
+NMS (``nms_iou``, default 0.5) removes the duplicates these models emit.
+
+Profile snippet (all three families)::
+
+    options:
+      prompts:
+        cone: [traffic cone]
+        barrier: [construction barrier]
+        sign: [road work sign]
+        construction_vehicle: [excavator]
+        worker: [worker in safety vest]
+      conf: 0.1          # keep a box when its best prompt scores at least this
+      max_det: 50        # best boxes kept per image before NMS
+      min_score: 0.25    # aggregation (detection.py)
+
+Usage (a family)::
+
+    class MyOpenVocab(OpenVocabDetector):
+        family = "my_ov"
+        def load_model(self, device): ...
+        def detect(self, images):
+            ...  # per image: scores (queries, prompts), boxes (queries, 4) xyxy pixels
+            return [self.to_detections(scores, boxes, rgb.shape[:2]) for ...]
+"""
+
+import typing
+
+import numpy as np
+
+from natix_miner.experts.detection import DetectorConfigError, DetectorExpert, Detections
+
+DEFAULT_PROMPTS: typing.Dict[str, typing.List[str]] = {
+    "cone": ["traffic cone"],
+    "barrier": ["construction barrier"],
+    "sign": ["road work sign"],
+    "construction_vehicle": ["excavator"],
+    "worker": ["worker in safety vest"],
+}
+
+
+class OpenVocabDetector(DetectorExpert):
+    default_nms_iou = 0.5
+
+    def class_mapping(self) -> typing.Mapping[str, typing.Any]:
+        if self.options.get("classes"):
+            raise DetectorConfigError(f"{self.name}: open-vocabulary families take options.prompts, not classes")
+        prompts = self.options.get("prompts") or DEFAULT_PROMPTS
+        if not isinstance(prompts, dict):
+            raise DetectorConfigError(f"{self.name}: options.prompts: expected {{roadwork_class: [phrases]}}")
+        self.prompts: typing.List[str] = []
+        mapping = {}
+        for cls, phrases in prompts.items():
+            phrases = [phrases] if isinstance(phrases, str) else list(phrases or [])
+            if not phrases or not all(isinstance(p, str) and p.strip() for p in phrases):
+                raise DetectorConfigError(f"{self.name}: options.prompts.{cls}: expected a list of phrases")
+            for p in phrases:
+                p = " ".join(p.split())
+                if p in self.prompts:
+                    raise DetectorConfigError(f"{self.name}: options.prompts: {p!r} appears twice")
+                self.prompts.append(p)
+            mapping[cls] = [" ".join(p.split()) for p in phrases]
+        self.conf = float(self.options.get("conf", 0.1))
+        self.max_det = int(self.options.get("max_det", 50))
+        return mapping
+
+    def to_detections(self, scores: np.ndarray, boxes: np.ndarray, image_size,
+                      prompt_index: typing.Optional[np.ndarray] = None) -> Detections:
+        """``scores``: (Q, P) per query and prompt, or (Q,) with ``prompt_index`` (Q,); boxes (Q, 4) xyxy."""
+        scores = np.asarray(scores, np.float32)
+        if prompt_index is None:
+            prompt_index = scores.argmax(axis=1) if scores.size else np.zeros(0, np.int64)
+            scores = scores.max(axis=1) if scores.size else np.zeros(0, np.float32)
+        keep = np.flatnonzero(scores >= self.conf)
+        keep = keep[np.argsort(-scores[keep], kind="stable")][: self.max_det]
+        h, w = image_size
+        b = np.asarray(boxes, np.float32).reshape(-1, 4)[keep]
+        b = np.clip(b, 0, [w, h, w, h])
+        return Detections(b, scores[keep], [self.prompts[int(i)] for i in prompt_index[keep]],
+                          np.asarray(prompt_index)[keep], image_size)
+
+
+def cxcywh_to_xyxy(boxes: np.ndarray, width: float, height: float) -> np.ndarray:
+    """Normalised (cx, cy, w, h) -> pixel (x1, y1, x2, y2)."""
+    cx, cy, bw, bh = (boxes[..., i] for i in range(4))
+    return np.stack([(cx - bw / 2) * width, (cy - bh / 2) * height, (cx + bw / 2) * width, (cy + bh / 2) * height],
+                    axis=-1)

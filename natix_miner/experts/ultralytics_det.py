@@ -1,0 +1,123 @@
+"""Ultralytics detectors (YOLO11, YOLO26, RT-DETR) as roadwork experts (family ``ultralytics``).
+
+The model is a local file: a trained ``.pt``, an export ultralytics can run (``.onnx``,
+``.engine``, ``_openvino_model/``...), or a model yaml shipped inside the ultralytics package
+(``yolo11n.yaml``, ``yolo26n.yaml``, ``rtdetr-l.yaml``: random weights, for tests and speed
+benchmarks). A missing ``*.pt`` is an error here: ultralytics would silently download it.
+
+Profile entry::
+
+    - name: yolo_roadwork
+      family: ultralytics
+      model: models/yolo11s-roadwork/best.pt
+      dtype: float16                 # half precision on GPUs; CPU always float32
+      max_batch: 32
+      options:
+        arch: auto                   # auto | yolo | rtdetr (auto: from the checkpoint / file name)
+        imgsz: 640                   # inference size (multiple of 32)
+        conf: 0.05                   # ultralytics' own pre-filter (aggregation has min_score)
+        iou: 0.7
+        max_det: 100
+        classes:                     # roadwork class -> model class names or ids (detection.py)
+          cone: [traffic_cone]
+          barrier: [barrier, barricade]
+          sign: [road_work_sign]
+          construction_vehicle: [excavator, construction_vehicle]
+          worker: [worker]
+        min_score: 0.25
+        depth_check: depth_small     # optional (depth.py)
+
+With a COCO checkpoint only weak proxies exist (``person`` -> worker, ``truck`` ->
+construction_vehicle, ``stop sign`` -> sign); fine-tuned roadwork classes are what make it useful.
+"""
+
+import os
+import sys
+import typing
+
+import numpy as np
+
+from natix_miner.experts.detection import DetectorConfigError, DetectorExpert, Detections, rgb_of, torch_dtype
+
+
+def resolve_ultralytics_model(path: str) -> str:
+    """A local file/dir, or a yaml bundled in ultralytics; never a name that would trigger a download."""
+    if os.path.exists(path):
+        return path
+    if path.endswith((".yaml", ".yml")) and os.sep not in path:
+        from ultralytics.utils.checks import check_yaml
+
+        try:
+            return str(check_yaml(path))
+        except FileNotFoundError:
+            pass
+    from natix_miner.models_store import ModelUnavailable
+
+    raise ModelUnavailable(f"ultralytics: model {path!r} not found locally (this expert never downloads; "
+                            "give a .pt/.onnx/.engine path or a yaml bundled with ultralytics)")
+
+
+class UltralyticsDetector(DetectorExpert):
+    family = "ultralytics"
+
+    def load_model(self, device: str) -> None:
+        import torch
+
+        if not self.spec.model:
+            raise DetectorConfigError(f"{self.name}: family 'ultralytics' needs model: <path>")
+        path = resolve_ultralytics_model(self.resolve_model())
+        arch = str(self.options.get("arch", "auto")).lower()
+        if arch not in ("auto", "yolo", "rtdetr"):
+            raise DetectorConfigError(f"{self.name}: options.arch must be auto, yolo or rtdetr, got {arch!r}")
+        threads = torch.get_num_threads()
+        first_import = "ultralytics" not in sys.modules
+        omp = os.environ.get("OMP_NUM_THREADS")
+        from ultralytics import RTDETR, YOLO
+
+        if first_import and omp is None:  # importing ultralytics sets it to 1 for every child process
+            os.environ.pop("OMP_NUM_THREADS", None)
+        if arch == "auto":
+            arch = "rtdetr" if "rtdetr" in os.path.basename(path).lower() else "yolo"
+        model = (RTDETR if arch == "rtdetr" else YOLO)(path)
+        if arch == "yolo" and type(getattr(model, "model", None)).__name__ == "RTDETRDetectionModel":
+            model = RTDETR(path)
+        if model.task != "detect":
+            raise DetectorConfigError(f"{self.name}: {path} is a {model.task!r} model, not a detector")
+        self.yolo = model
+        self.model = model.model if isinstance(model.model, torch.nn.Module) else None
+        self.names = dict(model.names)
+        self.half = torch_dtype(self.spec.dtype, device, self.family) == torch.float16
+        self.udevice = device
+        o = self.options
+        self.imgsz = int(o.get("imgsz", 640))
+        if self.imgsz % 32:
+            raise DetectorConfigError(f"{self.name}: options.imgsz must be a multiple of 32, got {self.imgsz}")
+        self.conf = float(o.get("conf", 0.05))
+        self.iou = float(o.get("iou", 0.7))
+        self.max_det = int(o.get("max_det", 100))
+        torch.set_num_threads(threads)
+
+    def warmup(self) -> None:
+        self.detect([np.zeros((self.imgsz, self.imgsz, 3), np.uint8)])
+
+    def detect(self, images) -> typing.List[Detections]:
+        import torch
+
+        if not len(images):
+            return []
+        rgbs = [rgb_of(im) for im in images]
+        threads = torch.get_num_threads()
+        try:
+            results = self.yolo.predict([np.ascontiguousarray(r[..., ::-1]) for r in rgbs], imgsz=self.imgsz,
+                                        conf=self.conf, iou=self.iou, max_det=self.max_det, device=self.udevice,
+                                        half=self.half, verbose=False)
+        finally:
+            if torch.get_num_threads() != threads:  # ultralytics resets torch threads on CPU
+                torch.set_num_threads(threads)
+        out = []
+        for res, rgb in zip(results, rgbs):
+            b = res.boxes
+            ids = b.cls.int().cpu().numpy() if len(b) else np.zeros(0, np.int64)
+            out.append(Detections(b.xyxy.float().cpu().numpy(), b.conf.float().cpu().numpy(),
+                                  [self.names.get(int(i), str(int(i))) for i in ids], ids, rgb.shape[:2]))
+        return out
