@@ -59,7 +59,7 @@ def _is_no_answer(p) -> bool:
         return False
 
 
-def _mcc_binary(labels: np.ndarray, preds: np.ndarray) -> float:
+def binary_mcc(labels: np.ndarray, preds: np.ndarray) -> float:
     tp = float(np.sum((labels == 1) & (preds == 1)))
     tn = float(np.sum((labels == 0) & (preds == 0)))
     fp = float(np.sum((labels == 0) & (preds == 1)))
@@ -105,7 +105,7 @@ def window_metrics(predictions: typing.Sequence[float], labels: typing.Sequence[
     if not clean:
         return _sklearn_metrics(y, probs, rounded)
     accuracy = float(np.mean(rounded == y))
-    mcc = max(0.0, _mcc_binary(y, rounded)) if len(np.unique(y)) > 1 else 0.0
+    mcc = max(0.0, binary_mcc(y, rounded)) if len(np.unique(y)) > 1 else 0.0
     return WindowMetrics(accuracy=accuracy, mcc=mcc, n=len(y))
 
 

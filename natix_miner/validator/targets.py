@@ -1,0 +1,167 @@
+"""Who the mock validator queries: running miners (``host:port:hotkey``) or miners it spawns.
+
+``SpawnedMiner`` starts ``neurons/miner.py --local`` as a subprocess with a throw-away miner wallet
+(so the validator knows the axon's hotkey), admits the validator's hotkey through
+``--blacklist.allowed_hotkeys``, waits until the axon accepts connections, and stops it with
+SIGTERM (SIGKILL to its process group after a grace period).
+
+Usage::
+
+    t = parse_target("127.0.0.1:8091:5F...")            # Target
+    with SpawnedMiner(profile="configs/demo-cpu.yaml", validator_hotkey=vw.hotkey.ss58_address) as m:
+        m.target                                          # Target for the dendrite
+"""
+
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import typing
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+MINER_ENTRY = REPO_ROOT / "neurons" / "miner.py"
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    host: str
+    port: int
+    hotkey: str
+    name: str
+    coldkey: typing.Optional[str] = None
+
+    def axon_info(self):
+        from natix_miner.miner.local import axon_info
+
+        return axon_info(self.host, self.port, self.hotkey, self.coldkey)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def parse_target(text: str, name: typing.Optional[str] = None) -> Target:
+    """``host:port:hotkey`` (optionally ``name=host:port:hotkey``)."""
+    if "=" in text:
+        name, text = text.split("=", 1)
+    parts = text.rsplit(":", 2)
+    if len(parts) != 3 or not parts[0] or not parts[2]:
+        raise ValueError(f"target {text!r}: expected host:port:hotkey")
+    host, port, hotkey = parts
+    try:
+        port_i = int(port)
+    except ValueError:
+        raise ValueError(f"target {text!r}: port {port!r} is not a number") from None
+    if not 0 < port_i < 65536:
+        raise ValueError(f"target {text!r}: port out of range")
+    return Target(host, port_i, hotkey, name or f"{host}:{port_i}")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+class MinerStartError(RuntimeError):
+    """The spawned miner exited or never opened its port; the message carries its log's tail."""
+
+
+class SpawnedMiner:
+    def __init__(self, validator_hotkey: str, profile: typing.Optional[str] = None, port: int = 0,
+                 name: typing.Optional[str] = None, python: str = sys.executable,
+                 extra_args: typing.Sequence[str] = (), log_path: typing.Optional[str] = None,
+                 start_timeout: float = 300.0):
+        self.validator_hotkey = validator_hotkey
+        self.profile = profile
+        self.port = port or free_port()
+        self.python = python
+        self.extra_args = list(extra_args)
+        self.start_timeout = start_timeout
+        self.workdir = tempfile.mkdtemp(prefix="natix-mock-miner-")
+        self.log_path = log_path or os.path.join(self.workdir, "miner.log")
+        self.name = name or (Path(profile).stem if profile else "default")
+        self.proc: typing.Optional[subprocess.Popen] = None
+        self.target: typing.Optional[Target] = None
+        self._log = None
+
+    def command(self, wallet_path: str) -> typing.List[str]:
+        cmd = [self.python, str(MINER_ENTRY), "--local", "--axon.ip", "127.0.0.1", "--axon.port", str(self.port),
+               "--blacklist.allowed_hotkeys", self.validator_hotkey, "--metrics.enabled", "false",
+               "--wallet.path", wallet_path, "--wallet.name", "miner", "--wallet.hotkey", "default"]
+        if self.profile:
+            cmd += ["--profile", str(self.profile)]
+        return cmd + self.extra_args
+
+    def start(self) -> Target:
+        from natix_miner.miner.wallet import ephemeral_wallet
+
+        wallet_path = os.path.join(self.workdir, "wallets")
+        wallet = ephemeral_wallet("miner", "default", wallet_path)
+        self._log = open(self.log_path, "ab")
+        env = dict(os.environ)
+        from natix_miner.offline import OFFLINE_ENV
+
+        for k, v in OFFLINE_ENV.items():
+            env.setdefault(k, v)
+        self.proc = subprocess.Popen(self.command(wallet_path), cwd=str(REPO_ROOT), stdout=self._log,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                     start_new_session=True)
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise MinerStartError(f"miner exited with code {self.proc.returncode}:\n{self.log_tail()}")
+            if port_open("127.0.0.1", self.port):
+                self.target = Target("127.0.0.1", self.port, wallet.hotkey.ss58_address, self.name,
+                                     wallet.coldkeypub.ss58_address)
+                return self.target
+            time.sleep(0.25)
+        self.stop()
+        raise MinerStartError(f"miner did not open port {self.port} in {self.start_timeout:.0f}s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                return b"\n".join(f.read().splitlines()[-lines:]).decode("utf-8", "replace")
+        except OSError:
+            return "(no log)"
+
+    def stop(self, grace: float = 15.0) -> typing.Optional[int]:
+        p = self.proc
+        if p is None:
+            return None
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(grace)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)  # the group this class created
+                except ProcessLookupError:
+                    pass
+                p.wait(5)
+        if self._log:
+            self._log.close()
+            self._log = None
+        return p.returncode
+
+    def __enter__(self) -> "SpawnedMiner":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.stop()
+        return False
