@@ -24,6 +24,7 @@ COMMANDS: typing.List[typing.Tuple[str, str]] = [
     ("bench", "natix_miner.commands.bench"),
     ("card", "natix_miner.ops.commands"),
     ("register", "natix_miner.ops.commands"),
+    ("mock-validator", "natix_miner.validator.cli"),
 ]
 
 
