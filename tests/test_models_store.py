@@ -89,7 +89,10 @@ def test_resolution_order(tmp_path, store, monkeypatch):
 
 def test_hub_id_offline_is_a_fast_clear_error(tmp_path, store, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hfcache"))
+    import huggingface_hub.constants
+
+    # huggingface_hub reads HF_HUB_CACHE when first imported; point the live constant at an empty cache
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hfcache"))
     t0 = time.monotonic()
     with pytest.raises(ModelUnavailable, match="offline.*natix-miner models add"):
         resolve_model_ref("natix-network-org/roadwork")
