@@ -307,7 +307,7 @@ class ModelStore:
         from huggingface_hub import HfApi, snapshot_download
 
         try:
-            sha = HfApi(token=token).model_info(m.hub_id, revision=m.revision, token=token).sha
+            sha = HfApi(token=token).model_info(m.hub_id, revision=m.revision, token=token, timeout=30).sha
             target = self.weights_dir / name
             snapshot_download(repo_id=m.hub_id, revision=sha, local_dir=str(target), token=token,
                               allow_patterns=m.allow_patterns)
