@@ -1,0 +1,35 @@
+"""``natix-miner bench``: measured speed (see natix_miner/benchmark.py and docs/benchmarks.md).
+
+    natix-miner bench --arch efficientnet_b0 --dtype bfloat16 --compile --sections ceiling,bulk --n 40000
+    natix-miner bench --profile demo-cpu --sections online,axon --concurrency 1,10,64
+"""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bench", help="measure throughput and latency")
+    p.add_argument("--profile", default=None, help="profile to measure (default: a one-expert --arch profile)")
+    p.add_argument("--arch", default="efficientnet_b0", help="timm architecture for the one-expert profile")
+    p.add_argument("--dtype", default="bfloat16", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--compile", action="store_true", help="torch.compile the forward (GPU)")
+    p.add_argument("--compile-mode", default="max-autotune-no-cudagraphs",
+                   help="torch.compile mode; reduce-overhead uses CUDA graphs")
+    p.add_argument("--devices", default=None, help="comma list, default: every GPU (else cpu)")
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--workers", type=int, default=2, help="feeder threads per device")
+    p.add_argument("--n", type=int, default=20000, help="images for the bulk section")
+    p.add_argument("--requests", type=int, default=200, help="requests per online/axon setting")
+    p.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 10, 64])
+    p.add_argument("--sections", default="ceiling,bulk,online,axon")
+    p.add_argument("--cache-off", action="store_true", default=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None)
+    p.set_defaults(func=main)
+
+
+def main(args) -> int:
+    from natix_miner.benchmark import run
+    from natix_miner.offline import enforce_offline
+
+    enforce_offline()
+    run(args)
+    return 0
