@@ -135,8 +135,15 @@ class TimmClassifier(Expert):
         """Normalised (N, 3, S, S) batch -> (N,) float32 roadwork logits (stays on the device)."""
         import torch
 
+        n = x.shape[0]
+        if self._fn is not self.model:  # compiled: pad to a power-of-two bucket, no recompiles
+            b = 1 << max(0, (n - 1).bit_length())
+            if b != n:
+                x = torch.cat([x, x.new_zeros((b - n,) + tuple(x.shape[1:]))])
+                if self.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            out = self._fn(x).float()
+            out = self._fn(x)[:n].float()
             if self.head is not None:
                 w, b, mu, sigma = self.head
                 if mu is not None:
