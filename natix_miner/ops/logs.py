@@ -182,4 +182,16 @@ def setup_logging(cfg: LoggingConfig, stderr: bool = True) -> typing.List[int]:
     if not isinstance(std_level, int):
         std_level = logging.INFO
     logging.basicConfig(handlers=[_Intercept()], level=std_level, force=True)
+    unmute_project_loggers()
     return ids
+
+
+def unmute_project_loggers() -> None:
+    """Importing bittensor sets every logger that exists at that moment to CRITICAL (its default
+    state), so engine warnings (expert failures, breaker trips) vanished when ``natix_miner.engine``
+    was imported first, as ``natix-miner run`` does. Import it now, then let ours inherit again."""
+    import bittensor  # noqa: F401 - its one-time muting must happen before we undo it
+
+    for name in list(logging.root.manager.loggerDict):
+        if name == "natix_miner" or name.startswith("natix_miner."):
+            logging.getLogger(name).setLevel(logging.NOTSET)
