@@ -38,8 +38,8 @@ import typing
 log = logging.getLogger("natix_miner.startup")
 
 REFUSE, WARN = "refuse", "warn"
-_SECRET_KEY = re.compile(r"(?im)^\s*[\"']?(?:[\w.-]*_)?(?:token|secret(?:_id)?|password|passphrase|mnemonic|"
-                         r"private[_-]?key)[\"']?\s*[:=]\s*[\"']?[^\s\"'#]{6,}")
+_SECRET_KEY = re.compile(r"(?i)\b(?:[\w.-]*_)?(?:token|secret(?:_id)?|password|passphrase|mnemonic|private[_-]?key)"
+                         r"[\"']?\s*[:=]\s*[\"']?[^\s\"'#,}]{6,}")
 
 
 class InsecurePermissions(PermissionError):
