@@ -17,6 +17,7 @@ import typing
 # subcommand -> module exposing add_parser(subparsers) which sets func=callable(args) -> int
 COMMANDS: typing.List[typing.Tuple[str, str]] = [
     ("run", "natix_miner.commands.run"),
+    ("soak", "natix_miner.soak"),
     ("predict", "natix_miner.commands.predict"),
     ("profile", "natix_miner.commands.profile"),
     ("models", "natix_miner.commands.models"),
