@@ -54,8 +54,10 @@ async def test_max_batch_splits_the_queue():
 
 
 async def test_engine_merges_concurrent_requests_per_expert(tmp_path):
-    prof = make_profile(tmp_path, experts=[tiny_timm("cls", max_wait_ms=300), {"name": "b", "family": "engine_test_brightness",
-                                                                             "max_batch": 64, "max_wait_ms": 300}],
+    # a generous wait: on a loaded CI box the five decodes may be spread out
+    prof = make_profile(tmp_path, experts=[tiny_timm("cls", max_wait_ms=1000),
+                                           {"name": "b", "family": "engine_test_brightness", "max_batch": 64,
+                                            "max_wait_ms": 1000}],
                         tiers=[{"name": "t", "experts": ["cls", "b"], "budget_s": 8}])
     async with Engine(prof) as engine:
         res = await asyncio.gather(*[engine.predict(noise_jpeg(i, size=64)) for i in range(5)])

@@ -1,40 +1,92 @@
-"""``natix-miner predict IMAGE...``: images through the cascade, one JSON line each.
+"""``natix-miner predict IMAGE... [--profile P] [--json]``: test images through the cascade.
 
-    natix-miner predict road.jpg --profile demo-cpu
-    {"path": "road.jpg", "probability": 0.91, "tiers_run": ["fast"], ...}
+    natix-miner predict road.jpg other.png --profile h100x1
+    road.jpg  P(roadwork)=0.912  tiers: fast -> detect  (412 ms)
+      tier    expert        P      note
+      fast    convnextv2    0.934
+      fast    dinov2_head   0.881
+      detect  owlv2         -      timeout
+    natix-miner predict road.jpg --json
+    {"path": "road.jpg", "probability": 0.91, "tiers": ["fast"], "experts": {"convnextv2": 0.93, ...}, ...}
+
+Every image gets an answer line (a bad file is a fallback with its reason, as on the wire); the
+exit status is 2 only when a path cannot be read. ``--deadline`` applies the validator's time limit.
 """
 
 import asyncio
 import json
 import sys
+import time
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("predict", help="run images through the cascade and print JSON")
+    p = sub.add_parser("predict", help="run images through the cascade: a table per image, or JSON")
     p.add_argument("images", nargs="+", help="image files (any format)")
     p.add_argument("--profile", default=None, help="profile name or path (default: demo-cpu)")
+    p.add_argument("--json", action="store_true", help="one JSON object per image instead of tables")
+    p.add_argument("--deadline", type=float, default=None, help="seconds per image (default: the profile's)")
     p.set_defaults(func=main)
 
 
-async def _run(paths, profile) -> int:
+def record(path: str, res) -> dict:
+    """The ``--json`` object: ``path``, ``probability``, ``tiers``, ``experts`` (name -> P) and the
+    rest of the result (evidence details, skipped experts, timings, fallback)."""
+    d = res.to_dict()
+    return {"path": path, "probability": res.probability, "tiers": list(res.tiers_run),
+            "experts": {name: ev.probability for name, ev in res.evidence.items()}, **d}
+
+
+def table(path: str, res, profile) -> str:
+    total_ms = res.timings.get("total", 0.0) * 1000
+    notes = []
+    if res.cached:
+        notes.append("cached")
+    if res.fallback:
+        notes.append(f"fallback: {res.fallback_reason}")
+    head = (f"{path}  P(roadwork)={res.probability:.3f}  tiers: {' -> '.join(res.tiers_run) or '-'}  "
+            f"({total_ms:.0f} ms){'  [' + ', '.join(notes) + ']' if notes else ''}")
+    rows = [("tier", "expert", "P", "note")]
+    for tier in profile.tiers:
+        for name in tier.experts:
+            ev = res.evidence.get(name)
+            if ev is not None:
+                ms = res.timings.get(f"expert:{name}")
+                note = "abstained" if ev.abstain else (f"{ms * 1000:.0f} ms" if ms is not None else "")
+                rows.append((tier.name, name, f"{ev.probability:.3f}", note))
+            elif name in res.skipped:
+                rows.append((tier.name, name, "-", res.skipped[name]))
+        if tier.name in res.skipped:
+            rows.append((tier.name, "", "-", res.skipped[tier.name]))
+    if len(rows) == 1:
+        return head
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join([head] + lines)
+
+
+async def _run(args) -> int:
     from natix_miner.engine import Engine
 
-    engine = Engine.from_profile(profile)
+    engine = Engine.from_profile(args.profile)
     await engine.start()
     try:
-        for path in paths:
+        for path in args.images:
             with open(path, "rb") as f:
-                res = await engine.predict(f.read())
-            out = {"path": path, **res.to_dict()}
-            print(json.dumps(out, default=str))
+                data = f.read()
+            deadline = None if args.deadline is None else time.monotonic() + args.deadline
+            res = await engine.predict(data, deadline)
+            if args.json:
+                print(json.dumps(record(path, res), default=str), flush=True)
+            else:
+                print(table(path, res, engine.profile), flush=True)
     finally:
         await engine.close()
     return 0
 
 
 def main(args) -> int:
+    from natix_miner.config import LoggingConfig, ProfileError
     from natix_miner.ops.logs import setup_logging
-    from natix_miner.config import LoggingConfig
 
     setup_logging(LoggingConfig(level="WARNING"))
     for p in args.images:
@@ -43,4 +95,8 @@ def main(args) -> int:
         except OSError as exc:
             print(f"error: cannot read {p}: {exc}", file=sys.stderr)
             return 2
-    return asyncio.run(_run(args.images, args.profile))
+    try:
+        return asyncio.run(_run(args))
+    except ProfileError as exc:
+        print(f"invalid profile:\n{exc}", file=sys.stderr)
+        return 1

@@ -129,6 +129,16 @@ class MicroBatcher:
             self._pool = DaemonExecutor(self.concurrency, name=f"expert-{self.name}")
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.name}")
 
+    async def warmup(self) -> None:
+        """Run the expert's ``warmup`` on this replica's own thread(s), so per-thread set-up (CUDA
+        handles, thread pools, kernel caches) happens at start rather than on the first request."""
+        if self.expert.is_async:
+            return
+        if self._pool is None:
+            raise BatchError(f"batcher of {self.name} is not running")
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(loop.run_in_executor(self._pool, self.expert.warmup) for _ in range(self.concurrency)))
+
     async def stop(self) -> None:
         """Cancel the worker and running batches, fail waiting requests, stop the threads
         (without waiting for a model call in progress: see :meth:`join`)."""

@@ -170,14 +170,27 @@ class Engine:
             expert = given[index]
         else:
             expert = create_expert(spec, self.profile)
-        nbytes = await loop.run_in_executor(loader, measure_load, device, functools.partial(expert.load, device))
-        await expert.start_async()
-        await loop.run_in_executor(loader, expert.warmup)
-        nbytes = nbytes or expert.memory_bytes()
-        self.placement.record(spec.name, index, device, nbytes)
         n = len(spec.replica_devices)
         batcher = MicroBatcher(expert, spec.max_batch, spec.max_wait_ms, spec.concurrency,
                                name=spec.name if n == 1 else f"{spec.name}[{index}]")
+        try:
+            nbytes = await loop.run_in_executor(loader, measure_load, device,
+                                                functools.partial(expert.load, device))
+            await expert.start_async()
+            batcher.start()
+            if expert.is_async:
+                await loop.run_in_executor(loader, expert.warmup)
+            else:
+                await batcher.warmup()  # on the threads that will serve it
+        except BaseException:
+            await batcher.stop()
+            try:
+                await expert.close_async()  # give back what a half-loaded replica holds
+            except Exception as exc:  # noqa: BLE001 - the load error is the one to report
+                log.warning("closing half-loaded %s: %s", spec.name, exc)
+            raise
+        nbytes = nbytes or expert.memory_bytes()
+        self.placement.record(spec.name, index, device, nbytes)
         breaker = Breaker(self.profile.breaker.failures, self.profile.breaker.cooldown_s)
         log.info("loaded expert %s (%s) replica %d on %s in %.1fs", spec.name, spec.family, index, device,
                  time.perf_counter() - t0)

@@ -38,14 +38,17 @@ class Replica:
     breaker: Breaker
     index: int = 0
     served: int = 0
+    outstanding: int = 0  # calls routed here and not yet answered
 
     @property
     def load(self) -> int:
-        return self.batcher.load
+        """Requests on this replica: callers waiting, or (for a wedged replica whose callers gave
+        up) what its batcher still holds."""
+        return max(self.outstanding, self.batcher.load)
 
     def snapshot(self) -> dict:
         return {"index": self.index, "device": self.device, "breaker": self.breaker.snapshot(),
-                "served": self.served, **self.batcher.snapshot()}
+                "served": self.served, "outstanding": self.outstanding, **self.batcher.snapshot()}
 
 
 class ExpertPool:
@@ -96,6 +99,7 @@ class ExpertPool:
             raise ExpertUnavailable(f"{self.name}: every replica's breaker is open")
         self.calls += 1
         r.served += 1
+        r.outstanding += 1
         try:
             if timeout is None:
                 ev = await r.batcher.submit(image)
@@ -115,6 +119,8 @@ class ExpertPool:
             self.errors += 1
             r.breaker.record(False, f"{type(exc).__name__}: {exc}")
             raise
+        finally:
+            r.outstanding -= 1
         r.breaker.record(True)
         self.answers += 1
         return ev
