@@ -55,7 +55,8 @@ def _list(store, as_json: bool) -> int:
     print(f"{'name':<28} {'family':<14} {'size':>10} {'licence':<16} status")
     for r in rows:
         size = f"{r['size_bytes'] / 1e6:.1f}MB" if r["size_bytes"] else "-"
-        print(f"{r['name']:<28} {r['family']:<14} {size:>10} {r['licence'][:16]:<16} {r['reason']}")
+        pin = "" if r["pinned"] else " [unpinned]"
+        print(f"{r['name']:<28} {r['family']:<14} {size:>10} {r['licence'][:16]:<16} {r['reason']}{pin}")
     return 0
 
 
