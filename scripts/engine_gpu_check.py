@@ -44,7 +44,8 @@ def profile_for(arch: str, devices, max_batch: int, gpu_decode: bool = True, con
         "deadline_s": 9.0,
         "cache": {"max_entries": 0},
         "experts": [{"name": "cls", "family": "timm", "model": arch, "devices": list(devices), "dtype": "bfloat16",
-                     "max_batch": max_batch, "max_wait_ms": 2, "concurrency": concurrency, "options": {"num_classes": 2, "image_size": 224, "gpu_decode": gpu_decode}}],
+                     "max_batch": max_batch, "max_wait_ms": 2, "concurrency": concurrency,
+                     "options": {"num_classes": 2, "image_size": 224, "gpu_decode": gpu_decode}}],
         "tiers": [{"name": "fast", "experts": ["cls"], "budget_s": 8.0}],
     })
 
@@ -76,7 +77,8 @@ async def run(arch: str, devices, images, inflight: int, max_batch: int, gpu_dec
     await engine.close()
     fallbacks = sum(r.fallback for r in results)
     reps = st["experts"]["cls"]["replicas"]
-    out = {"devices": list(devices), "gpu_decode": gpu_decode, "concurrency": concurrency, "load_s": round(load_s, 2), "images": len(images),
+    out = {"devices": list(devices), "gpu_decode": gpu_decode, "concurrency": concurrency,
+           "load_s": round(load_s, 2), "images": len(images),
            "images_per_s": round(len(images) / wall, 1), "fallbacks": fallbacks,
            "p50_total_ms": round(sorted(r.timings["total"] for r in results)[len(results) // 2] * 1000, 2),
            "replicas": [{"device": r["device"], "items": r["items"], "mean_batch": r["mean_batch"],

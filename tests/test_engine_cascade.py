@@ -33,7 +33,8 @@ async def test_real_models_escalate_only_while_uncertain(tmp_path):
     """Random-weight timm classifiers: tier 0's answer p decides; a band around p climbs, a band
     that excludes p stops."""
     experts = [tiny_timm("cls_a"), tiny_timm("cls_b", arch="resnet10t")]
-    tiers = [{"name": "fast", "experts": ["cls_a"], "budget_s": 8}, {"name": "slow", "experts": ["cls_b"], "budget_s": 8}]
+    tiers = [{"name": "fast", "experts": ["cls_a"], "budget_s": 8},
+             {"name": "slow", "experts": ["cls_b"], "budget_s": 8}]
     image = noise_jpeg(11, size=64)
     prof = make_profile(tmp_path, name="probe", experts=experts, tiers=tiers, escalation={"low": 0.0, "high": 1.0})
     async with Engine(prof) as engine:

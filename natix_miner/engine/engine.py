@@ -114,10 +114,10 @@ class Engine:
     async def start(self, strict: bool = False) -> None:
         """Load every expert replica (off the loop, largest first), place it, start its batcher.
 
-        An unknown family or an option a family refuses is a profile error (raised, nothing loads). A replica that fails to load is left out;
-        an expert with no replica left is marked ``failed`` and the engine serves from the rest,
-        unless ``strict`` (then the first failure raises).
-        """
+        An unknown family or an option a family refuses is a profile error (raised, nothing
+        loads). A replica that fails to load is left out; an expert with no replica left is marked
+        ``failed`` and the engine serves from the rest, unless ``strict`` (then the first failure
+        raises)."""
         problems = check_profile(self.profile, self._injected)
         if problems:
             raise ProfileError("\n".join(problems))
@@ -433,7 +433,8 @@ class Engine:
             "answered": self.answered,
             "fallbacks": dict(self.fallbacks),
             "fallback_total": sum(self.fallbacks.values()),
-            "tiers": {t.name: {"runs": self.tier_runs[t.name], "exits": self.exits[t.name]} for t in self.profile.tiers},
+            "tiers": {t.name: {"runs": self.tier_runs[t.name], "exits": self.exits[t.name]}
+                      for t in self.profile.tiers},
             "experts": experts,
             "cache": {"entries": len(self.cache), "max_entries": self.cache.max_entries,
                       "hits": self.cache.hits, "misses": self.cache.misses,
