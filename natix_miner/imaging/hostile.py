@@ -78,6 +78,16 @@ def png_bomb(width: int = 30000, height: int = 30000, lie: bool = True) -> bytes
     return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
 
 
+def png_chunk_bomb(kind: bytes, inflated: int = 16 * 1024 * 1024) -> bytes:
+    """A small valid PNG carrying a compressed ``iCCP`` / ``zTXt`` / ``iTXt`` chunk that inflates to
+    ``inflated`` bytes (metadata bombs; PIL caps them at 1 MB and refuses the file)."""
+    png = encode(Image.fromarray(scene(32, 32)), "PNG")
+    blob = zlib.compress(b"\0" * inflated, 9)
+    payload = {b"iCCP": b"icc\0\0", b"zTXt": b"Comment\0\0", b"iTXt": b"Comment\0\1\0\0\0"}[kind] + blob
+    i = png.find(b"IDAT") - 4
+    return png[:i] + _chunk(kind, payload) + png[i:]
+
+
 def jpeg_header_bomb(width: int = 65000, height: int = 65000) -> bytes:
     """A tiny JPEG whose SOF0 marker claims ``width`` x ``height``."""
     data = bytearray(encode(Image.fromarray(scene(16, 16)), "JPEG"))
@@ -166,6 +176,10 @@ def cases() -> typing.Tuple[Case, ...]:
         Case("png_bomb_below_pil_limit", b64(png_bomb(12000, 12000, lie=True)), "reject", "too_many_pixels",
              note="144 Mpx: under PIL's own guard, over ours"),
         Case("jpeg_header_bomb_65000", b64(jpeg_header_bomb()), "reject", "too_many_pixels"),
+        Case("png_iccp_bomb", b64(png_chunk_bomb(b"iCCP")), "reject", "not_an_image",
+             note="ICC profile inflating to 16 MB"),
+        Case("png_ztxt_bomb", b64(png_chunk_bomb(b"zTXt")), "reject", "not_an_image",
+             note="text chunk inflating to 16 MB"),
         Case("exif_orientation_6", b64(with_exif_orientation(6)), "answer"),
         Case("exif_orientation_invalid_9", b64(with_exif_orientation(9)), "answer"),
         Case("exif_orientation_65535", b64(with_exif_orientation(65535)), "answer"),
