@@ -167,3 +167,24 @@ async def test_unknown_route_and_malformed_json_are_rejected_cleanly(served):
 def test_bomb_payload_is_small_on_the_wire():
     """The 900 Mpx bomb fits easily under any body limit: only the pixel cap stops it."""
     assert len(png_bomb(30000, 30000, lie=False)) < 200 * 1024
+
+
+async def test_connection_limit_answers_503_beyond_it_and_recovers(tmp_path):
+    """uvicorn's concurrency limit is wired to ``axon.max_connections``: idle sockets beyond it
+    cannot pile up memory; once they close, validators are served again."""
+    vals = validators(tmp_path, [10])
+    prof = make_profile(tmp_path, experts=[{"name": "b", "family": "engine_test_brightness"}],
+                        tiers=[{"name": "t", "experts": ["b"]}])
+    cfg = miner_config(tmp_path, vals, axon={"max_connections": 3})
+    w = ephemeral_wallet("m", "m", str(tmp_path / "miner"))
+    with MinerThread(cfg, engine=Engine(prof), wallet=w) as m:
+        hogs = [socket.create_connection(("127.0.0.1", m.port), timeout=5) for _ in range(3)]
+        try:
+            time.sleep(0.3)
+            r = requests.post(f"http://127.0.0.1:{m.port}/ImageSynapse", data=b"{}", timeout=10)
+            assert r.status_code == 503
+        finally:
+            for s in hogs:
+                s.close()
+        time.sleep(0.3)
+        await _alive(m, vals[0][0], cases()[0].text)
