@@ -86,13 +86,13 @@ def _train_args(p) -> None:
     p.add_argument("--workers", type=int, default=0, help="data loader processes")
     p.add_argument("--max-steps-per-epoch", type=int, default=None)
     p.add_argument("--keep-epochs", action="store_true", help="also keep a checkpoint per epoch")
+    p.add_argument("--val-fraction", type=float, default=0.15, help="validation share when no --val is given")
 
 
 def _train(sub) -> None:
     p = sub.add_parser("train", help="fine-tune a classifier expert with the validator's augmentation")
     _common(p)
     p.add_argument("--val", default=None, help="validation DATA (default: a stratified split of --data)")
-    p.add_argument("--val-fraction", type=float, default=0.15)
     p.add_argument("--out", required=True, help="run folder (last.pt, best.pth, expert.yaml, history.json)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     _train_args(p)

@@ -2,7 +2,8 @@
 
 A *data spec* is one string:
 
-* ``procedural`` or ``procedural:N`` - N seeded procedural dashcam scenes (default 400), half roadwork;
+* ``procedural``, ``procedural:N`` or ``procedural:N:LONG_SIDE`` - N seeded procedural dashcam scenes
+  (default 400; half roadwork, half in the "synthetic" style), optionally rendered smaller;
 * a folder with ``roadwork/`` and ``none/`` sub-folders (``1/``/``0/`` also work), or with a
   ``labels.csv``; a folder with neither is *unlabelled* (every image, label ``None``);
 * a CSV file with a path column (``path``/``image``/``file``) and ``label``, optional ``source``;
@@ -214,23 +215,38 @@ def from_csv(path: typing.Union[str, Path]) -> typing.List[Sample]:
 # procedural scenes
 
 
-def from_procedural(n: int = DEFAULT_PROCEDURAL, seed: int = 0) -> typing.List[Sample]:
-    """``n`` seeded procedural scenes (label alternating 1/0), encoded as PNG bytes."""
+def procedural_size(index: int, synthetic: bool, long_side: typing.Optional[int]) -> typing.Optional[typing.Tuple[int, int]]:
+    """``None`` (the generator's own sizes) or the long side scaled down, aspect kept."""
+    if long_side is None:
+        return None
+    from natix_miner.imaging import scenes
+
+    w, h = scenes.SYNTHETIC_SIZE if synthetic else scenes.REAL_SIZES[index % len(scenes.REAL_SIZES)]
+    k = long_side / max(w, h)
+    return max(32, int(round(w * k))), max(32, int(round(h * k)))
+
+
+def from_procedural(n: int = DEFAULT_PROCEDURAL, seed: int = 0, long_side: typing.Optional[int] = None,
+                    progress: bool = False) -> typing.List[Sample]:
+    """``n`` seeded procedural scenes (:mod:`natix_miner.imaging.scenes`), labels alternating, half of
+    each label in the "synthetic" style (SDXL-like, square) and half in the dashcam ("real") style,
+    like the validator's mix. Stored as JPEG quality 95; boxes of roadwork objects in ``meta``."""
+    from tqdm import tqdm
+
     from natix_miner.imaging import scenes
 
     out = []
-    for i in range(n):
+    for i in tqdm(range(n), desc="scenes", unit="img", disable=not progress, leave=False):
         label = 1 - (i % 2)
-        scene = scenes.render_scene(seed=seed * 1_000_003 + i, roadwork=bool(label))
-        img = getattr(scene, "image", scene)
+        synthetic = (i // 2) % 2 == 1
+        sd = seed * 1_000_003 + i
+        scene = scenes.render_scene(label, sd, size=procedural_size(i, synthetic, long_side), synthetic=synthetic)
         buf = io.BytesIO()
-        img.save(buf, format="PNG")
-        meta = {"seed": seed * 1_000_003 + i}
-        boxes = getattr(scene, "boxes", None)
-        if boxes:
-            meta["boxes"] = boxes
-        out.append(Sample(key=f"procedural:{seed}:{i}", label=label, source="synthetic", data=buf.getvalue(),
-                          meta=meta))
+        scene.image.save(buf, format="JPEG", quality=95)
+        boxes = [{"kind": o.kind, "box": [float(v) for v in o.box]} for o in scene.objects if o.roadwork]
+        out.append(Sample(key=f"procedural:{seed}:{i}", label=label, source="synthetic" if synthetic else "real",
+                          data=buf.getvalue(), meta={"seed": sd, "scene_description": scene.description,
+                                                     "boxes": boxes, "size": list(scene.image.size)}))
     return out
 
 
@@ -243,8 +259,13 @@ def load_samples(spec: typing.Union[str, Path], limit: typing.Optional[int] = No
     ``labelled=True`` fails on unlabelled data, ``False`` accepts it."""
     s = str(spec)
     if s == "procedural" or s.startswith("procedural:"):
-        n = int(s.split(":", 1)[1]) if ":" in s else (limit or DEFAULT_PROCEDURAL)
-        samples = from_procedural(n, seed=seed)
+        parts = s.split(":")
+        try:
+            n = int(parts[1]) if len(parts) > 1 and parts[1] else (limit or DEFAULT_PROCEDURAL)
+            long_side = int(parts[2]) if len(parts) > 2 else None
+        except ValueError:
+            raise DataError(f"{s}: expected procedural[:N[:LONG_SIDE]]") from None
+        samples = from_procedural(n, seed=seed, long_side=long_side, progress=True)
     else:
         p = Path(s)
         if not p.exists():

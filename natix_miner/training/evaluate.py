@@ -2,7 +2,8 @@
 
 Each labelled image becomes a challenge exactly as a validator makes one
 (:mod:`natix_miner.imaging.augment`: level 0..3, rotation, resized crop, distortions, JPEG
-quality 75). Levels are balanced (image ``i`` gets level ``i mod 4`` after a seeded shuffle) or,
+quality 75). Levels are balanced within each label (after a seeded shuffle, the k-th image of a
+label gets level ``k mod 4``) or,
 with ``all_levels``, every image is sent at every level. The same JPEG bytes go to every profile,
 through the real engine (``Engine.predict``: tiers, deadlines, consensus, fallbacks).
 
@@ -54,10 +55,13 @@ def make_challenges(samples, seed: int = 0, all_levels: bool = False,
     order = list(range(len(samples)))
     np.random.default_rng(seed).shuffle(order)
     out: typing.List[Challenge] = []
-    for rank, i in enumerate(tqdm(order, desc="challenges", unit="img", disable=not progress, leave=False)):
+    per_label: typing.Dict[int, int] = {}
+    for i in tqdm(order, desc="challenges", unit="img", disable=not progress, leave=False):
         s = samples[i]
         if s.label is None:
             raise ValueError(f"{s.key}: evaluation needs labelled images")
+        rank = per_label.get(s.label, 0)  # levels balanced within each label
+        per_label[s.label] = rank + 1
         img = s.image()
         todo = list(levels) if all_levels else [levels[rank % len(levels)]]
         for lv in todo:

@@ -8,7 +8,8 @@ GPU; a tqdm bar shows loss and learning rate.
 
 After every epoch the model is scored on a fixed, seeded augmented validation set (each image at
 one level, levels balanced) and ``OUT/last.pt`` is written (model, optimiser, scaler, epoch,
-history, RNG-free: every random draw derives from ``(seed, epoch, index)``). The best epoch by the
+history, torch RNG state; augmentation and data order derive from ``(seed, epoch, index)``), so a
+resumed run continues exactly as an uninterrupted one would. The best epoch by the
 reward proxy ``(0.5 * MCC + 0.5 * accuracy) ** 3`` is exported as an expert the engine loads
 (``OUT/best.pth`` for timm, ``OUT/best/`` for transformers) with ``OUT/expert.yaml``, the
 profile entry to paste. ``resume=True`` continues from ``OUT/last.pt`` at the next epoch.
@@ -88,11 +89,37 @@ class Classifier:
         from natix_miner.experts.timm_classifier import build_timm
 
         self.module = build_timm(self.cfg.model, self.cfg.weights, num_classes=2)
+        if not self._timm_head_in_weights():
+            self._zero_head()
         pc = self.module.pretrained_cfg
         self.mean = tuple(pc.get("mean", (0.485, 0.456, 0.406)))
         self.std = tuple(pc.get("std", (0.229, 0.224, 0.225)))
         self.size = int(self.cfg.image_size or pc.get("input_size", (3, 224, 224))[-1])
         self.head = list(self.module.get_classifier().parameters())
+
+    def _timm_head_in_weights(self) -> bool:
+        """Did the weights carry a 2-class head (a checkpoint of ours), or only a backbone?"""
+        if not self.cfg.weights:
+            return False
+        from natix_miner.experts.timm_classifier import load_state_dict
+
+        sd, by_position = load_state_dict(self.cfg.weights)
+        if by_position:
+            return False
+        prefix = self.module.pretrained_cfg.get("classifier", "classifier")
+        own = self.module.state_dict()
+        keys = [k for k in own if k.startswith(prefix + ".")]
+        sd = {k.removeprefix("module."): v for k, v in sd.items()}
+        return bool(keys) and all(k in sd and tuple(sd[k].shape) == tuple(own[k].shape) for k in keys)
+
+    def _zero_head(self) -> None:
+        """A new head starts at zero: p = 0.5 everywhere, no huge first logits (timm's default head
+        init scales with 1/sqrt(num_classes), far too large for two classes)."""
+        import torch
+
+        with torch.no_grad():
+            for p in self.module.get_classifier().parameters():
+                p.zero_()
 
     def _build_transformers(self) -> None:
         from transformers import AutoImageProcessor, AutoModelForImageClassification
@@ -112,6 +139,16 @@ class Classifier:
             default = getattr(self.module.config, "image_size", default)
         self.size = int(self.cfg.image_size or default)
         self.head = list(self.module.classifier.parameters()) if hasattr(self.module, "classifier") else []
+
+    def train_mode(self) -> None:
+        """``train()``, except that a frozen backbone keeps its normalisation statistics."""
+        import torch
+
+        self.module.train()
+        if self.cfg.freeze_backbone:
+            for m in self.module.modules():
+                if isinstance(m, (torch.nn.modules.batchnorm._BatchNorm, torch.nn.LayerNorm, torch.nn.GroupNorm)):
+                    m.eval()
 
     def logits(self, x):
         out = self.module(x)
@@ -202,6 +239,14 @@ class AugmentedDataset:
         self.seed = seed
         self.train = train
         self.epoch = 0
+        # validation: every label spread evenly over the levels (the k-th image of a label gets
+        # level k mod len(levels)), so per-level figures always see both classes
+        seen: typing.Dict[typing.Any, int] = {}
+        self.fixed_levels = []
+        for s in self.samples:
+            k = seen.get(s.label, 0)
+            seen[s.label] = k + 1
+            self.fixed_levels.append(self.levels[k % len(self.levels)])
 
     def __len__(self):
         return len(self.samples)
@@ -209,7 +254,7 @@ class AugmentedDataset:
     def level_of(self, i: int, rng: np.random.Generator) -> int:
         if self.train:
             return int(self.levels[rng.integers(0, len(self.levels))])
-        return int(self.levels[i % len(self.levels)])  # validation: balanced, fixed
+        return int(self.fixed_levels[i])  # validation: balanced per label, fixed
 
     def __getitem__(self, i: int):
         s = self.samples[i]
@@ -342,6 +387,10 @@ def train(cfg: TrainConfig, train_samples, val_samples, resume: bool = False,
         if ck.get("scaler"):
             scaler.load_state_dict(ck["scaler"])
         start_epoch, step, history = ck["epoch"] + 1, ck["step"], ck["history"]
+        if ck.get("torch_rng") is not None:  # dropout / drop-path draws continue as if never stopped
+            torch.set_rng_state(ck["torch_rng"].cpu())
+        if ck.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([t.cpu() for t in ck["cuda_rng"]])
         best, best_epoch, expert = ck.get("best"), ck.get("best_epoch", -1), ck.get("expert")
         log.info("resumed from %s: epoch %d done, continuing at epoch %d", last, ck["epoch"], start_epoch)
         print(f"resumed from {last} at epoch {start_epoch + 1}/{cfg.epochs}", flush=True)
@@ -354,7 +403,7 @@ def train(cfg: TrainConfig, train_samples, val_samples, resume: bool = False,
         dl = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=g,
                         num_workers=cfg.workers, collate_fn=_collate, drop_last=len(train_ds) > cfg.batch_size,
                         pin_memory=device.startswith("cuda"), persistent_workers=False)
-        clf.module.train()
+        clf.train_mode()
         bar = tqdm(dl, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False)
         losses = []
         for i, (x, y, _) in enumerate(bar):
@@ -391,7 +440,9 @@ def train(cfg: TrainConfig, train_samples, val_samples, resume: bool = False,
             _write_expert_yaml(out, expert)
         state = {"model": clf.module.state_dict(), "optimizer": opt.state_dict(),
                  "scaler": scaler.state_dict() if scaler.is_enabled() else None, "epoch": epoch, "step": step,
-                 "history": history, "best": best, "best_epoch": best_epoch, "expert": expert, "config": cfg_dict}
+                 "history": history, "best": best, "best_epoch": best_epoch, "expert": expert, "config": cfg_dict,
+                 "torch_rng": torch.get_rng_state(),
+                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
         _atomic_save(state, last)
         if cfg.keep_epochs:
             _atomic_save({"model": state["model"], "epoch": epoch}, out / f"epoch_{epoch + 1:03d}.pt")
