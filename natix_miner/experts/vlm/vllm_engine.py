@@ -38,7 +38,9 @@ Usage::
 """
 
 import asyncio
+import contextlib
 import itertools
+import os
 import typing
 
 import pydantic
@@ -77,6 +79,10 @@ class VLLMEngineOptions(pydantic.BaseModel):
     mm_processor_cache_gb: typing.Optional[float] = pydantic.Field(default=None, ge=0)
     seed: int = 0
     trust_remote_code: bool = False
+    # Environment for this engine's processes only, set while they start (they inherit it), e.g.
+    # VLLM_CPU_OMP_THREADS_BIND: "nobind" or a core list on CPU hosts shared by several engines.
+    env: typing.Dict[str, str] = pydantic.Field(default_factory=dict)
+    shutdown_timeout_s: float = pydantic.Field(default=30.0, gt=0)  # for the engine processes to exit
     extra: typing.Dict[str, typing.Any] = pydantic.Field(default_factory=dict)
 
 
@@ -122,6 +128,21 @@ def engine_arguments(opts: VLLMEngineOptions, model: str, dtype: str, device: st
     return kw
 
 
+@contextlib.contextmanager
+def scoped_env(env: typing.Mapping[str, str]):
+    """Set environment variables for the duration of the block (engine processes inherit them)."""
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update({k: str(v) for k, v in env.items()})
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 class VLLMVisionLanguageExpert(VLMExpert):
     family = "vllm"
     backend_section = "engine"
@@ -164,7 +185,8 @@ class VLLMVisionLanguageExpert(VLMExpert):
         unknown = set(self.engine_kwargs) - valid
         if unknown:
             raise VLMOptionError(f"experts.{self.name}.options.engine: vLLM does not know {sorted(unknown)}")
-        self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**self.engine_kwargs))
+        with scoped_env(self.engine_opts.env):
+            self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**self.engine_kwargs))
         engine_answers = AnswerSet.from_tokenizer(self.engine.get_tokenizer(), *self.words,
                                                   marked=self.opts.thinking.mode != "off")
         if engine_answers.ids(False) != self.answers.ids(False):
@@ -219,11 +241,15 @@ class VLLMVisionLanguageExpert(VLMExpert):
         return list(await asyncio.gather(*(self._one(im) for im in images)))
 
     async def close_async(self) -> None:
+        """Stop the engine: its engine-core process and workers exit (joined off the loop)."""
         engine, self.engine = self.engine, None
         if engine is not None:
-            engine.shutdown()
+            await asyncio.get_running_loop().run_in_executor(None, self._shutdown, engine)
+
+    def _shutdown(self, engine) -> None:
+        engine.shutdown(timeout=self.engine_opts.shutdown_timeout_s)
 
     def close(self) -> None:
         engine, self.engine = getattr(self, "engine", None), None
         if engine is not None:
-            engine.shutdown()
+            self._shutdown(engine)
