@@ -107,13 +107,16 @@ class UltralyticsDetector(DetectorExpert):
             return []
         rgbs = [rgb_of(im) for im in images]
         threads = torch.get_num_threads()
+        cuda_dev = torch.cuda.current_device() if self.udevice.startswith("cuda") else None
         try:
             results = self.yolo.predict([np.ascontiguousarray(r[..., ::-1]) for r in rgbs], imgsz=self.imgsz,
                                         conf=self.conf, iou=self.iou, max_det=self.max_det, device=self.udevice,
                                         half=self.half, verbose=False)
-        finally:
-            if torch.get_num_threads() != threads:  # ultralytics resets torch threads on CPU
+        finally:  # ultralytics resets torch's thread count (CPU) and the thread's current CUDA device
+            if torch.get_num_threads() != threads:
                 torch.set_num_threads(threads)
+            if cuda_dev is not None and torch.cuda.current_device() != cuda_dev:
+                torch.cuda.set_device(cuda_dev)
         out = []
         for res, rgb in zip(results, rgbs):
             b = res.boxes
