@@ -19,6 +19,8 @@ from natix_miner.protocol import ImageSynapse
 from tests.engine_experts import make_profile, tiny_timm
 from tests.reliability_support import RecordingHooks, miner_config, query, valid, validators
 
+pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # bombs on purpose
+
 BODY_LIMIT = 4 * 1024 * 1024
 
 

@@ -24,6 +24,8 @@ from natix_miner.imaging.decode import (ALLOWED_FORMATS, ImageError, b64decode_s
                                         probe)
 from natix_miner.imaging.hostile import cases, encode, png_bomb, scene
 
+pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # bombs on purpose
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASES = {c.name: c for c in cases()}
 PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -117,6 +119,7 @@ import json, resource, sys
 sys.path.insert(0, sys.argv[1])
 from natix_miner.imaging.decode import ImageError, decode_base64
 from natix_miner.imaging.hostile import cases
+
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 outcomes = {}
 for c in cases():

@@ -21,6 +21,8 @@ from natix_miner.protocol import ImageSynapse
 from tests.engine_experts import make_profile, tiny_timm
 from tests.reliability_support import miner_config, query, valid, validators
 
+pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # bombs on purpose
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
