@@ -195,3 +195,17 @@ async def test_queued_callers_get_the_fallback_before_their_deadline(tmp_path, m
         assert took < 3.0
     assert snap["refused"]["deadline"] == 3
     assert sorted(hooks.outcomes().values()) == ["fallback", "shed", "shed", "shed"]
+
+
+@pytest.mark.parametrize("timeout,expected", [(None, 7.0), (9.0, 7.0), (3.0, 2.0), (float("nan"), 7.0),
+                                              (float("inf"), 7.0), (-5.0, 0.2), (0.0, 7.0), (1e12, 7.0)])
+def test_hostile_timeouts_still_give_a_bounded_budget(tmp_path, timeout, expected):
+    """The validator-supplied timeout header can be anything; the miner's budget stays in
+    [0.2 s, profile.deadline_s] (and leaves 1 s of a sane timeout for the network)."""
+    from natix_miner.miner.neuron import Miner
+
+    engine = _slow_engine(tmp_path, 0.1, deadline_s=7.0)
+    miner = Miner(miner_config(tmp_path, []), engine=engine)
+    syn = ImageSynapse(image="")
+    syn.timeout = timeout
+    assert miner._budget(syn) == pytest.approx(expected)
