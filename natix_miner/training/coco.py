@@ -207,3 +207,34 @@ def write_coco(images: typing.Sequence[CocoImage], classes: typing.Sequence[str]
             aid += 1
     Path(path).write_text(json.dumps(doc))
     return Path(path)
+
+
+def coco_from_samples(samples, out_dir: typing.Union[str, Path], classes: typing.Sequence[str] = ROADWORK_CLASSES,
+                      class_map: typing.Optional[typing.Mapping[str, typing.Optional[str]]] = None) -> Path:
+    """Write samples that carry ``meta["boxes"]`` (procedural scenes do: ``[{kind, box}]``) as
+    images plus a COCO file, the object kinds folded onto ``classes``. Returns the JSON path."""
+    from PIL import Image
+
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    images = []
+    for i, s in enumerate(samples):
+        data = s.bytes()
+        ext = ".png" if data[:4] == b"\x89PNG" else ".jpg"
+        p = out / "images" / f"{i:06d}{ext}"
+        p.write_bytes(data)
+        import io
+
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+        boxes = []
+        for b in s.meta.get("boxes", []):
+            cls = map_category(b["kind"], classes, class_map)
+            if cls is None:
+                continue
+            x0, y0, x1, y1 = (float(v) for v in b["box"])
+            x0, y0, x1, y1 = max(0.0, x0), max(0.0, y0), min(float(w), x1), min(float(h), y1)
+            if x1 - x0 >= 1 and y1 - y0 >= 1:
+                boxes.append(Box(cls, x0, y0, x1 - x0, y1 - y0))
+        images.append(CocoImage(p, w, h, boxes))
+    return write_coco(images, classes, out / "instances.json", images_dir=out)

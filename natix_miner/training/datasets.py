@@ -11,7 +11,9 @@ A *data spec* is one string:
   ``scene_description``), or the folder ``natix-miner data pull`` wrote (its ``manifest.json``).
 
 Every source yields :class:`Sample` objects whose pixels are read only when needed (parquet rows
-through a small per-process row-group cache), so a 10 GB dataset is indexed, not loaded.
+through a small per-process row-group cache), so a 10 GB dataset is indexed, not loaded. The folder
+and label conventions are the mock validator's (:mod:`natix_miner.imaging.sources`); unlike its
+sampling streams, training needs every image exactly once, unlabelled folders, and splits.
 
 Usage::
 
@@ -30,10 +32,12 @@ import random
 import typing
 from pathlib import Path
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
-POSITIVE_DIRS = ("roadwork", "1", "positive", "pos")
-NEGATIVE_DIRS = ("none", "0", "negative", "neg", "no_roadwork")
-PATH_COLUMNS = ("path", "image", "file", "filename", "image_path")
+from natix_miner.imaging import sources as _sources  # the mock validator's conventions, shared
+
+IMAGE_EXTENSIONS = tuple(sorted(_sources.IMAGE_EXTS))
+POSITIVE_DIRS = tuple(dict.fromkeys(d.lower() for d in _sources.POSITIVE_DIRS))
+NEGATIVE_DIRS = tuple(dict.fromkeys(d.lower() for d in _sources.NEGATIVE_DIRS))
+PATH_COLUMNS = _sources._PATH_COLUMNS
 DEFAULT_PROCEDURAL = 400
 
 
@@ -145,21 +149,13 @@ def from_parquet(path: typing.Union[str, Path], source: str = "real") -> typing.
 
 
 def _label(value, where: str) -> typing.Optional[int]:
-    if value is None or value == "":
+    """0/1 (also roadwork/none, true/false) like the mock validator's sources; empty = unlabelled."""
+    if value is None or (isinstance(value, str) and not value.strip()):
         return None
-    if isinstance(value, str):
-        v = value.strip().lower()
-        if v in ("roadwork", "1", "true", "yes"):
-            return 1
-        if v in ("none", "0", "false", "no"):
-            return 0
     try:
-        i = int(value)
-    except (TypeError, ValueError):
+        return _sources.parse_label(value)
+    except _sources.SourceError:
         raise DataError(f"{where}: label {value!r} is not 0/1") from None
-    if i not in (0, 1):
-        raise DataError(f"{where}: label {value!r} is not 0/1")
-    return i
 
 
 def _images_under(folder: Path) -> typing.List[Path]:

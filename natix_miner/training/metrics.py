@@ -44,12 +44,9 @@ def mcc_from_confusion(tn: int, fp: int, fn: int, tp: int) -> float:
 
 def reward_proxy(mcc: float, accuracy: float) -> float:
     """The validator's per-query reward formula applied to whole-set figures (MCC floored at 0)."""
-    try:
-        from natix_miner.validator.reward import reward_from_metrics  # the validator's own formula
+    from natix_miner.validator.reward import query_reward  # the validator's own formula
 
-        return float(reward_from_metrics(mcc, accuracy))
-    except (ImportError, AttributeError):
-        return float((0.5 * max(0.0, mcc) + 0.5 * accuracy) ** 3)
+    return query_reward(1.0, max(0.0, float(mcc)), float(accuracy))  # 1.0: an answered, in-range query
 
 
 def confusion(labels: ArrayLike, preds: ArrayLike) -> typing.Dict[str, int]:
