@@ -204,3 +204,13 @@ def test_distill_labels_unlabelled_images_and_trains_a_student(world, tmp_path, 
         assert (p >= 0.55) if int(r["label"]) == 1 else (p <= 0.45)
         assert (out / r["path"]).exists() and r["path"].startswith("roadwork/" if int(r["label"]) else "none/")
     assert (tmp_path / "student" / "best.pth").exists() and (tmp_path / "student" / "expert.yaml").exists()
+
+
+def test_evaluate_on_procedural_scenes(world, tmp_path):
+    out = tmp_path / "p.json"
+    assert cli(["evaluate", "--profile", str(world["profiles"]["tiny"]), "--data", "procedural:8:160",
+                "--json", str(out), "--quiet"]) == 0
+    rep = json.loads(out.read_text())
+    r = rep["profiles"]["tiny"]
+    assert rep["n"] == 8 and rep["labels"]["roadwork"] == 4
+    assert set(r["per_source"]) == {"real", "synthetic"} and set(r["per_level"]) == {"0", "1", "2", "3"}
