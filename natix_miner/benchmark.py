@@ -27,20 +27,22 @@ import numpy as np
 from natix_miner.config import Profile, load_profile
 
 
-def bench_profile(arch: str, dtype: str, compile_: bool, compile_mode: str, batch: int, device: str) -> Profile:
+def bench_profile(arch: str, dtype: str, compile_: bool, compile_mode: str, batch: int, device: str,
+                  decode: str = "cpu", decode_threads: int = 8) -> Profile:
     """A one-expert profile with random weights (speed does not depend on the weights)."""
     return Profile.model_validate({
         "name": f"bench-{arch}",
         "experts": [{"name": "fast", "family": "timm", "model": arch, "device": device, "dtype": dtype,
                      "max_batch": batch, "max_wait_ms": 2.0,
                      "options": {"num_classes": 2, "compile": compile_, "compile_mode": compile_mode,
+                                 "decode": decode, "decode_threads": decode_threads,
                                  "warmup_batches": [batch]}}],
         "tiers": [{"name": "fast", "experts": ["fast"], "budget_s": 5.0}],
         "cache": {"max_entries": 0},
     })
 
 
-def make_jpegs(n: int, unique: int = 512, seed: int = 0, size: int = 224) -> typing.List[bytes]:
+def make_jpegs(n: int, unique: int = 256, seed: int = 0, size: int = 224) -> typing.List[bytes]:
     """``n`` validator-like JPEGs (224x224, quality 75): procedural road scenes, repeated."""
     from PIL import Image
 
@@ -50,9 +52,9 @@ def make_jpegs(n: int, unique: int = 512, seed: int = 0, size: int = 224) -> typ
         from natix_miner.imaging.scenes import render_scene  # type: ignore
 
         for i in range(unique):
-            img = render_scene(seed=seed * 100003 + i, label=i % 2, size=size)
+            scene = render_scene(label=i % 2, seed=seed * 100003 + i, size=(size, size))
             buf = io.BytesIO()
-            Image.fromarray(np.asarray(img)).convert("RGB").save(buf, "JPEG", quality=75)
+            scene.image.convert("RGB").save(buf, "JPEG", quality=75)
             base.append(buf.getvalue())
     except Exception:  # scenes unavailable: smooth random images compress like photos
         for _ in range(unique):
@@ -98,9 +100,9 @@ def bulk(profile: Profile, devices: typing.Sequence[str], datas: typing.Sequence
          workers: int = 2, repeats: int = 3) -> dict:
     from natix_miner.engine.bulk import BulkPredictor
 
-    b = BulkPredictor(profile, devices, batch_size=batch, workers_per_device=workers)
+    b = BulkPredictor(profile, devices, batch_size=batch, replicas_per_device=workers)
     b.load()
-    b.predict(datas[: batch * len(devices) * workers * 2])  # warm every replica and stream
+    b.predict(datas[: batch * len(devices) * workers * 4])  # warm every replica
     best = 0.0
     for _ in range(repeats):
         t = time.perf_counter()
@@ -109,7 +111,7 @@ def bulk(profile: Profile, devices: typing.Sequence[str], datas: typing.Sequence
         best = max(best, len(datas) / dt)
     assert np.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()
     b.close()
-    return {"devices": list(devices), "batch": batch, "workers_per_device": workers, "n": len(datas),
+    return {"devices": list(devices), "batch": batch, "replicas_per_device": workers, "n": len(datas),
             "img_per_s": best}
 
 
@@ -229,7 +231,8 @@ def run(args) -> dict:
         if args.cache_off:
             profile = profile.model_copy(update={"cache": profile.cache.model_copy(update={"max_entries": 0})})
     else:
-        profile = bench_profile(args.arch, args.dtype, args.compile, args.compile_mode, args.batch, devices[0])
+        profile = bench_profile(args.arch, args.dtype, args.compile, args.compile_mode, args.batch, devices[0],
+                                args.decode, args.decode_threads)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     report: dict = {"card": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
                     "gpus": torch.cuda.device_count(), "torch": torch.__version__, "profile": profile.name,

@@ -20,7 +20,9 @@ Profile entry::
         image_size: 224
         compile: true                       # torch.compile (GPU only)
         compile_mode: max-autotune-no-cudagraphs  # or reduce-overhead (CUDA graphs)
-        gpu_decode: true                    # nvJPEG decoding of JPEG bytes on the card
+        gpu_decode: true                    # JPEG bytes decoded for the card (see decode)
+        decode: cpu                         # bulk path: cpu (libjpeg-turbo threads, pinned copy)
+        decode_threads: 8                   #   or gpu (nvJPEG: fast, but takes the SMs from the model)
 
 On CUDA, JPEG bytes are decoded on the card in one batched nvJPEG call, normalised there in the
 model's dtype with channels_last, and only one float per image comes back to the host.
@@ -103,6 +105,10 @@ class TimmClassifier(Expert):
             self.dtype = torch.float32
         self.channels_last = on_gpu and bool(o.get("channels_last", True))
         self.gpu_decode = on_gpu and bool(o.get("gpu_decode", True))
+        self.decode = str(o.get("decode", "cpu"))
+        if self.decode not in ("cpu", "gpu"):
+            raise ValueError(f"expert {self.name}: options.decode must be 'cpu' or 'gpu', got {self.decode!r}")
+        self.decode_threads = int(o.get("decode_threads", 8))
         model = model.eval().to(device=device, dtype=self.dtype)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -164,8 +170,14 @@ class TimmClassifier(Expert):
                         channels_last=self.channels_last)
 
     def _batch_from_bytes(self, datas):
-        from natix_miner.imaging.jpeg import decode_batch, to_model_batch
+        from natix_miner.imaging.jpeg import decode_batch, decode_batch_cpu, normalise_uint8, to_model_batch
 
+        if self.decode == "cpu" or not self.device.startswith("cuda"):
+            x, bad = decode_batch_cpu(datas, self.size, self.decode_threads)
+            if bad:
+                raise ValueError(f"{len(bad)} images could not be decoded")
+            x = x.to(self.device, non_blocking=True)
+            return normalise_uint8(x, self.mean, self.std, self.dtype, self.channels_last)
         tensors, bad = decode_batch(datas, self.device)
         if bad:
             raise ValueError(f"{len(bad)} images could not be decoded")

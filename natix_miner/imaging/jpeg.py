@@ -95,6 +95,58 @@ def decode_batch(datas: typing.Sequence[bytes], device: str = "cuda") -> typing.
     return out, bad
 
 
+_POOLS: dict = {}
+
+
+def decode_batch_cpu(datas: typing.Sequence[bytes], size: int, threads: int = 8, pin: bool = True):
+    """Decode JPEGs on CPU threads (libjpeg-turbo, GIL released) into one pinned uint8
+    (N, 3, size, size) tensor; returns (tensor, indices that failed). Images of another size are
+    resized on the CPU. Keeps the GPU's SMs for the model: nvJPEG decoding competes with it."""
+    import concurrent.futures
+
+    import torch
+    import torch.nn.functional as F
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    n = len(datas)
+    out = torch.empty((n, 3, size, size), dtype=torch.uint8, pin_memory=pin and torch.cuda.is_available())
+    bad: typing.List[int] = []
+
+    def one(i: int) -> None:
+        try:
+            t = decode_jpeg(torch.frombuffer(bytearray(datas[i]), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        except RuntimeError:
+            try:
+                t = _cpu_decode(datas[i])
+            except Exception:
+                bad.append(i)
+                out[i].zero_()
+                return
+        if t.shape[-2:] != (size, size):
+            t = F.interpolate(t[None].float(), size=(size, size), mode="bilinear", antialias=True,
+                              align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
+        out[i].copy_(t)
+
+    pool = _POOLS.get(threads)
+    if pool is None:
+        pool = _POOLS[threads] = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="jpeg")
+    list(pool.map(one, range(n)))
+    return out, sorted(bad)
+
+
+def normalise_uint8(x, mean, std, dtype, channels_last: bool = True):
+    """uint8 (N, 3, H, W) on the device -> normalised ``dtype`` batch."""
+    import torch
+
+    dev = x.device
+    m = torch.tensor(mean, device=dev, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+    s = torch.tensor(std, device=dev, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+    x = ((x.float() - m) / s).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
 def to_model_batch(images: typing.Sequence, size: int, mean, std, dtype, channels_last: bool = True):
     """uint8 (3, H, W) tensors on one device -> normalised (N, 3, size, size) in ``dtype``.
 
@@ -103,16 +155,10 @@ def to_model_batch(images: typing.Sequence, size: int, mean, std, dtype, channel
     import torch
     import torch.nn.functional as F
 
-    dev = images[0].device
     if all(t.shape[-2:] == (size, size) for t in images):
         x = torch.stack(list(images))
     else:
         x = torch.stack([F.interpolate(t[None].float(), size=(size, size), mode="bilinear", antialias=True,
                                        align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
                          for t in images])
-    m = torch.tensor(mean, device=dev, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
-    s = torch.tensor(std, device=dev, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
-    x = ((x.float() - m) / s).to(dtype)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
+    return normalise_uint8(x, mean, std, dtype, channels_last)
