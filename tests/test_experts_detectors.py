@@ -141,6 +141,7 @@ def test_ultralytics_families_run_a_batch_and_map_classes(ultra_profile, images)
     # yolo11 with class 3 boosted: every image is full of class-3 boxes -> mapped to cone
     ev = ex["y11_cone"].predict_batch(images)
     assert len(ev) == 3
+    assert ex["y11_cone"].memory_bytes() > 1e6  # now the predictor's fused copy
     for e in ev:  # a certain cone, weight 0.9, leak 0.05: 1 - 0.95 * (1 - 0.9)
         assert e.probability == pytest.approx(0.905, abs=1e-3) and not e.abstain
         d = e.detail

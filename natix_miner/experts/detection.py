@@ -233,15 +233,18 @@ def nms(boxes: np.ndarray, scores: np.ndarray, groups: typing.Sequence, iou: flo
     return np.asarray(keep, dtype=np.int64)
 
 
-def torch_dtype(spec_dtype: str, device: str, family: str):
-    """The torch dtype an expert runs in: float32 on CPU; float16 / bfloat16 honoured on GPUs."""
+def torch_dtype(spec_dtype: str, device: str, family: str, auto: str = "float16"):
+    """The torch dtype an expert runs in: float32 on CPU; float16 / bfloat16 honoured on GPUs;
+    ``auto`` picks the family's safe half type."""
     import torch
 
     if spec_dtype in ("fp8", "int8"):
         raise DetectorConfigError(f"{family}: dtype {spec_dtype!r} is not supported (use float32, float16 or bfloat16)")
     if not device.startswith("cuda"):
         return torch.float32
-    return {"float16": torch.float16, "bfloat16": torch.bfloat16, "auto": torch.float16}.get(spec_dtype, torch.float32)
+    if spec_dtype == "auto":
+        spec_dtype = auto
+    return {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(spec_dtype, torch.float32)
 
 
 def _finite_list(values: np.ndarray) -> typing.List[typing.Optional[float]]:

@@ -10,7 +10,7 @@ Profile entry::
     - name: dfine_roadwork
       family: hf_detector
       model: models/dfine-s-roadwork            # or ustc-community/dfine-small-coco (cached)
-      dtype: float16
+      dtype: bfloat16                           # or auto (= bfloat16); see docs/experts.md on float16
       max_batch: 16
       options:
         image_size: 640                         # optional: override the processor's resize
@@ -46,7 +46,8 @@ class HFDetector(DetectorExpert):
         if not self.spec.model:
             raise DetectorConfigError(f"{self.name}: family 'hf_detector' needs model: <dir or hub id>")
         ref = self.resolve_model()
-        self.dtype = torch_dtype(self.spec.dtype, device, self.family)
+        # auto -> bfloat16: the DETR decoders (D-FINE, RT-DETR v2) collapsed in float16 on the GPU smoke run
+        self.dtype = torch_dtype(self.spec.dtype, device, self.family, auto="bfloat16")
         self.model = load_pretrained(AutoModelForObjectDetection, ref, self.name, dtype=self.dtype).eval().to(device)
         kwargs = {}
         if self.options.get("image_size"):

@@ -97,6 +97,16 @@ class UltralyticsDetector(DetectorExpert):
         self.max_det = int(o.get("max_det", 100))
         torch.set_num_threads(threads)
 
+    def memory_bytes(self) -> int:
+        """The predictor's (fused, possibly half-precision) copy once it exists, else the loaded model."""
+        import torch
+
+        model = getattr(getattr(self.yolo, "predictor", None), "model", None) or self.model
+        own = 0
+        if isinstance(model, torch.nn.Module):
+            own = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+        return own + (self.depth_checker.memory_bytes() if self.depth_checker is not None else 0)
+
     def warmup(self) -> None:
         self.detect([np.zeros((self.imgsz, self.imgsz, 3), np.uint8)])
 
