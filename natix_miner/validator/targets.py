@@ -93,7 +93,11 @@ class SpawnedMiner:
         self.start_timeout = start_timeout
         self.workdir = tempfile.mkdtemp(prefix="natix-mock-miner-")
         self.log_path = log_path or os.path.join(self.workdir, "miner.log")
-        self.name = name or (Path(profile).stem if profile else "default")
+        if name is None:
+            from natix_miner.config import DEFAULT_PROFILE
+
+            name = Path(profile).stem if profile else DEFAULT_PROFILE.stem
+        self.name = name
         self.proc: typing.Optional[subprocess.Popen] = None
         self.target: typing.Optional[Target] = None
         self._log = None
