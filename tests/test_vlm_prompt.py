@@ -103,3 +103,28 @@ def test_engine_arguments_map_every_option():
         engine_arguments(VLLMEngineOptions(extra={"seed": 3}), "/m", "auto", "cpu", None, None, 4)
     with pytest.raises(VLMOptionError, match="int8"):
         engine_arguments(VLLMEngineOptions(), "/m", "int8", "cpu", None, None, 4)
+
+
+@pytest.mark.parametrize("name", ["h100x1", "h100x2"])
+def test_production_profiles_use_valid_vlm_options(name):
+    """Every VLM expert of the shipped GPU profiles parses, maps to engine arguments, and the vLLM
+    engines sharing a card stay within the profile's GPU memory fraction."""
+    from natix_miner.config import load_profile
+    from natix_miner.experts import create_expert
+
+    profile = load_profile(name)
+    per_card = {}
+    vlms = [e for e in profile.experts if e.family in ("vllm", "hf_vlm", "openai_vlm")]
+    assert any(e.family == "vllm" for e in vlms)
+    for spec in vlms:
+        expert = create_expert(spec, profile)  # options parse here (VLMOptionError on a bad key)
+        if spec.family != "vllm":
+            continue
+        engine = VLLMEngineOptions.model_validate(expert.opts.engine)
+        devices = spec.devices or [spec.device]
+        for device in devices:
+            kw = engine_arguments(engine, spec.model, spec.dtype, device, expert.opts.max_pixels,
+                                  expert.opts.min_pixels, 4)
+            for gpu in kw.get("device_ids", [device]):
+                per_card[gpu] = per_card.get(gpu, 0.0) + engine.gpu_memory_utilization
+    assert per_card and all(u <= profile.gpu_memory_fraction for u in per_card.values()), per_card

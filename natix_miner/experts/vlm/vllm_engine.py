@@ -31,7 +31,7 @@ Profile entry (every ``engine`` key maps to a vLLM engine argument, see docs/vlm
 Usage::
 
     expert = VLLMVisionLanguageExpert(spec, profile)
-    expert.load("cuda:1")           # blocking: options, processor, engine arguments
+    expert.load("cuda:1")           # blocking: options, answer-token check, engine arguments
     await expert.start_async()      # in the serving loop: the engine starts
     evidence = await expert.predict_batch_async([decoded_image])
     await expert.close_async()
@@ -151,7 +151,8 @@ class VLLMVisionLanguageExpert(VLMExpert):
     _ids = itertools.count()
 
     def load(self, device: str) -> None:
-        from transformers import AutoProcessor
+        """Blocking part: options, engine arguments, the tokenizer's answer-token check (no engine yet)."""
+        from transformers import AutoTokenizer
 
         try:
             self.engine_opts = VLLMEngineOptions.model_validate(self.opts.engine)
@@ -161,71 +162,92 @@ class VLLMVisionLanguageExpert(VLMExpert):
         path = self.resolve_model()
         if not path:
             raise VLMOptionError(f"expert {self.name}: 'model' is required for family vllm")
-        marked = self.opts.thinking.mode != "off"
         self.engine_kwargs = engine_arguments(self.engine_opts, path, self.spec.dtype, device, self.opts.max_pixels,
                                               self.opts.min_pixels,
                                               n_logprobs=len(self.opts.yes_words) + len(self.opts.no_words))
-        self.processor = AutoProcessor.from_pretrained(path, trust_remote_code=self.engine_opts.trust_remote_code)
-        self.answers = AnswerSet.from_tokenizer(self.processor.tokenizer, *self.words, marked=marked)
-        self.prompt_direct = self._template(thinking=False)
-        self.prompt_think = self._template(thinking=True)
+        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=self.engine_opts.trust_remote_code)
+        self.answers = AnswerSet.from_tokenizer(self.tokenizer, *self.words, marked=self.opts.thinking.mode != "off")
         self.device = device
         self.engine = None
 
-    def _template(self, thinking: bool) -> str:
-        return self.processor.apply_chat_template(self.opts.messages(thinking=thinking), tokenize=False,
-                                                  add_generation_prompt=True, **self.opts.chat_template_kwargs)
-
     async def start_async(self) -> None:
-        """Create the engine in the running loop; check the engine's tokenizer agrees on answer ids."""
+        """Create the engine in the running loop, check its tokenizer's answer ids, render the prompts."""
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        valid = set(AsyncEngineArgs.__dataclass_fields__)
-        unknown = set(self.engine_kwargs) - valid
+        unknown = set(self.engine_kwargs) - set(AsyncEngineArgs.__dataclass_fields__)
         if unknown:
             raise VLMOptionError(f"experts.{self.name}.options.engine: vLLM does not know {sorted(unknown)}")
         with scoped_env(self.engine_opts.env):
             self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**self.engine_kwargs))
-        engine_answers = AnswerSet.from_tokenizer(self.engine.get_tokenizer(), *self.words,
-                                                  marked=self.opts.thinking.mode != "off")
-        if engine_answers.ids(False) != self.answers.ids(False):
+        try:
+            engine_answers = AnswerSet.from_tokenizer(self.engine.get_tokenizer(), *self.words,
+                                                      marked=self.opts.thinking.mode != "off")
+            if engine_answers.ids(False) != self.answers.ids(False):
+                raise VLMOptionError(f"expert {self.name}: engine tokenizer answer ids {engine_answers.ids(False)} "
+                                     f"differ from the checkpoint tokenizer's {self.answers.ids(False)}")
+            self.ids_direct = self.render(thinking=False)
+            self.ids_think = self.render(thinking=True)
+        except BaseException:
             await self.close_async()
-            raise VLMOptionError(f"expert {self.name}: engine tokenizer answer ids {engine_answers.ids(False)} "
-                                 f"differ from the processor's {self.answers.ids(False)}")
+            raise
 
-    async def _final(self, prompt: str, image, params) -> typing.Any:
+    def render(self, thinking: bool) -> typing.List[int]:
+        """Prompt token ids through vLLM's own chat renderer (the model's template and image placeholder,
+        as ``vllm serve`` would build them); the checkpoint tokenizer's template if that API is absent."""
+        from PIL import Image
+
+        messages = self.opts.messages(thinking=thinking, image={"type": "image_pil",
+                                                                "image_pil": Image.new("RGB", (64, 64))})
+        kwargs = {"add_generation_prompt": True, **self.opts.chat_template_kwargs}
+        try:
+            from vllm.renderers.params import ChatParams
+
+            _, prompt = self.engine.renderer.render_messages(messages, ChatParams(chat_template_kwargs=kwargs))
+            if prompt.get("prompt_token_ids"):
+                return list(prompt["prompt_token_ids"])
+            return self.tokenizer.encode(prompt["prompt"], add_special_tokens=False)
+        except (ImportError, AttributeError):
+            text = self.tokenizer.apply_chat_template(self.opts.messages(thinking=thinking), tokenize=False, **kwargs)
+            return self.tokenizer.encode(text, add_special_tokens=False)
+
+    async def _final(self, ids: typing.List[int], image, params) -> typing.Any:
         if self.engine is None:
             raise RuntimeError(f"expert {self.name}: engine not started (call start_async)")
         rid = f"{self.name}-{next(self._ids)}"
         final = None
-        async for out in self.engine.generate({"prompt": prompt, "multi_modal_data": {"image": image}}, params, rid):
+        async for out in self.engine.generate({"prompt_token_ids": ids, "multi_modal_data": {"image": image}},
+                                              params, rid):
             final = out
         return final
 
-    async def score(self, prompt: str, image, marked: bool = False) -> typing.Tuple[typing.Optional[float], dict]:
+    async def score(self, ids: typing.List[int], image, marked: bool = False
+                    ) -> typing.Tuple[typing.Optional[float], dict]:
+        """One output token; ``logprob_token_ids`` returns exactly the answer words' log-probabilities."""
         from vllm import SamplingParams
 
-        ids = self.answers.ids(marked=marked)
-        params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=ids)
-        out = await self._final(prompt, image, params)
+        answer_ids = self.answers.ids(marked=marked)
+        params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=answer_ids)
+        out = await self._final(ids, image, params)
         step = out.outputs[0].logprobs[0]
-        return self.answers.probability({tid: step[tid].logprob for tid in ids if tid in step}, marked=marked)
+        return self.answers.probability({t: step[t].logprob for t in answer_ids if t in step}, marked=marked)
 
     async def think(self, image) -> dict:
+        """Reason up to the answer marker, then score the answer token after it."""
         from vllm import SamplingParams
 
         t = self.opts.thinking
         params = SamplingParams(max_tokens=t.max_tokens, temperature=0.0, stop=[t.answer_marker])
-        out = await self._final(self.prompt_think, image, params)
+        out = await self._final(self.ids_think, image, params)
         reasoning = out.outputs[0].text
-        p, d = await self.score(self.prompt_think + strip_after_marker(reasoning, t.answer_marker) + t.answer_marker,
-                                image, marked=True)
+        tail = self.tokenizer.encode(strip_after_marker(reasoning, t.answer_marker) + t.answer_marker,
+                                     add_special_tokens=False)
+        p, d = await self.score(self.ids_think + tail, image, marked=True)
         return self.thought(reasoning, p, d, len(out.outputs[0].token_ids))
 
     async def _one(self, image) -> Evidence:
         pil = image.pil()
-        p, detail = await self.score(self.prompt_direct, pil)
+        p, detail = await self.score(self.ids_direct, pil)
         self.stats["direct"] += 1
         thought = None
         if self.wants_thinking(p):
