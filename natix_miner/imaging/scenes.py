@@ -39,8 +39,10 @@ SYNTHETIC_SIZE = (1024, 1024)
 TIMES = ("day", "day", "golden", "overcast", "dusk", "night")
 WEATHERS = ("clear", "clear", "clear", "haze", "fog", "rain", "snow")
 ENVIRONMENTS = ("highway", "rural", "urban", "suburban")
-MIN_ROADWORK_AREA = 0.005  # label 1: visible roadwork boxes cover at least this image fraction
-HARD_ROADWORK_AREA = 0.0015  # ... or this much in the hard positives (HARD_FRACTION of label 1)
+# label 1: roadwork boxes cover at least this fraction of the central square (what the validator's
+# level 0 keeps of a landscape frame), or HARD_ROADWORK_AREA in the hard positives
+MIN_ROADWORK_AREA = 0.02
+HARD_ROADWORK_AREA = 0.005
 HARD_FRACTION = 0.15
 
 
@@ -400,7 +402,7 @@ class _Builder:
         layout = str(r.choice(layouts))
         self.notes.append(layout.replace("_", " "))
         cone_col = P.ORANGE if r.random() < 0.8 else (P.RED if r.random() < 0.5 else (250, 210, 30))
-        z0 = max(7.0, self.cam.z_near + 1.5) + min(38.0, r.exponential(9.0))
+        z0 = max(7.0, self.cam.z_near + 1.5) + min(30.0, r.exponential(7.0))
         length = r.uniform(20, 70)
         lw, re = self.lane_w, self.right_edge
         device = str(r.choice(["cone", "cone", "drum", "plastic_barrier"]))
@@ -543,15 +545,18 @@ class _Builder:
                 self.objects.append(SceneObject(kind, tuple(float(v) for v in box), roadwork, float(z)))
 
     def visible_roadwork_fraction(self) -> float:
+        """Roadwork box area inside the central square of the frame, as a fraction of it."""
+        side = min(self.W, self.H)
+        cx0, cy0 = (self.W - side) / 2, (self.H - side) / 2
         area = 0.0
         for o in self.objects:
             if not o.roadwork:
                 continue
             x0, y0, x1, y1 = o.box
-            x0, y0, x1, y1 = max(0, x0), max(0, y0), min(self.W, x1), min(self.H, y1)
+            x0, y0, x1, y1 = max(cx0, x0), max(cy0, y0), min(cx0 + side, x1), min(cy0 + side, y1)
             if x1 > x0 and y1 > y0:
                 area += (x1 - x0) * (y1 - y0)
-        return area / (self.W * self.H)
+        return area / (side * side)
 
 
 def P_jit(rng: np.random.Generator, rgb, amount: float):
@@ -635,10 +640,17 @@ def render_scene(label: int, seed: int, size: typing.Optional[typing.Tuple[int, 
     tries = 0
     need = HARD_ROADWORK_AREA if rng.random() < HARD_FRACTION else MIN_ROADWORK_AREA
     while label == 1 and b.visible_roadwork_fraction() < need and tries < 3:
-        # the work zone ended up out of frame or too far: add a closer row of cones and redraw
-        z = rng.uniform(max(7.0, b.cam.z_near + 1.5), 16)
+        # the work zone ended up out of view or too far: add devices in the lane ahead and redraw
+        z = rng.uniform(max(8.0, b.cam.z_near + 2), 22)
+        x = b.cam.cam_x + rng.uniform(-0.6, 0.6) * b.lane_w
+        drum = rng.random() < 0.3
         for i in range(int(rng.integers(3, 7))):
-            b.place(b.right_edge - 0.3, z + i * 3, "cone", True, P.cone)
+            if drum:
+                b.place(x + i * 0.5, z + i * 2.5, "drum", True, P.drum)
+            else:
+                b.place(x + i * 0.5, z + i * 2.5, "cone", True, P.cone)
+        if rng.random() < 0.5:
+            b.place(x + rng.uniform(-2, 2), z + rng.uniform(2, 10), "worker", True, P.person, worker=True)
         img, b.objects = base.copy(), []
         b.draw_items(img)
         tries += 1
