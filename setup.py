@@ -31,6 +31,7 @@ EXPERTS = [
     "rapidocr-onnxruntime>=1.4",
     "onnxruntime>=1.20",
     "rfdetr>=1.11,<2",
+    "aiohttp>=3.9",  # openai_vlm client and the VLM server (natix_miner/experts/vlm)
 ]
 TRAINING = [
     "pandas>=2.2",

@@ -72,6 +72,17 @@ def test_thinking_band_only_for_ambiguous_images():
     assert "thinking" in ev.detail and e.stats["thinking"] == 1
 
 
+def test_thinking_time_budget():
+    """Generation stops at the budget (transformers' max_time); the truncated reasoning is still scored."""
+    e = create_expert(spec("hf_vlm", tiny_vlm("qwen2_vl"), name="cut",
+                           thinking={"mode": "always", "max_tokens": 4096, "timeout_s": 0.05}))
+    e.load("cpu")
+    [ev] = e.predict_batch([jpeg_image(0)])
+    t = ev.detail["thinking"]
+    assert t["timed_out"] and t["tokens"] < 4096 and 0 < t["p"] < 1
+    assert e.stats["thinking_timeouts"] == 1
+
+
 def test_calibration_applied(expert):
     raw = expert.predict_batch([jpeg_image(0)])[0].probability
     e = create_expert(spec("hf_vlm", tiny_vlm("qwen2_vl"), name="cal", calibration_scale=3.0,

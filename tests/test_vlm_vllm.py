@@ -65,6 +65,14 @@ def test_thinking_mode(report):
     assert report["stats"]["b"]["thinking"] >= 2
 
 
+def test_thinking_time_budget(report):
+    cut = report["cut"]
+    assert cut["thinking"]["timed_out"] and cut["thinking"]["p"] is None and cut["timeouts"] == 1
+    assert cut["p"] == pytest.approx(cut["p_direct"])  # the direct answer stands
+    assert cut["unfinished"] == 0  # the cancelled request was aborted in the engine
+    assert report["after_cut"] == pytest.approx(report["b"][0])  # and the engine still serves
+
+
 def test_cascade_answers_from_the_vlm_tier(report):
     c = report["cascade"]
     assert not c["fallback"] and c["tiers"] == ["vlm"], c

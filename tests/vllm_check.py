@@ -93,7 +93,17 @@ async def run(model_a: str, model_b: str) -> dict:
     out["b"] = [ev.probability for ev in both_b]
     out["b_thinking"] = [ev.detail.get("thinking") for ev in both_b]
     out["b_direct"] = [ev.detail.get("p_direct") for ev in both_b]
-    out["stats"] = {"a": a.stats, "b": b.stats}
+    out["stats"] = {"a": dict(a.stats), "b": dict(b.stats)}
+
+    # a thinking pass cut by its time budget: the request is aborted, the direct answer stands,
+    # and the engine keeps serving
+    b.opts.thinking.timeout_s = 0.001
+    [cut] = await b.predict_batch_async(images[:1])
+    b.opts.thinking.timeout_s = THINK["timeout_s"]
+    out["cut"] = {"p": cut.probability, "p_direct": cut.detail.get("p_direct"), "thinking": cut.detail["thinking"],
+                  "timeouts": b.stats["thinking_timeouts"], "unfinished": b.engine.get_num_unfinished_requests()}
+    [after] = await b.predict_batch_async(images[:1])
+    out["after_cut"] = after.probability
 
     t0 = time.monotonic()
     await eng.close()

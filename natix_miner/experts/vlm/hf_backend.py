@@ -81,6 +81,12 @@ class HFVisionLanguageExpert(VLMExpert):
         self.prompt_direct = self._template(thinking=False)
         self.prompt_think = self._template(thinking=True)
 
+    def warmup(self) -> None:
+        from PIL import Image
+
+        grey = Image.new("RGB", (224, 224), (128, 128, 128))
+        self.score([self.prompt_direct], [grey])
+
     def _template(self, thinking: bool) -> str:
         return self.processor.apply_chat_template(self.opts.messages(thinking=thinking), tokenize=False,
                                                   add_generation_prompt=True, **self.opts.chat_template_kwargs)

@@ -83,6 +83,7 @@ class VLLMEngineOptions(pydantic.BaseModel):
     # VLLM_CPU_OMP_THREADS_BIND: "nobind" or a core list on CPU hosts shared by several engines.
     env: typing.Dict[str, str] = pydantic.Field(default_factory=dict)
     shutdown_timeout_s: float = pydantic.Field(default=30.0, gt=0)  # for the engine processes to exit
+    warmup: bool = True  # one scored request on a grey image at start
     extra: typing.Dict[str, typing.Any] = pydantic.Field(default_factory=dict)
 
 
@@ -188,6 +189,10 @@ class VLLMVisionLanguageExpert(VLMExpert):
                                      f"differ from the checkpoint tokenizer's {self.answers.ids(False)}")
             self.ids_direct = self.render(thinking=False)
             self.ids_think = self.render(thinking=True)
+            if self.engine_opts.warmup:  # the first request pays one-off costs; not a real one
+                from PIL import Image
+
+                await self.score(self.ids_direct, Image.new("RGB", (224, 224), (128, 128, 128)))
         except BaseException:
             await self.close_async()
             raise
