@@ -28,7 +28,7 @@ from natix_miner.config import Profile, load_profile
 
 
 def bench_profile(arch: str, dtype: str, compile_: bool, compile_mode: str, batch: int, device: str,
-                  decode: str = "cpu", decode_threads: int = 8) -> Profile:
+                  decode: str = "gpu", decode_threads: int = 8) -> Profile:
     """A one-expert profile with random weights (speed does not depend on the weights)."""
     return Profile.model_validate({
         "name": f"bench-{arch}",

@@ -13,11 +13,11 @@ def add_parser(sub) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the forward (GPU)")
     p.add_argument("--compile-mode", default="max-autotune-no-cudagraphs",
                    help="torch.compile mode; reduce-overhead uses CUDA graphs")
-    p.add_argument("--decode", default="cpu", choices=["cpu", "gpu"], help="bulk-path JPEG decoding")
+    p.add_argument("--decode", default="gpu", choices=["cpu", "gpu"], help="bulk-path JPEG decoding")
     p.add_argument("--decode-threads", type=int, default=8, help="CPU decoding threads per replica")
     p.add_argument("--devices", default=None, help="comma list, default: every GPU (else cpu)")
     p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--workers", type=int, default=2, help="replica processes per device (bulk section)")
+    p.add_argument("--workers", type=int, default=1, help="replica processes per device (bulk section)")
     p.add_argument("--n", type=int, default=20000, help="images for the bulk section")
     p.add_argument("--requests", type=int, default=200, help="requests per online/axon setting")
     p.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 10, 64])
