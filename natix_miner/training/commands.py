@@ -142,7 +142,7 @@ def _evaluate(sub) -> None:
     p.add_argument("--json", default=None)
     p.add_argument("--plots", default=None, help="folder for reliability / PR / threshold PNGs")
     p.add_argument("--all-levels", action="store_true", help="every image at all four levels")
-    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--concurrency", type=int, default=16, help="requests in flight in the engine")
     p.set_defaults(func=cmd_evaluate)
 
 

@@ -123,7 +123,7 @@ def _unique_names(profiles) -> typing.List[str]:
 
 
 def evaluate_profiles(profiles: typing.Sequence, data: str, n: typing.Optional[int] = None, seed: int = 0,
-                      all_levels: bool = False, concurrency: int = 32, plots: typing.Optional[str] = None,
+                      all_levels: bool = False, concurrency: int = 16, plots: typing.Optional[str] = None,
                       progress: bool = True, samples=None) -> dict:
     """Evaluate profiles (names, paths or ``Profile`` objects) on the same challenges."""
     from natix_miner.config import Profile, load_profile

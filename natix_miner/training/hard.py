@@ -129,7 +129,8 @@ def export_fiftyone(rows: typing.Sequence[dict], names: typing.Sequence[str], da
         return None
     if fo.dataset_exists(dataset_name):
         fo.delete_dataset(dataset_name)
-    ds = fo.Dataset(dataset_name, persistent=True)
+    ds = fo.Dataset(dataset_name)
+    ds.persistent = True
     samples = []
     for r in rows:
         p = float(r["probability"])
