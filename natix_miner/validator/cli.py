@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import sys
+import tempfile
 import time
 import typing
 
@@ -57,11 +58,11 @@ def build_parser(parser: typing.Optional[argparse.ArgumentParser] = None) -> arg
     return p
 
 
-def _validator_wallet(args):
+def _validator_wallet(args, tmpdir: str):
     from natix_miner.miner.wallet import ephemeral_wallet
 
     if not args.wallet_name:
-        return ephemeral_wallet("mock-validator", "default")
+        return ephemeral_wallet("mock-validator", "default", tmpdir)
     import bittensor as bt
 
     w = bt.Wallet(name=args.wallet_name, hotkey=args.wallet_hotkey, path=args.wallet_path)
@@ -102,18 +103,19 @@ def run(args) -> int:
         return 2
     stream = ChallengeStream(real, real if args.synthetic_source == "same" else None, seed=args.seed,
                              synthetic_fraction=args.synthetic_fraction)
-    wallet = _validator_wallet(args)
-    print(f"validator hotkey {wallet.hotkey.ss58_address}", file=sys.stderr)
-    mv = MockValidator(wallet, targets, stream, seed=args.seed, timeout=args.timeout,
-                       concurrency=args.concurrency, route=args.route, rotation_interpolation=args.rotation,
-                       fallback_values=args.fallback_values)
-    mv.start_preparing(args.n)  # render + augment while the miners start
     with contextlib.ExitStack() as stack:
+        wallet = _validator_wallet(args, stack.enter_context(tempfile.TemporaryDirectory(prefix="natix-mock-validator-")))
+        vhk = wallet.hotkey.ss58_address
+        print(f"validator hotkey {vhk}", file=sys.stderr)
+        mv = MockValidator(wallet, targets, stream, seed=args.seed, timeout=args.timeout,
+                           concurrency=args.concurrency, route=args.route, rotation_interpolation=args.rotation,
+                           fallback_values=args.fallback_values)
+        mv.start_preparing(args.n)  # render + augment while the miners start
         if args.spawn_miner:
             profiles = args.profile or [None]
             names = set()
             for prof in profiles:
-                m = SpawnedMiner(wallet.hotkey.ss58_address, profile=prof, extra_args=args.miner_arg,
+                m = SpawnedMiner(vhk, profile=prof, extra_args=args.miner_arg,
                                  start_timeout=args.start_timeout)
                 while m.name in names:
                     m.name += "'"
@@ -139,7 +141,7 @@ def run(args) -> int:
               "concurrency": args.concurrency, "route": args.route, "rotation": args.rotation,
               "synthetic_fraction": args.synthetic_fraction, "synthetic_source": args.synthetic_source,
               "profiles": args.profile or ([None] if args.spawn_miner else []),
-              "validator_hotkey": wallet.hotkey.ss58_address}
+              "validator_hotkey": vhk}
     rep = build_report(outcomes, targets, config=config, duration_s=duration)
     print(format_report(rep))
     if args.json:

@@ -14,6 +14,7 @@ Usage::
 
 import dataclasses
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -98,6 +99,7 @@ class SpawnedMiner:
 
             name = Path(profile).stem if profile else DEFAULT_PROFILE.stem
         self.name = name
+        self.wallet_path = os.path.join(self.workdir, "wallets")
         self.proc: typing.Optional[subprocess.Popen] = None
         self.target: typing.Optional[Target] = None
         self._log = None
@@ -113,7 +115,7 @@ class SpawnedMiner:
     def start(self) -> Target:
         from natix_miner.miner.wallet import ephemeral_wallet
 
-        wallet_path = os.path.join(self.workdir, "wallets")
+        wallet_path = self.wallet_path = os.path.join(self.workdir, "wallets")
         wallet = ephemeral_wallet("miner", "default", wallet_path)
         self._log = open(self.log_path, "ab")
         env = dict(os.environ)
@@ -160,6 +162,7 @@ class SpawnedMiner:
         if self._log:
             self._log.close()
             self._log = None
+        shutil.rmtree(self.wallet_path, ignore_errors=True)  # the throw-away keys; the log stays
         return p.returncode
 
     def __enter__(self) -> "SpawnedMiner":
