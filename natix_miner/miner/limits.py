@@ -64,3 +64,15 @@ async def _reject(send, status: int = 413, message: bytes = b"request body too l
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
+
+
+def tune_server(axon, max_connections: int, keep_alive_s: float = 20.0) -> None:
+    """uvicorn settings of an axon, before ``axon.start()``.
+
+    ``max_connections``: open connections beyond it get 503 (idle sockets cannot pile up memory).
+    ``keep_alive_s``: longer than aiohttp's 15 s client default, so a validator's dendrite always
+    closes an idle connection first; with uvicorn's 5 s default a server-side close could race a
+    reused connection and that request was lost ("Server disconnected").
+    """
+    axon.fast_config.limit_concurrency = max_connections
+    axon.fast_config.timeout_keep_alive = keep_alive_s

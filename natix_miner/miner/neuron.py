@@ -161,10 +161,10 @@ class Miner:
         if self.cfg.local and not a.port:
             kwargs["port"] = _free_port()
         axon = bt.Axon(**kwargs)
-        from natix_miner.miner.limits import install_body_limit
+        from natix_miner.miner.limits import install_body_limit, tune_server
 
         install_body_limit(axon.app, a.max_body_bytes)
-        axon.fast_config.limit_concurrency = a.max_connections  # uvicorn answers 503 beyond this
+        tune_server(axon, a.max_connections)  # connection limit (503 beyond), keep-alive > aiohttp's
         self._attach(axon)
         return axon
 
