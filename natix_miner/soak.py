@@ -5,7 +5,8 @@ Poisson rate for ``seconds``: mostly valid 224x224 JPEGs (repeats included, as o
 to many miners), a fraction of hostile inputs from :mod:`natix_miner.imaging.hostile`, optionally
 with faults injected into tier 1 (the ``chaos`` family). Reported: requests, outcomes (answered,
 fallback, shed, error), invalid or late answers, latency p50/p90/p99/max, peak and trend of the
-process RSS, admission and engine counters. The run passes when every request got a valid answer
+miner process's RSS, admission and engine counters. The miner runs in its own process (as in
+production), so the load generator does not share its CPU or its memory figures. The run passes when every request got a valid answer
 within its timeout. Loopback only; nothing leaves the host.
 
 Usage::
@@ -162,12 +163,54 @@ def _images(n: int, seed: int) -> typing.List[str]:
     return [b64(encode(Image.fromarray(scene(224, 224, seed=seed * 1000 + i)), "JPEG", quality=75)) for i in range(n)]
 
 
-async def run_soak(cfg: SoakConfig) -> dict:
-    """Run the soak and return the report (see the module docstring)."""
-    from natix_miner.config import MinerConfig, load_profile
+def _serve(conn, profile, mcfg, wallet_args: typing.Tuple[str, str, str]) -> None:  # pragma: no cover - child
+    """The miner's own process (as in production): serve until told to stop, then report."""
+    import logging
+    import warnings
+
+    from PIL import Image
+
+    from natix_miner.offline import enforce_offline
+
+    enforce_offline()
+    os.environ.setdefault("BT_NO_PARSE_CLI_ARGS", "true")
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    logging.basicConfig(level=logging.ERROR, force=True)
+    import bittensor as bt
+
     from natix_miner.engine import Engine
+    from natix_miner.miner.local import MinerThread
+
+    name, hotkey, path = wallet_args
+    rec = _Recorder()
+    engine = Engine(profile)
+    t0 = time.monotonic()
+    with _RSS() as rss, MinerThread(mcfg, engine=engine, hooks=rec.hooks,
+                                    wallet=bt.Wallet(name=name, hotkey=hotkey, path=path)) as m:
+        conn.send(("ready", m.port, m.hotkey, m.miner.wallet.coldkeypub.ss58_address, time.monotonic() - t0))
+        msg = conn.recv()  # ("stop", seconds since the load began)
+        load_began = time.monotonic() - msg[1]
+        admission = m.miner.admission.snapshot()
+        status = engine.status()
+    with rec.lock:
+        conn.send({"outcomes": dict(rec.outcomes), "fallback_reasons": dict(rec.fallback_reasons),
+                   "server_s": list(rec.server_s), "admission": admission, "rss": rss.summary(load_began),
+                   "engine": {"fallbacks": status.get("fallbacks"), "cache": status.get("cache"),
+                              "breakers": {k: {"state": v.get("breaker"), "errors": v.get("errors"),
+                                               "timeouts": v.get("timeouts")}
+                                           for k, v in (status.get("experts") or {}).items()}}})
+    conn.close()
+    os._exit(0)  # the miner has stopped; skip interpreter teardown (bittensor's log-queue thread dies noisily)
+
+
+async def run_soak(cfg: SoakConfig) -> dict:
+    """Run the soak and return the report (see the module docstring). The miner runs in its own
+    process, so the load generator does not steal its CPU and the memory figures are the miner's."""
+    import multiprocessing
+
+    from natix_miner.config import MinerConfig, load_profile
     from natix_miner.imaging.hostile import cases
-    from natix_miner.miner.local import MinerThread, loopback_dendrite
+    from natix_miner.miner.local import axon_info, loopback_dendrite
     from natix_miner.miner.wallet import ephemeral_wallet
     from natix_miner.protocol import ImageSynapse
 
@@ -187,19 +230,25 @@ async def run_soak(cfg: SoakConfig) -> dict:
     mcfg = MinerConfig.model_validate({
         "local": True, "local_metagraph": mg, "metrics": {"enabled": False},
         "axon": {"ip": "127.0.0.1", "port": 0, "max_inflight": cfg.max_inflight, "max_waiting": cfg.max_waiting}})
+    ephemeral_wallet("soak-miner", "hk", os.path.join(work, "m"))
     valid_pool = _images(cfg.unique_images, cfg.seed)
     hostile_pool = [c.text for c in cases()]
-    rec = _Recorder()
     latencies: typing.List[float] = []
     bad: typing.Dict[str, int] = {"invalid": 0, "late": 0, "http_error": 0}
     sent = 0
 
-    engine = Engine(profile)
-    t_load = time.monotonic()
-    with _RSS() as rss, MinerThread(mcfg, engine=engine, hooks=rec.hooks,
-                                    wallet=ephemeral_wallet("soak-miner", "hk", os.path.join(work, "m"))) as m:
-        load_s = time.monotonic() - t_load
-        info = m.info()
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_serve, args=(child, profile, mcfg, ("soak-miner", "hk", os.path.join(work, "m"))),
+                       name="soak-miner", daemon=True)
+    proc.start()
+    child.close()
+    loop = asyncio.get_running_loop()
+    try:
+        if not await loop.run_in_executor(None, parent.poll, 900):
+            raise RuntimeError("the miner did not start within 900 s")
+        _, port, hotkey, coldkey, load_s = parent.recv()
+        info = axon_info("127.0.0.1", port, hotkey, coldkey)
         dendrites = [loopback_dendrite(w) for w, _ in vals]
         cap = max(64, int(cfg.rate * cfg.timeout * 4))
         outstanding: typing.Set[asyncio.Task] = set()
@@ -243,10 +292,17 @@ async def run_soak(cfg: SoakConfig) -> dict:
             for d in dendrites:
                 await d.aclose_session()
         duration = time.monotonic() - t_start
-        admission = m.miner.admission.snapshot()
-        status = engine.status()
-    with open(mode_file, "w") as fh:
-        fh.write("ok")
+        parent.send(("stop", time.monotonic() - t_start))
+        if not await loop.run_in_executor(None, parent.poll, 120):
+            raise RuntimeError("the miner did not report within 120 s")
+        served = parent.recv()
+        await loop.run_in_executor(None, proc.join, 60)
+        alive_at_end = proc.exitcode == 0
+    finally:
+        if proc.is_alive():
+            proc.kill()
+        with open(mode_file, "w") as fh:
+            fh.write("ok")
     n_ok = len(latencies) - bad["invalid"]
     report = {
         "config": dataclasses.asdict(cfg),
@@ -257,20 +313,19 @@ async def run_soak(cfg: SoakConfig) -> dict:
         "completed": len(latencies),
         "valid_answers": n_ok,
         "throughput_rps": round(len(latencies) / duration, 2) if duration else 0.0,
-        "outcomes": dict(sorted(rec.outcomes.items())),
-        "fallback_reasons": dict(sorted(rec.fallback_reasons.items())),
+        "outcomes": dict(sorted(served["outcomes"].items())),
+        "fallback_reasons": dict(sorted(served["fallback_reasons"].items())),
         **bad,
         "latency_s": {"p50": round(_pct(latencies, 50), 4), "p90": round(_pct(latencies, 90), 4),
                       "p99": round(_pct(latencies, 99), 4), "max": round(max(latencies, default=0.0), 4)},
-        "server_s": {"p50": round(_pct(rec.server_s, 50), 4), "p99": round(_pct(rec.server_s, 99), 4)},
-        "rss": rss.summary(t_start),
-        "admission": admission,
-        "engine": {"fallbacks": status.get("fallbacks"), "cache": status.get("cache"),
-                   "breakers": {k: {"state": v.get("breaker"), "errors": v.get("errors"), "timeouts": v.get("timeouts")}
-                                for k, v in (status.get("experts") or {}).items()}},
+        "server_s": {"p50": round(_pct(served["server_s"], 50), 4), "p99": round(_pct(served["server_s"], 99), 4)},
+        "rss": served["rss"],
+        "admission": served["admission"],
+        "engine": served["engine"],
+        "miner_exit_code": proc.exitcode,
     }
-    report["ok"] = bool(sent) and bad["invalid"] == 0 and bad["late"] == 0 and bad["http_error"] == 0 \
-        and len(latencies) == sent
+    report["ok"] = bool(sent) and alive_at_end and bad["invalid"] == 0 and bad["late"] == 0 \
+        and bad["http_error"] == 0 and len(latencies) == sent
     return report
 
 
@@ -282,8 +337,9 @@ def format_report(r: dict) -> str:
         f"  outcomes        {r['outcomes']}",
         f"  fallback reasons {r['fallback_reasons']}",
         f"  bad answers     invalid={r['invalid']} late={r['late']} http_error={r['http_error']}",
-        f"  latency (s)     p50={lat['p50']} p90={lat['p90']} p99={lat['p99']} max={lat['max']}",
-        f"  memory (MB)     start={rss['start_mb']} peak={rss['peak_mb']} end={rss['end_mb']} "
+        f"  latency (s)     p50={lat['p50']} p90={lat['p90']} p99={lat['p99']} max={lat['max']} "
+        f"(miner side p50={r['server_s']['p50']} p99={r['server_s']['p99']})",
+        f"  miner memory    (MB) start={rss['start_mb']} peak={rss['peak_mb']} end={rss['end_mb']} "
         f"growth={rss['growth_mb']}",
         f"  admission       peak_inflight={r['admission']['peak_inflight']} peak_waiting="
         f"{r['admission']['peak_waiting']} refused={r['admission']['refused']}",

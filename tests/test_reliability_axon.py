@@ -190,3 +190,21 @@ async def test_connection_limit_answers_503_beyond_it_and_recovers(tmp_path):
                 s.close()
         time.sleep(0.3)
         await _alive(m, vals[0][0], cases()[0].text)
+
+
+def test_idle_connection_outlives_aiohttp_keepalive_race_window(served):
+    """An idle keep-alive connection is not closed by the miner after uvicorn's usual 5 s, so a
+    validator's aiohttp session (15 s idle limit) always closes it first: no 'Server disconnected'
+    when a dendrite reuses a connection just as the server drops it."""
+    m, _, _, _ = served
+    s = socket.create_connection(("127.0.0.1", m.port), timeout=10)
+    try:
+        s.sendall(f"GET /nothing HTTP/1.1\r\nHost: 127.0.0.1:{m.port}\r\n\r\n".encode())
+        first = s.recv(65536)
+        assert first.startswith(b"HTTP/1.1 "), first[:80]
+        time.sleep(6.5)
+        s.sendall(f"GET /nothing HTTP/1.1\r\nHost: 127.0.0.1:{m.port}\r\n\r\n".encode())
+        second = s.recv(65536)
+        assert second.startswith(b"HTTP/1.1 "), "the server closed the idle connection"
+    finally:
+        s.close()
