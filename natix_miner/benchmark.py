@@ -36,7 +36,8 @@ def bench_profile(arch: str, dtype: str, compile_: bool, compile_mode: str, batc
                      "max_batch": batch, "max_wait_ms": 2.0,
                      "options": {"num_classes": 2, "compile": compile_, "compile_mode": compile_mode,
                                  "decode": decode, "decode_threads": decode_threads,
-                                 "warmup_batches": [batch]}}],
+                                 "warmup_batches": [1 << k for k in range(batch.bit_length())
+                                                    if (1 << k) <= batch]}}],
         "tiers": [{"name": "fast", "experts": ["fast"], "budget_s": 5.0}],
         "cache": {"max_entries": 0},
     })
