@@ -122,6 +122,7 @@ class TimmClassifier(Expert):
             sigma = torch.tensor(head["sigma"].reshape(-1), device=device) if "sigma" in head else None
             self.head = (w, b, mu, sigma)
         self._fn = model
+        self.bucketed = on_gpu and bool(o.get("bucket_batches", True))
         if on_gpu and o.get("compile", False):
             self._fn = torch.compile(model, mode=o.get("compile_mode", "max-autotune-no-cudagraphs"),
                                      dynamic=False)
@@ -130,7 +131,8 @@ class TimmClassifier(Expert):
     def warmup(self) -> None:
         import torch
 
-        sizes = self.options.get("warmup_batches", [1])
+        default = [1 << k for k in range(self.spec.max_batch.bit_length())] if self.bucketed else [1]
+        sizes = self.options.get("warmup_batches", default)
         for n in sizes:
             x = torch.zeros(int(n), 3, self.size, self.size, device=self.device, dtype=self.dtype)
             if self.channels_last:
@@ -143,7 +145,7 @@ class TimmClassifier(Expert):
         import torch
 
         n = x.shape[0]
-        if self._fn is not self.model:  # compiled: pad to a power-of-two bucket, no recompiles
+        if self.bucketed:  # GPU: pad to a power-of-two bucket (no recompiles, no new cuDNN plans)
             b = 1 << max(0, (n - 1).bit_length())
             if b != n:
                 x = torch.cat([x, x.new_zeros((b - n,) + tuple(x.shape[1:]))])
