@@ -192,19 +192,42 @@ async def test_connection_limit_answers_503_beyond_it_and_recovers(tmp_path):
         await _alive(m, vals[0][0], cases()[0].text)
 
 
+def _read_response(s: socket.socket) -> bytes:
+    """One whole HTTP/1.1 response (headers + Content-Length body); b"" if the server closed."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        got = s.recv(65536)
+        if not got:
+            return data
+        data += got
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value.strip())
+    while len(body) < length:
+        got = s.recv(65536)
+        if not got:
+            break
+        body += got
+    return head + b"\r\n\r\n" + body
+
+
 def test_idle_connection_outlives_aiohttp_keepalive_race_window(served):
     """An idle keep-alive connection is not closed by the miner after uvicorn's usual 5 s, so a
     validator's aiohttp session (15 s idle limit) always closes it first: no 'Server disconnected'
     when a dendrite reuses a connection just as the server drops it."""
     m, _, _, _ = served
     s = socket.create_connection(("127.0.0.1", m.port), timeout=10)
+    request = f"GET /nothing HTTP/1.1\r\nHost: 127.0.0.1:{m.port}\r\n\r\n".encode()
     try:
-        s.sendall(f"GET /nothing HTTP/1.1\r\nHost: 127.0.0.1:{m.port}\r\n\r\n".encode())
-        first = s.recv(65536)
+        s.sendall(request)
+        first = _read_response(s)
         assert first.startswith(b"HTTP/1.1 "), first[:80]
         time.sleep(6.5)
-        s.sendall(f"GET /nothing HTTP/1.1\r\nHost: 127.0.0.1:{m.port}\r\n\r\n".encode())
-        second = s.recv(65536)
-        assert second.startswith(b"HTTP/1.1 "), "the server closed the idle connection"
+        s.sendall(request)
+        second = _read_response(s)
+        assert second.startswith(b"HTTP/1.1 "), f"the server closed the idle connection: {second[:80]!r}"
     finally:
         s.close()
