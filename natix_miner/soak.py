@@ -6,8 +6,8 @@ to many miners), a fraction of hostile inputs from :mod:`natix_miner.imaging.hos
 with faults injected into tier 1 (the ``chaos`` family). Reported: requests, outcomes (answered,
 fallback, shed, error), invalid or late answers, latency p50/p90/p99/max, peak and trend of the
 miner process's RSS, admission and engine counters. The miner runs in its own process (as in
-production), so the load generator does not share its CPU or its memory figures. The run passes when every request got a valid answer
-within its timeout. Loopback only; nothing leaves the host.
+production), so the load generator does not share its CPU or its memory figures. The run passes
+when every request got a valid answer within its timeout. Loopback only; nothing leaves the host.
 
 Usage::
 
