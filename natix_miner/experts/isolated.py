@@ -3,8 +3,9 @@
 The parent keeps a socket pair to a child Python process (``python -m
 natix_miner.experts.isolated``; a fresh interpreter, so the parent's ``__main__`` is never
 re-imported and no CUDA state is inherited) that loads the ``inner`` expert and answers batches.
-If the child dies (segfault, CUDA fatal error, OOM killer, ``kill -9``), calls fail fast with :class:`EngineProcessDown` so the engine's breaker opens and the other tiers keep answering;
-a supervisor thread starts a new child (exponential back-off from ``restart_backoff_s`` to
+If the child dies (segfault, CUDA fatal error, OOM killer, ``kill -9``), calls fail fast with
+:class:`EngineProcessDown`, so the engine's breaker opens and the other tiers keep answering; a
+supervisor thread starts a new child (exponential back-off from ``restart_backoff_s`` to
 ``max_backoff_s``) and the breaker's next probe finds it healthy again. A call that outlives
 ``call_timeout_s`` kills the child (a wedged engine is treated as a dead one). This is also how a
 VLM engine process is modelled in tests (``tests/test_reliability_faults.py``).
