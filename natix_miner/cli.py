@@ -21,6 +21,7 @@ COMMANDS: typing.List[typing.Tuple[str, str]] = [
     ("predict", "natix_miner.commands.predict"),
     ("profile", "natix_miner.commands.profile"),
     ("models", "natix_miner.commands.models"),
+    ("experts", "natix_miner.commands.experts"),
     ("evaluate", "natix_miner.training.commands"),
     ("bench", "natix_miner.commands.bench"),
     ("card", "natix_miner.ops.commands"),

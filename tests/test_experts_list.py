@@ -1,0 +1,34 @@
+"""`natix-miner experts list`: every family appears, and loadability is checked for real."""
+
+import json
+import subprocess
+import sys
+
+from natix_miner.commands import experts as cmd
+from natix_miner.experts import FAMILIES
+
+
+def test_json_lists_every_family_with_loadability():
+    out = subprocess.run([sys.executable, "-m", "natix_miner.cli", "experts", "list", "--json"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = json.loads(out.stdout)
+    assert {r["family"] for r in rows} == set(FAMILIES)
+    for r in rows:
+        assert set(r) >= {"family", "model", "loadable"}
+        assert isinstance(r["loadable"], bool)
+        if not r["loadable"]:
+            assert r["reason"]
+    # the demo profile's experts ship with the install: they must load here
+    demo = [r for r in rows if r["source"] == "profile:demo-cpu" or r["model"] == "package:efficientnet_lite0"]
+    assert demo and all(r["loadable"] for r in demo)
+
+
+def test_check_reports_the_real_reason(tmp_path):
+    ok, reason = cmd.check("ultralytics", str(tmp_path / "missing" / "best.pt"))
+    assert not ok and "does not exist" in reason
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"x")
+    assert cmd.check("timm", str(weights)) == (True, "ok")
+    ok, reason = cmd.check("no_such_family", None)
+    assert not ok and "unknown family" in reason
