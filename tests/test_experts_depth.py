@@ -217,6 +217,8 @@ def test_standalone_depth_expert_runs_its_detector_or_abstains(profile, images):
     alone.load("cpu")
     out = alone.predict_batch(images)
     assert all(e.abstain and e.detail["kind"] == "metric" for e in out)
+    ex.close()
+    assert ex.checker.model is None and ex.detector.model is None and ex.detector.yolo is None
 
 
 def test_depth_reference_errors(profile):

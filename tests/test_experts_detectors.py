@@ -185,6 +185,9 @@ def test_detector_evidence_on_controlled_detections(ultra_profile):
     assert e.detail["raw"] == pytest.approx(raw)
     (empty,) = ex.evidence([np.zeros((224, 224, 3), np.uint8)], [Detections.empty((224, 224))])
     assert empty.probability == pytest.approx(0.05) and not empty.abstain
+    # close() frees the model on the caller's thread (not on a daemon batcher thread at exit)
+    ex.close()
+    assert ex.model is None and ex.yolo is None
 
 
 def test_ultralytics_missing_weights_is_an_error_not_a_download(tmp_path):

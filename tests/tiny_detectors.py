@@ -257,3 +257,28 @@ def depth_anything(directory: Path, kind: str = "relative", max_depth: int = 20,
     T.DPTImageProcessor(size={"height": 112, "width": 112}, image_mean=[0.485, 0.456, 0.406],
                         image_std=[0.229, 0.224, 0.225]).save_pretrained(directory)
     return directory
+
+
+def detector_experts(directory: Path) -> typing.List[dict]:
+    """One expert spec (profile dict) per family of this area, tiny models written under ``directory``:
+    ``ultralytics``, ``rfdetr``, ``hf_detector``, ``grounding_dino``, ``owlv2``, ``sam3``, ``depth``
+    (the depth expert runs the YOLO detector inside it). For all-family engine profiles."""
+    directory.mkdir(parents=True, exist_ok=True)
+    y11 = yolo_pt(directory / "y11.pt", "yolo11n.yaml", boost=3)
+    prompts = {"cone": ["traffic cone"], "worker": ["worker in safety vest"]}
+    return [
+        {"name": "det_yolo", "family": "ultralytics", "model": str(y11),
+         "options": {"imgsz": 160, "classes": {"cone": [3]}}},
+        {"name": "det_rfdetr", "family": "rfdetr",
+         "model": str(rfdetr_checkpoint(directory / "rf.pth", ["cone", "barrier"])),
+         "options": {"resolution": 224, "classes": {"cone": ["cone"], "barrier": ["barrier"]}}},
+        {"name": "det_dfine", "family": "hf_detector",
+         "model": str(hf_detector(directory / "dfine", "d_fine", {0: "cone", 1: "barrier"})),
+         "options": {"classes": {"cone": ["cone"], "barrier": ["barrier"]}}},
+        {"name": "ov_gdino", "family": "grounding_dino", "model": str(grounding_dino(directory / "gdino")),
+         "options": {"prompts": prompts}},
+        {"name": "ov_owlv2", "family": "owlv2", "model": str(owlv2(directory / "owl")), "options": {"prompts": prompts}},
+        {"name": "ov_sam3", "family": "sam3", "model": str(sam3(directory / "sam3")), "options": {"prompts": prompts}},
+        {"name": "depth_check", "family": "depth", "model": str(depth_anything(directory / "depth", "relative")),
+         "options": {"detector": "det_yolo", "image_size": 112}},
+    ]

@@ -356,6 +356,8 @@ class DepthExpert(Expert):
         return out
 
     def close(self) -> None:
-        if self.detector is not None:
+        if getattr(self, "detector", None) is not None:
             self.detector.close()
-        self.checker.close()
+        if getattr(self, "checker", None) is not None:
+            self.checker.close()
+        self.model = None

@@ -343,6 +343,15 @@ class DetectorExpert(Expert):
         abstain = self.abstain_when_empty and not (scores >= self.aggregator.min_score).any()
         return Evidence(0.5 if abstain else self.aggregator.calibrate(raw), abstain=abstain, detail=detail)
 
+    HEAVY_ATTRS: typing.ClassVar[typing.Tuple[str, ...]] = (
+        "model", "yolo", "rf", "processor", "text_embeds", "text_mask")
+
     def close(self) -> None:
-        if self.depth_checker is not None:
-            self.depth_checker.close()
+        """Drop the models here, on the caller's thread: if the last reference died with a daemon
+        batcher thread at interpreter exit, freeing tensors there aborts the process."""
+        checker = getattr(self, "depth_checker", None)
+        if checker is not None:
+            checker.close()
+        for attr in self.HEAVY_ATTRS:
+            if getattr(self, attr, None) is not None:
+                setattr(self, attr, None)
