@@ -43,6 +43,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--render-workers", type=int, default=0, help="processes rendering scenes")
     args = ap.parse_args(argv)
 
     from natix_miner.offline import enforce_offline
@@ -61,9 +62,10 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    tr = from_procedural(args.train, seed=1, long_side=args.long_side, progress=True)
-    va = from_procedural(args.val, seed=2, long_side=args.long_side, progress=True)
-    te = from_procedural(args.test, seed=3, long_side=args.long_side, progress=True)
+    w = args.render_workers
+    tr = from_procedural(args.train, seed=1, long_side=args.long_side, progress=True, workers=w)
+    va = from_procedural(args.val, seed=2, long_side=args.long_side, progress=True, workers=w)
+    te = from_procedural(args.test, seed=3, long_side=args.long_side, progress=True, workers=w)
     t_render = time.time() - t0
     cfg = TrainConfig(out=str(out), model=args.arch, weights=args.weights, name="procedural",
                       image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,

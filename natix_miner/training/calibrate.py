@@ -5,7 +5,8 @@ data must therefore sit at 0.5. Three tools, all on logits ``z``:
 
 * :func:`fit_temperature` - ``p = sigmoid((z + bias) / T)`` (Platt scaling written as the
   consensus' own ``bias`` and ``temperature``), then the bias is shifted so the MCC-best
-  threshold maps to 0.5;
+  threshold maps to 0.5 (unless 0.5 is already within one standard error of the best MCC:
+  :func:`threshold_to_move` never moves the threshold on noise);
 * :func:`fit_isotonic` - a monotone piecewise-linear map of ``z`` (scikit-learn isotonic
   regression) whose outputs are remapped so the MCC-best threshold becomes 0.5;
 * :func:`fit_consensus` - a profile's consensus weights and bias by logistic regression on its
@@ -111,6 +112,19 @@ def _logistic(X: np.ndarray, y: np.ndarray, l2: float, nonneg: bool,
     return w, b
 
 
+def threshold_to_move(y, p) -> float:
+    """The threshold that should become 0.5: the MCC-best one, unless 0.5 is already within one
+    standard error of the best MCC (``(1 - MCC^2) / sqrt(n - 1)``); then 0.5 stays. A flat MCC curve
+    on a small or weak set must not move the threshold on noise."""
+    from natix_miner.training.metrics import binary_metrics
+
+    y = np.asarray(y)
+    t, best = best_threshold(y, p)
+    at_half = binary_metrics(y, p)["mcc"]
+    se = (1.0 - best ** 2) / math.sqrt(max(1, y.size - 1))
+    return 0.5 if at_half >= best - se else t
+
+
 def fit_temperature(z, y, shift: bool = True) -> Calibration:
     """Temperature and bias by maximum likelihood, then the bias shift that puts MCC's best at 0.5."""
     z, y = _check(z, y)
@@ -120,7 +134,7 @@ def fit_temperature(z, y, shift: bool = True) -> Calibration:
         raise ValueError("the logits do not separate the classes (fitted slope <= 0): nothing to calibrate")
     cal = Calibration("temperature", temperature=1.0 / a, bias=b / a)
     if shift:
-        t, _ = best_threshold(y, cal(z))
+        t = threshold_to_move(y, cal(z))
         cal.threshold_before = t
         cal.bias -= cal.temperature * float(logit(t))
     return cal
@@ -137,7 +151,7 @@ def fit_isotonic(z, y, shift: bool = True, eps: float = 1e-3) -> Calibration:
     ys = np.asarray(iso.y_thresholds_, dtype=np.float64)
     cal = Calibration("isotonic", iso_x=xs.tolist(), iso_y=ys.tolist())
     if shift:
-        t, _ = best_threshold(y, cal(z))
+        t = threshold_to_move(y, cal(z))
         cal.threshold_before = t
         cal.iso_y = remap_threshold(ys, t).tolist()
     return cal
@@ -220,7 +234,7 @@ def fit_logistic(X, y, names: typing.Sequence[str], l2: float = 1e-3, nonneg: bo
     fit = StageFit(weights={n: float(wi) for n, wi in zip(names, w)}, bias=b, normalize=False)
     if shift:
         z = fit.pooled_logit(X, names) + fit.bias
-        t, _ = best_threshold(y, sigmoid(z))
+        t = threshold_to_move(y, sigmoid(z))
         fit.bias -= float(logit(t))
         fit.calibration = Calibration("temperature", 1.0, fit.bias, threshold_before=t)
     return fit

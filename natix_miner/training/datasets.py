@@ -222,28 +222,39 @@ def procedural_size(index: int, synthetic: bool, long_side: typing.Optional[int]
     return max(32, int(round(w * k))), max(32, int(round(h * k)))
 
 
-def from_procedural(n: int = DEFAULT_PROCEDURAL, seed: int = 0, long_side: typing.Optional[int] = None,
-                    progress: bool = False) -> typing.List[Sample]:
-    """``n`` seeded procedural scenes (:mod:`natix_miner.imaging.scenes`), labels alternating, half of
-    each label in the "synthetic" style (SDXL-like, square) and half in the dashcam ("real") style,
-    like the validator's mix. Stored as JPEG quality 95; boxes of roadwork objects in ``meta``."""
-    from tqdm import tqdm
-
+def _render_one(job) -> "Sample":
+    """One procedural scene as a Sample (top level: picklable for worker processes)."""
     from natix_miner.imaging import scenes
 
-    out = []
-    for i in tqdm(range(n), desc="scenes", unit="img", disable=not progress, leave=False):
-        label = 1 - (i % 2)
-        synthetic = (i // 2) % 2 == 1
-        sd = seed * 1_000_003 + i
-        scene = scenes.render_scene(label, sd, size=procedural_size(i, synthetic, long_side), synthetic=synthetic)
-        buf = io.BytesIO()
-        scene.image.save(buf, format="JPEG", quality=95)
-        boxes = [{"kind": o.kind, "box": [float(v) for v in o.box]} for o in scene.objects if o.roadwork]
-        out.append(Sample(key=f"procedural:{seed}:{i}", label=label, source="synthetic" if synthetic else "real",
-                          data=buf.getvalue(), meta={"seed": sd, "scene_description": scene.description,
-                                                     "boxes": boxes, "size": list(scene.image.size)}))
-    return out
+    i, seed, long_side = job
+    label = 1 - (i % 2)
+    synthetic = (i // 2) % 2 == 1
+    sd = seed * 1_000_003 + i
+    scene = scenes.render_scene(label, sd, size=procedural_size(i, synthetic, long_side), synthetic=synthetic)
+    buf = io.BytesIO()
+    scene.image.save(buf, format="JPEG", quality=95)
+    boxes = [{"kind": o.kind, "box": [float(v) for v in o.box]} for o in scene.objects if o.roadwork]
+    return Sample(key=f"procedural:{seed}:{i}", label=label, source="synthetic" if synthetic else "real",
+                  data=buf.getvalue(), meta={"seed": sd, "scene_description": scene.description,
+                                             "boxes": boxes, "size": list(scene.image.size)})
+
+
+def from_procedural(n: int = DEFAULT_PROCEDURAL, seed: int = 0, long_side: typing.Optional[int] = None,
+                    progress: bool = False, workers: int = 0) -> typing.List[Sample]:
+    """``n`` seeded procedural scenes (:mod:`natix_miner.imaging.scenes`), labels alternating, half of
+    each label in the "synthetic" style (SDXL-like, square) and half in the dashcam ("real") style,
+    like the validator's mix. Stored as JPEG quality 95; boxes of roadwork objects in ``meta``.
+    ``workers`` > 0 renders in that many processes (same scenes, same order)."""
+    from tqdm import tqdm
+
+    jobs = [(i, seed, long_side) for i in range(n)]
+    if workers and workers > 0 and n > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(workers) as pool:
+            it = pool.imap(_render_one, jobs, chunksize=4)
+            return list(tqdm(it, total=n, desc="scenes", unit="img", disable=not progress, leave=False))
+    return [_render_one(j) for j in tqdm(jobs, desc="scenes", unit="img", disable=not progress, leave=False)]
 
 
 # ------------------------------------------------------------------------------------------------
