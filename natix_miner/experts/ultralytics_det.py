@@ -101,10 +101,13 @@ class UltralyticsDetector(DetectorExpert):
         """The predictor's (fused, possibly half-precision) copy once it exists, else the loaded model."""
         import torch
 
-        model = getattr(getattr(self.yolo, "predictor", None), "model", None) or self.model
+        backend = getattr(getattr(self.yolo, "predictor", None), "model", None)  # AutoBackend
         own = 0
-        if isinstance(model, torch.nn.Module):
-            own = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+        for model in (getattr(getattr(backend, "backend", None), "model", None), backend, self.model):
+            if isinstance(model, torch.nn.Module):
+                own = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+                if own:
+                    break
         return own + (self.depth_checker.memory_bytes() if self.depth_checker is not None else 0)
 
     def warmup(self) -> None:
