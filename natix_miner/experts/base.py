@@ -78,7 +78,12 @@ class Expert(abc.ABC):
         """Optional: run a dummy batch so the first real request is not slow."""
 
     def close(self) -> None:
-        """Release resources (GPU memory, engines)."""
+        """Release resources (GPU memory, engines). The default drops the usual model attributes
+        on the caller's thread: freeing tensors later, from a daemon batcher thread at interpreter
+        shutdown, can abort the process."""
+        for attr in ("_fn", "model", "head", "processor", "_w"):
+            if getattr(self, attr, None) is not None:
+                setattr(self, attr, None)
 
     async def start_async(self) -> None:
         """Async experts create their engines inside the running loop here."""
