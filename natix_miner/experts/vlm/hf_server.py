@@ -10,7 +10,7 @@ subset the ``openai_vlm`` family uses, with vLLM's semantics:
   network), greedy decoding, ``max_tokens``, ``stop``, ``logprobs`` / ``top_logprobs`` (<= 20), and
   vLLM's extensions ``logprob_token_ids``, ``return_tokens_as_token_ids``, ``continue_final_message``,
   ``add_generation_prompt``, ``chat_template_kwargs``, ``mm_processor_kwargs`` (``max_pixels`` /
-  ``min_pixels``).
+  ``min_pixels``; refused unless started with ``--trust-request-mm-kwargs``, as vLLM does).
 
 One request runs at a time (a single model thread); sampling (``temperature > 0``) is refused.
 
@@ -69,8 +69,9 @@ def _images_and_messages(messages: list) -> typing.Tuple[list, list]:
 class ChatModel:
     """Greedy chat completion with per-step logprobs over a loaded ``HFVisionLanguageExpert``."""
 
-    def __init__(self, expert):
+    def __init__(self, expert, trust_request_mm_kwargs: bool = False):
         self.expert = expert
+        self.trust_mm = trust_request_mm_kwargs
         self.processor = expert.processor
         self.tok = expert.tokenizer
         self.model = expert.model
@@ -97,6 +98,9 @@ class ChatModel:
             **(body.get("chat_template_kwargs") or {}))
         kwargs = {}
         mm = body.get("mm_processor_kwargs") or {}
+        if mm and not self.trust_mm:
+            raise BadRequest("Per-request mm_processor_kwargs are disabled; start the server with "
+                             "--trust-request-mm-kwargs only when clients are trusted.")
         if mm:
             size = {k: v for k, v in dict(self.processor.image_processor.size).items() if v is not None}
             if mm.get("max_pixels"):
@@ -152,12 +156,14 @@ class ChatModel:
                 "usage": {"prompt_tokens": n_prompt, "completion_tokens": n_new, "total_tokens": n_prompt + n_new}}
 
 
-def create_app(expert, served_name: str, api_key: typing.Optional[str] = None):
+def create_app(expert, served_name: str, api_key: typing.Optional[str] = None,
+               trust_request_mm_kwargs: bool = False):
     """An aiohttp application serving ``expert`` (a loaded HFVisionLanguageExpert) as ``served_name``;
-    with ``api_key``, every route but ``/health`` wants ``Authorization: Bearer <api_key>``."""
+    with ``api_key``, every route but ``/health`` wants ``Authorization: Bearer <api_key>``; per-request
+    ``mm_processor_kwargs`` are refused unless ``trust_request_mm_kwargs`` (as in vLLM)."""
     from aiohttp import web
 
-    chat = ChatModel(expert)
+    chat = ChatModel(expert, trust_request_mm_kwargs)
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-vlm-server")
 
     def error(status: int, msg: str):
@@ -227,12 +233,16 @@ def main(argv: typing.Optional[typing.Sequence[str]] = None) -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--api-key-env", default=None, help="require the key held in this environment variable")
+    ap.add_argument("--max-pixels", type=int, default=None, help="visual token budget (pixels per image)")
+    ap.add_argument("--trust-request-mm-kwargs", action="store_true",
+                    help="accept per-request mm_processor_kwargs (max_pixels / min_pixels)")
     args = ap.parse_args(argv)
     key = os.environ.get(args.api_key_env) if args.api_key_env else None
     if args.api_key_env and not key:
         ap.error(f"environment variable {args.api_key_env} is empty")
-    expert = load_expert(args.model, args.device, args.dtype)
-    web.run_app(create_app(expert, args.name or args.model, api_key=key), host=args.host, port=args.port)
+    expert = load_expert(args.model, args.device, args.dtype, args.max_pixels)
+    web.run_app(create_app(expert, args.name or args.model, api_key=key,
+                           trust_request_mm_kwargs=args.trust_request_mm_kwargs), host=args.host, port=args.port)
 
 
 if __name__ == "__main__":

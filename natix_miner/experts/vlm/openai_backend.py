@@ -19,12 +19,12 @@ Profile entry::
       max_batch: 64
       max_wait_ms: 0
       options:
-        max_pixels: 401408
         server:
           base_url: http://10.0.0.7:8000/v1
           api_key_env: NATIX_VLM_API_KEY        # the key is read from this variable, never the profile
           timeout_s: 6
           max_connections: 64
+          # the pixel budget is the server's: vllm serve ... --mm-processor-kwargs '{"max_pixels": 401408}'
 
 Usage::
 
@@ -60,8 +60,11 @@ class ServerOptions(pydantic.BaseModel):
     timeout_s: float = pydantic.Field(default=8.0, gt=0)
     max_connections: int = pydantic.Field(default=32, ge=1)
     top_logprobs: int = pydantic.Field(default=20, ge=1, le=20)
-    vllm_extensions: bool = True  # /tokenize check, continue_final_message, mm_processor_kwargs
+    vllm_extensions: bool = True  # /tokenize check, logprob_token_ids, continue_final_message
     check_tokens: bool = True
+    # Per-request max_pixels / min_pixels: vLLM refuses them unless started with
+    # --trust-request-mm-kwargs; by default the server's own --mm-processor-kwargs set the budget.
+    send_mm_processor_kwargs: bool = False
 
 
 def data_url(image) -> str:
@@ -155,7 +158,7 @@ class OpenAIVisionLanguageExpert(VLMExpert):
                 **extra}
         if self.server.vllm_extensions:
             mm = {k: v for k, v in (("max_pixels", self.opts.max_pixels), ("min_pixels", self.opts.min_pixels)) if v}
-            if mm:
+            if mm and self.server.send_mm_processor_kwargs:
                 body["mm_processor_kwargs"] = mm
             if self.opts.chat_template_kwargs:
                 body["chat_template_kwargs"] = self.opts.chat_template_kwargs

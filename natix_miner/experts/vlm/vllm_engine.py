@@ -268,10 +268,11 @@ class VLLMVisionLanguageExpert(VLMExpert):
         return list(await asyncio.gather(*(self._one(im) for im in images)))
 
     async def close_async(self) -> None:
-        """Stop the engine: its engine-core process and workers exit (joined off the loop)."""
+        """Stop the engine: its engine-core process and workers exit. Runs on the loop thread (as
+        vLLM's own server does at exit): it blocks up to ``shutdown_timeout_s``, once, at close."""
         engine, self.engine = self.engine, None
         if engine is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._shutdown, engine)
+            self._shutdown(engine)
 
     def _shutdown(self, engine) -> None:
         engine.shutdown(timeout=self.engine_opts.shutdown_timeout_s)
