@@ -144,5 +144,3 @@ class HFVisionLanguageExpert(VLMExpert):
     def memory_bytes(self) -> int:
         return super(VLMExpert, self).memory_bytes()  # parameters and buffers of self.model
 
-    def close(self) -> None:
-        self.model = None
