@@ -63,7 +63,9 @@ class VLLMEngineOptions(pydantic.BaseModel):
     max_model_len: int = pydantic.Field(default=4096, ge=64)
     gpu_memory_utilization: float = pydantic.Field(default=0.9, gt=0, le=1)
     kv_cache_memory_bytes: typing.Optional[int] = pydantic.Field(default=None, gt=0)
-    kv_cache_dtype: typing.Literal["auto", "float16", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2"] = "auto"
+    kv_cache_dtype: typing.Literal["auto", "float16", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2",  # tested kinds
+                                   "turboquant_k8v4", "turboquant_4bit_nc", "turboquant_k3v4_nc",
+                                   "turboquant_3bit_nc"] = "auto"  # turboquant_*: vLLM 0.32, GPU, untested
     enable_prefix_caching: bool = True
     enable_chunked_prefill: typing.Optional[bool] = None
     max_num_seqs: typing.Optional[int] = pydantic.Field(default=None, ge=1)
