@@ -28,6 +28,7 @@ sys.path.insert(0, ROOT)
 
 ARCH = "tf_efficientnet_lite0"
 WEIGHTS = "package:efficientnet_lite0"
+C_GRID = [0.0003, 0.001, 0.003, 0.01, 0.03, 0.1]
 
 
 def _render(job):
@@ -90,6 +91,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2, help="torch threads for feature extraction")
     ap.add_argument("--out", default=os.path.join(ROOT, "models", "demo"))
+    ap.add_argument("--save-features", metavar="PATH.npz", help="also keep the extracted features (to study the fit)")
     args = ap.parse_args(argv)
 
     from natix_miner.offline import enforce_offline
@@ -125,9 +127,12 @@ def main(argv=None) -> int:
     t_feat = time.time() - t1
     y_train = np.array([r[1] for r in train])
     y_test = np.array([r[1] for r in test])
+    if args.save_features:
+        np.savez_compressed(args.save_features, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
+                            level_test=np.array([r[3] for r in test]), synthetic_test=np.array([r[2] for r in test]))
 
     scaler = StandardScaler().fit(x_train)
-    grid = GridSearchCV(LogisticRegression(max_iter=3000), {"C": [0.003, 0.01, 0.03, 0.1, 0.3]}, cv=5,
+    grid = GridSearchCV(LogisticRegression(max_iter=3000), {"C": C_GRID}, cv=5,
                         scoring="accuracy").fit(scaler.transform(x_train), y_train)
     clf = grid.best_estimator_
     w = clf.coef_[0].astype(np.float32)
@@ -165,6 +170,7 @@ def main(argv=None) -> int:
             "seed": args.seed, "n_train": args.n, "n_heldout": args.n_test,
         },
         "fit": {"model": "sklearn LogisticRegression on StandardScaler features", "C": float(clf.C),
+                "C_grid": C_GRID, "cv": 5,
                 "cv_accuracy": round(float(grid.best_score_), 4),
                 "train": validator_scores(y_train, p_train)},
         "heldout": {**held, "by_level": by_level, "by_style": by_style,
