@@ -19,7 +19,6 @@ from natix_miner.validator.reward import Scorer
 from natix_miner.validator.targets import Target, parse_target
 from tests.helpers import HangingExpert, MeanColourExpert, make_engine, profile_with
 
-SMALL = ((320, 180),)
 
 
 class SmallProcedural(ProceduralSource):

@@ -11,14 +11,11 @@ Exit status: 0, or 3 when any miner gave an invalid answer (NaN or outside [0, 1
 import argparse
 import asyncio
 import contextlib
-import logging
 import os
 import sys
 import tempfile
 import time
 import typing
-
-log = logging.getLogger("natix_miner.validator")
 
 
 def _floats(text: str) -> typing.Tuple[float, ...]:
