@@ -103,13 +103,32 @@ class TierSpec(_Strict):
     escalation: typing.Optional[EscalationSpec] = None  # band after this tier (default: the profile's)
 
 
+class IsotonicMap(_Strict):
+    """A monotone piecewise-linear map from the pooled logit (before bias) to a probability."""
+
+    x: typing.List[float] = pydantic.Field(min_length=2)
+    y: typing.List[float] = pydantic.Field(min_length=2)
+
+    @pydantic.model_validator(mode="after")
+    def _shape(self):
+        if len(self.x) != len(self.y):
+            raise ValueError(f"x has {len(self.x)} knots but y has {len(self.y)}")
+        if any(b < a for a, b in zip(self.x, self.x[1:])):
+            raise ValueError("x must be non-decreasing")
+        if any(b < a for a, b in zip(self.y, self.y[1:])) or not all(0.0 <= v <= 1.0 for v in self.y):
+            raise ValueError("y must be non-decreasing probabilities in [0, 1]")
+        return self
+
+
 class ConsensusStage(_Strict):
-    """One pooling rule: ``p = sigmoid((bias + sum_i w_i * logit(p_i) [/ sum_i |w_i|]) / temperature)``."""
+    """One pooling rule: ``p = sigmoid((bias + sum_i w_i * logit(p_i) [/ sum_i |w_i|]) / temperature)``,
+    or, when ``isotonic`` is fitted, ``p = isotonic(sum_i w_i * logit(p_i) [/ sum_i |w_i|])``."""
 
     weights: typing.Dict[str, float] = pydantic.Field(default_factory=dict)  # absent expert: weight 1
     bias: float = 0.0
     normalize: bool = True  # divide by the weights' sum: the geometric mean of odds when unfitted
     temperature: float = pydantic.Field(default=1.0, gt=0)
+    isotonic: typing.Optional[IsotonicMap] = None
 
 
 class ConsensusSpec(ConsensusStage):
@@ -223,7 +242,7 @@ def _format_error(path: str, err: pydantic.ValidationError, data: typing.Any = N
     return "\n".join(lines)
 
 
-FITTED_KEYS = ("weights", "bias", "normalize", "temperature", "stages")
+FITTED_KEYS = ("weights", "bias", "normalize", "temperature", "isotonic", "stages")
 
 
 def _fitted_consensus(fitted: Path, data: dict) -> dict:

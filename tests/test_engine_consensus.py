@@ -96,3 +96,37 @@ async def test_engine_uses_the_stage_rule_of_the_tier_it_stopped_at(tmp_path):
         res = await engine.predict(grey_png(120))  # stage rule: 0.566 -> climbs; then the global rule
         assert res.tiers_run == ["first", "second"]
         assert res.probability == pytest.approx(sigmoid(2 * logit(120 / 255)))
+
+
+def test_fitted_isotonic_map_is_applied_by_the_engine(tmp_path):
+    """`calibrate --method isotonic` writes knots; the engine must apply them, not ignore them."""
+    import json
+
+    import numpy as np
+
+    from natix_miner.config import load_profile
+    from natix_miner.engine.consensus import Consensus
+    from natix_miner.experts.base import Evidence
+
+    prof = tmp_path / "p.yaml"
+    prof.write_text("name: p\nexperts:\n  - {name: a, family: timm, model: resnet18}\n"
+                    "tiers:\n  - {name: t, experts: [a]}\n")
+    knots = {"x": [-2.0, 0.0, 2.0], "y": [0.1, 0.3, 0.9]}
+    (tmp_path / "p.consensus.json").write_text(json.dumps({"weights": {"a": 1.0}, "isotonic": knots}))
+    c = Consensus(load_profile(prof).consensus)
+    for p_in in (0.05, 0.3, 0.5, 0.7, 0.99):
+        z = float(np.log(p_in / (1 - p_in)))
+        assert c.combine({"a": Evidence(p_in)}) == pytest.approx(np.interp(z, knots["x"], knots["y"]), abs=1e-6)
+
+
+def test_isotonic_knots_are_validated(tmp_path):
+    import json
+
+    from natix_miner.config import ProfileError, load_profile
+
+    prof = tmp_path / "p.yaml"
+    prof.write_text("name: p\nexperts:\n  - {name: a, family: timm, model: resnet18}\n"
+                    "tiers:\n  - {name: t, experts: [a]}\n")
+    (tmp_path / "p.consensus.json").write_text(json.dumps({"isotonic": {"x": [1.0, 0.0], "y": [0.2, 0.8]}}))
+    with pytest.raises(ProfileError, match="isotonic"):
+        load_profile(prof)

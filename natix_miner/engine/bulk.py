@@ -51,6 +51,7 @@ class Replica:
         self.weights = np.array([cons.weights.get(n, 1.0) for n in self.tier.experts], dtype=np.float32)
         self.norm = float(np.abs(self.weights).sum()) if cons.normalize else 1.0
         self.bias, self.temperature = float(cons.bias), float(cons.temperature)
+        self.iso = (np.asarray(cons.isotonic.x), np.asarray(cons.isotonic.y)) if cons.isotonic else None
         self.experts: typing.Dict[str, typing.Any] = {}
         self._w = None
 
@@ -76,6 +77,8 @@ class Replica:
         if self._w is None:
             self._w = torch.as_tensor(self.weights, device=z.device).view(-1, 1)
         pooled = (self._w * z.clamp(-9.21, 9.21)).sum(0) / self.norm
+        if self.iso is not None:  # fitted isotonic map of the pooled logit: applied on the host
+            return torch.from_numpy(np.interp(pooled.float().cpu().numpy(), *self.iso).astype(np.float32))
         return torch.sigmoid((pooled + self.bias) / self.temperature)
 
     def run(self, datas: typing.Sequence[bytes]) -> np.ndarray:

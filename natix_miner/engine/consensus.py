@@ -18,11 +18,23 @@ Usage::
     c.combine(evidence, stage="fast")                            # the rule fitted for tier "fast"
 """
 
+import bisect
 import math
 import typing
 
 from natix_miner.config import ConsensusSpec, ConsensusStage
 from natix_miner.experts.base import Evidence
+
+
+def isotonic(z: float, xs: typing.Sequence[float], ys: typing.Sequence[float]) -> float:
+    """Piecewise-linear interpolation through the knots, clamped at both ends (like ``np.interp``)."""
+    if z <= xs[0]:
+        return float(ys[0])
+    if z >= xs[-1]:
+        return float(ys[-1])
+    i = bisect.bisect_right(xs, z)
+    x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+    return float(y0 if x1 == x0 else y0 + (y1 - y0) * (z - x0) / (x1 - x0))
 
 
 def sigmoid(z: float) -> float:
@@ -65,5 +77,7 @@ class Consensus:
         if den == 0.0:
             return None
         z = num / den if rule.normalize else num
+        if rule.isotonic is not None:
+            return isotonic(z, rule.isotonic.x, rule.isotonic.y)
         z = (z + rule.bias) / rule.temperature
         return sigmoid(z)

@@ -206,9 +206,12 @@ class StageFit:
         return sigmoid((z + self.bias) / self.temperature)
 
     def rule(self) -> dict:
-        return {"weights": {k: round(float(v), 6) for k, v in self.weights.items()},
-                "bias": round(float(self.bias), 6), "normalize": bool(self.normalize),
-                "temperature": round(float(self.temperature), 6)}
+        d = {"weights": {k: round(float(v), 6) for k, v in self.weights.items()},
+             "bias": round(float(self.bias), 6), "normalize": bool(self.normalize),
+             "temperature": round(float(self.temperature), 6)}
+        if self.calibration is not None and self.calibration.method == "isotonic":
+            d["isotonic"] = {"x": list(self.calibration.iso_x), "y": list(self.calibration.iso_y)}
+        return d
 
 
 @dataclasses.dataclass
@@ -248,8 +251,8 @@ def calibrate_rule(X, y, names: typing.Sequence[str], current, method: str = "te
     z = fit.pooled_logit(np.asarray(X, dtype=np.float64), names)
     cal = calibrate_logits(z, y, method=method, shift=shift)
     fit.calibration = cal
-    # the engine pools with bias / temperature; isotonic knots ride along in the metadata, and the
-    # rule gets the temperature fit so that what the engine applies today is calibrated too
+    # an isotonic rule is applied by the engine as written; bias / temperature also get a
+    # temperature fit (used by the bulk path's on-card pooling and as a readable summary)
     tcal = cal if method == "temperature" else fit_temperature(z, y, shift=shift)
     fit.bias, fit.temperature = tcal.bias, tcal.temperature
     return fit
