@@ -28,8 +28,7 @@ import typing
 
 import numpy as np
 
-from natix_miner.experts.detection import DetectorConfigError, rgb_of, torch_dtype
-from natix_miner.experts.hf_detector import load_pretrained
+from natix_miner.experts.detection import DetectorConfigError
 from natix_miner.experts.open_vocab import OpenVocabDetector, cxcywh_to_xyxy
 
 
@@ -37,15 +36,9 @@ class GroundingDinoDetector(OpenVocabDetector):
     family = "grounding_dino"
 
     def load_model(self, device: str) -> None:
-        from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
+        from transformers import AutoModelForZeroShotObjectDetection
 
-        if not self.spec.model:
-            raise DetectorConfigError(f"{self.name}: family 'grounding_dino' needs model: <dir or hub id>")
-        ref = self.resolve_model()
-        self.dtype = torch_dtype(self.spec.dtype, device, self.family)
-        self.model = load_pretrained(AutoModelForZeroShotObjectDetection, ref, self.name,
-                                     dtype=self.dtype).eval().to(device)
-        self.processor = load_pretrained(AutoProcessor, ref, self.name)
+        self.load_hf(device, AutoModelForZeroShotObjectDetection)
         if self.options.get("image_size"):
             s = int(self.options["image_size"])
             self.processor.image_processor.size = {"shortest_edge": s, "longest_edge": max(s, 1333 * s // 800)}
@@ -75,19 +68,10 @@ class GroundingDinoDetector(OpenVocabDetector):
                                       f"{len(self.prompts)} phrases with this tokenizer")
         return spans
 
-    def warmup(self) -> None:
-        self.detect([np.zeros((224, 224, 3), np.uint8)])
-
     def detect(self, images):
-        import torch
-
         if not len(images):
             return []
-        rgbs = [rgb_of(im) for im in images]
-        inputs = self.processor(images=list(rgbs), text=[self.caption] * len(rgbs), return_tensors="pt").to(self.device)
-        inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
-        with torch.inference_mode():
-            out = self.model(**inputs)
+        out, rgbs = self.forward_hf(images, self.caption)
         probs = out.logits.float().sigmoid().cpu().numpy()          # (B, Q, max_text_len)
         boxes = out.pred_boxes.float().cpu().numpy()                 # (B, Q, 4) cxcywh, normalised
         per_prompt = np.stack([probs[..., s].max(axis=-1) for s in self.spans], axis=-1)  # (B, Q, P)

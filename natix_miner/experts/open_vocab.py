@@ -32,7 +32,7 @@ import typing
 
 import numpy as np
 
-from natix_miner.experts.detection import DetectorConfigError, DetectorExpert, Detections
+from natix_miner.experts.detection import DetectorConfigError, DetectorExpert, Detections, rgb_of, torch_dtype
 
 DEFAULT_PROMPTS: typing.Dict[str, typing.List[str]] = {
     "cone": ["traffic cone"],
@@ -67,6 +67,32 @@ class OpenVocabDetector(DetectorExpert):
         self.conf = float(self.options.get("conf", 0.1))
         self.max_det = int(self.options.get("max_det", 50))
         return mapping
+
+    def load_hf(self, device: str, model_cls) -> None:
+        """Load ``model_cls`` and its ``AutoProcessor`` from the spec's model (dir, store or hub id)."""
+        from transformers import AutoProcessor
+
+        from natix_miner.experts.hf_detector import load_pretrained
+
+        if not self.spec.model:
+            raise DetectorConfigError(f"{self.name}: family {self.family!r} needs model: <dir or hub id>")
+        ref = self.resolve_model()
+        self.dtype = torch_dtype(self.spec.dtype, device, self.family)
+        self.model = load_pretrained(model_cls, ref, self.name, dtype=self.dtype).eval().to(device)
+        self.processor = load_pretrained(AutoProcessor, ref, self.name)
+
+    def warmup(self) -> None:
+        self.detect([np.zeros((224, 224, 3), np.uint8)])
+
+    def forward_hf(self, images, text):
+        """One processor + model call for a batch: ``(model outputs, rgb arrays)``."""
+        import torch
+
+        rgbs = [rgb_of(im) for im in images]
+        inputs = self.processor(images=list(rgbs), text=[text] * len(rgbs), return_tensors="pt").to(self.device)
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        with torch.inference_mode():
+            return self.model(**inputs), rgbs
 
     def to_detections(self, scores: np.ndarray, boxes: np.ndarray, image_size,
                       prompt_index: typing.Optional[np.ndarray] = None) -> Detections:

@@ -18,10 +18,7 @@ Profile entry::
         conf: 0.1
 """
 
-import numpy as np
 
-from natix_miner.experts.detection import DetectorConfigError, rgb_of, torch_dtype
-from natix_miner.experts.hf_detector import load_pretrained
 from natix_miner.experts.open_vocab import OpenVocabDetector, cxcywh_to_xyxy
 
 
@@ -29,29 +26,14 @@ class Owlv2Detector(OpenVocabDetector):
     family = "owlv2"
 
     def load_model(self, device: str) -> None:
-        from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
+        from transformers import AutoModelForZeroShotObjectDetection
 
-        if not self.spec.model:
-            raise DetectorConfigError(f"{self.name}: family 'owlv2' needs model: <dir or hub id>")
-        ref = self.resolve_model()
-        self.dtype = torch_dtype(self.spec.dtype, device, self.family)
-        self.model = load_pretrained(AutoModelForZeroShotObjectDetection, ref, self.name,
-                                     dtype=self.dtype).eval().to(device)
-        self.processor = load_pretrained(AutoProcessor, ref, self.name)
-
-    def warmup(self) -> None:
-        self.detect([np.zeros((224, 224, 3), np.uint8)])
+        self.load_hf(device, AutoModelForZeroShotObjectDetection)
 
     def detect(self, images):
-        import torch
-
         if not len(images):
             return []
-        rgbs = [rgb_of(im) for im in images]
-        inputs = self.processor(images=list(rgbs), text=[self.prompts] * len(rgbs), return_tensors="pt").to(self.device)
-        inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
-        with torch.inference_mode():
-            out = self.model(**inputs)
+        out, rgbs = self.forward_hf(images, self.prompts)
         probs = out.logits.float().sigmoid().cpu().numpy()      # (B, patches, prompts)
         boxes = out.pred_boxes.float().cpu().numpy()             # (B, patches, 4) cxcywh of the padded square
         dets = []

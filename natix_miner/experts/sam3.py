@@ -24,8 +24,7 @@ Profile entry::
 
 import numpy as np
 
-from natix_miner.experts.detection import DetectorConfigError, rgb_of, torch_dtype
-from natix_miner.experts.hf_detector import load_pretrained
+from natix_miner.experts.detection import rgb_of
 from natix_miner.experts.open_vocab import OpenVocabDetector
 
 
@@ -34,22 +33,14 @@ class Sam3Detector(OpenVocabDetector):
 
     def load_model(self, device: str) -> None:
         import torch
-        from transformers import AutoProcessor, Sam3Model
+        from transformers import Sam3Model
 
-        if not self.spec.model:
-            raise DetectorConfigError(f"{self.name}: family 'sam3' needs model: <dir or hub id>")
-        ref = self.resolve_model()
-        self.dtype = torch_dtype(self.spec.dtype, device, self.family)
-        self.model = load_pretrained(Sam3Model, ref, self.name, dtype=self.dtype).eval().to(device)
-        self.processor = load_pretrained(AutoProcessor, ref, self.name)
+        self.load_hf(device, Sam3Model)
         text = self.processor(text=self.prompts, return_tensors="pt").to(device)
         with torch.inference_mode():
             feats = self.model.get_text_features(input_ids=text["input_ids"], attention_mask=text["attention_mask"])
         self.text_embeds = feats.pooler_output            # (P, L, D)
         self.text_mask = text["attention_mask"]           # (P, L)
-
-    def warmup(self) -> None:
-        self.detect([np.zeros((224, 224, 3), np.uint8)])
 
     def detect(self, images):
         import torch
