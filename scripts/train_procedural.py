@@ -16,7 +16,6 @@ reward per level, before and after calibration.
 """
 
 import argparse
-import json
 import os
 import sys
 import time

@@ -1,12 +1,9 @@
 """The neuron on a real axon, queried by real dendrites on 127.0.0.1 (issue 2's done-when list)."""
 
-import asyncio
-import base64
 import json
 import math
 import os
 import subprocess
-import sys
 import time
 
 import pytest

@@ -7,7 +7,6 @@ uint8. Memory stays bounded: the bombs are decoded in a fresh process whose peak
 """
 
 import base64
-import io
 import json
 import os
 import subprocess
