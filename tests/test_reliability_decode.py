@@ -275,3 +275,15 @@ def test_wire_text_roundtrip_for_every_answerable_case():
         if c.expect == "answer" and not c.text.startswith("data:"):
             raw = base64.b64decode("".join(c.text.split()) + "=" * (-len("".join(c.text.split())) % 4))
             assert decode_base64(c.text).data == raw
+
+
+def test_ultralytics_image_open_patch_is_bypassed():
+    """Importing ultralytics replaces PIL.Image.open with a wrapper that tries to install and import
+    pi_heif on unidentified images; the decoder must not go through it."""
+    import base64
+
+    import ultralytics  # noqa: F401  (applies the patch, as a detector expert would)
+
+    with pytest.raises(ImageError) as info:
+        decode_base64(base64.b64encode(b"%!PS-Adobe-3.0 not a raster image").decode())
+    assert info.value.reason == "unsupported_format", str(info.value)

@@ -33,6 +33,7 @@ import dataclasses
 import hashlib
 import io
 import re
+import sys
 import typing
 
 import numpy as np
@@ -120,10 +121,18 @@ def b64decode_strict(text: typing.Union[str, bytes], max_bytes: int = DEFAULT_MA
     return raw
 
 
+def _pil_open():
+    """PIL's own ``Image.open``. Importing ultralytics replaces it process-wide with a wrapper that,
+    on an unidentified image, runs a requirements check (an install attempt) and imports pi_heif;
+    hostile input must never reach that."""
+    patches = sys.modules.get("ultralytics.utils.patches")
+    return getattr(patches, "_image_open", None) or Image.open
+
+
 def _open(data: bytes) -> Image.Image:
     """``Image.open`` restricted to :data:`ALLOWED_FORMATS`, every failure an :class:`ImageError`."""
     try:
-        return Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+        return _pil_open()(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except Image.DecompressionBombError as exc:
         raise ImageError("too_many_pixels", str(exc)) from None
     except Image.UnidentifiedImageError:
