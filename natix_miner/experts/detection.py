@@ -291,6 +291,10 @@ class DetectorExpert(Expert):
     def detect(self, images: typing.Sequence) -> typing.List[Detections]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def warmup(self) -> None:
+        """One detection pass on a blank 224x224 frame."""
+        self.detect([np.zeros((224, 224, 3), np.uint8)])
+
     def memory_bytes(self) -> int:
         own = super().memory_bytes()
         return own + (self.depth_checker.memory_bytes() if self.depth_checker is not None else 0)

@@ -57,9 +57,6 @@ class HFDetector(DetectorExpert):
         self.names = {int(k): str(v) for k, v in (self.model.config.id2label or {}).items()}
         self.conf = float(self.options.get("conf", 0.05))
 
-    def warmup(self) -> None:
-        self.detect([np.zeros((224, 224, 3), np.uint8)])
-
     def detect(self, images) -> typing.List[Detections]:
         import torch
 

@@ -81,9 +81,6 @@ class OpenVocabDetector(DetectorExpert):
         self.model = load_pretrained(model_cls, ref, self.name, dtype=self.dtype).eval().to(device)
         self.processor = load_pretrained(AutoProcessor, ref, self.name)
 
-    def warmup(self) -> None:
-        self.detect([np.zeros((224, 224, 3), np.uint8)])
-
     def forward_hf(self, images, text):
         """One processor + model call for a batch: ``(model outputs, rgb arrays)``."""
         import torch

@@ -72,11 +72,6 @@ class RFDETRDetector(DetectorExpert):
         own = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
         return own + (self.depth_checker.memory_bytes() if self.depth_checker is not None else 0)
 
-    def warmup(self) -> None:
-        import numpy as np
-
-        self.detect([np.zeros((224, 224, 3), np.uint8)])
-
     def detect(self, images) -> typing.List[Detections]:
         import numpy as np
 
