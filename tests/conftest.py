@@ -38,3 +38,14 @@ def jpeg_b64():
 
     rng = np.random.default_rng(0)
     return encode_jpeg_base64((rng.random((224, 224, 3)) * 255).astype("uint8"))
+
+
+@pytest.fixture(autouse=True)
+def _restore_expert_registry():
+    """Tests may register test-only expert families; each test gets the registry back as it was."""
+    from natix_miner.experts import FAMILIES
+
+    saved = dict(FAMILIES)
+    yield
+    FAMILIES.clear()
+    FAMILIES.update(saved)
