@@ -21,7 +21,6 @@ import csv
 import typing
 from pathlib import Path
 
-import numpy as np
 
 
 async def _teacher(profile, views, progress: bool):
@@ -35,24 +34,15 @@ def pseudo_label(teacher, data: str, out: typing.Union[str, Path], low: float = 
                  n: typing.Optional[int] = None, seed: int = 0, progress: bool = True, samples=None) -> dict:
     """Label ``data`` with the ``teacher`` profile; write the confident ones under ``out``."""
     from natix_miner.config import Profile, load_profile
-    from natix_miner.imaging.augment import augment
-    from natix_miner.imaging.decode import decode_bytes
     from natix_miner.training.datasets import load_samples
-    from natix_miner.training.hard import pooled_probability
+    from natix_miner.training.hard import level0_views, pooled_probability
 
     if not 0 <= low < 0.5 < high <= 1:
         raise ValueError("need 0 <= low < 0.5 < high <= 1")
     prof = teacher if isinstance(teacher, Profile) else load_profile(teacher)
     if samples is None:
         samples = load_samples(data, limit=n, seed=seed)
-    views, kept = [], []
-    for s in samples:
-        try:
-            img = s.image()
-        except Exception:
-            continue
-        views.append(decode_bytes(augment(img, np.random.default_rng(0), level=0).jpeg()))
-        kept.append(s)
+    views, kept = level0_views(samples)
     if not kept:
         raise ValueError(f"{data}: no readable image")
     ev = asyncio.run(_teacher(prof, views, progress))

@@ -66,22 +66,13 @@ def mine(profile, data: str, out: typing.Union[str, Path], top: int = 100, n: ty
          seed: int = 0, progress: bool = True, fiftyone_name: typing.Optional[str] = None, samples=None) -> dict:
     """Rank ``data`` by hardness for ``profile``; export the ``top`` ones. Returns a summary."""
     from natix_miner.config import Profile, load_profile
-    from natix_miner.imaging.augment import augment
-    from natix_miner.imaging.decode import decode_bytes
     from natix_miner.training.datasets import load_samples
     from natix_miner.training.runner import logit_matrix
 
     prof = profile if isinstance(profile, Profile) else load_profile(profile)
     if samples is None:
         samples = load_samples(data, limit=n, seed=seed)
-    views, kept = [], []
-    for s in samples:
-        try:
-            img = s.image()
-        except Exception:  # corrupt: `data validate` reports those
-            continue
-        views.append(decode_bytes(augment(img, np.random.default_rng(0), level=0).jpeg()))
-        kept.append(s)
+    views, kept = level0_views(samples)
     if not kept:
         raise ValueError(f"{data}: no readable image")
     ev, names = asyncio.run(_evidence(prof, views, progress))
@@ -146,3 +137,20 @@ def export_fiftyone(rows: typing.Sequence[dict], names: typing.Sequence[str], da
         samples.append(s)
     ds.add_samples(samples)
     return dataset_name
+
+
+def level0_views(samples):
+    """The validator's level-0 view (centre crop, 224, JPEG q75) of each readable sample, decoded;
+    returns ``(views, samples_kept)`` (corrupt samples are skipped: `data validate` reports them)."""
+    from natix_miner.imaging.augment import augment
+    from natix_miner.imaging.decode import decode_bytes
+
+    views, kept = [], []
+    for s in samples:
+        try:
+            img = s.image()
+        except Exception:
+            continue
+        views.append(decode_bytes(augment(img, np.random.default_rng(0), level=0).jpeg()))
+        kept.append(s)
+    return views, kept
