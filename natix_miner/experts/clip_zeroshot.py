@@ -101,10 +101,7 @@ class ClipZeroShot(Expert):
             raise ValueError(f"expert {self.name}: prompts must be non-empty strings")
         self.device = device
         self._torch = torch
-        mode = str(o.get("preprocess", "auto"))
-        if mode not in ("auto", "processor"):
-            raise ValueError(f"expert {self.name}: preprocess must be auto or processor, not {mode!r}")
-        self.fast = hf_common.fast_pixels(self.processor) if mode == "auto" else None
+        self.fast = hf_common.fast_pixels_for(self.name, o, self.processor)
         with torch.inference_mode():
             self.scale = float(self.model.logit_scale.float().exp().item())
             self.logit_bias = float(self.model.logit_bias.float().item()) if hasattr(self.model, "logit_bias") else 0.0

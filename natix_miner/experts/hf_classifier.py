@@ -98,10 +98,7 @@ class HFClassifier(Expert):
             self.id2label, o.get("positive_label"), o.get("positive_index"))
         self.device = device
         self._torch = torch
-        mode = str(o.get("preprocess", "auto"))
-        if mode not in ("auto", "processor"):
-            raise ValueError(f"expert {self.name}: preprocess must be auto or processor, not {mode!r}")
-        self.fast = hf_common.fast_pixels(self.processor) if mode == "auto" else None
+        self.fast = hf_common.fast_pixels_for(self.name, o, self.processor)
         log.info("%s: %s on %s (%s), roadwork = %s, %s preprocessing", self.name, type(self.model).__name__,
                  device, self.dtype, [self.id2label.get(i) for i in self.positive],
                  "vectorised" if self.fast else "processor")

@@ -71,6 +71,15 @@ def module_bytes(*modules) -> int:
     return total
 
 
+def fast_pixels_for(name: str, options: typing.Mapping[str, typing.Any], processor):
+    """The ``preprocess`` option of the transformers families: ``auto`` (the default) uses
+    :func:`fast_pixels` when it reproduces the processor, ``processor`` forces the processor."""
+    mode = str(options.get("preprocess", "auto"))
+    if mode not in ("auto", "processor"):
+        raise ValueError(f"expert {name}: preprocess must be auto or processor, not {mode!r}")
+    return fast_pixels(processor) if mode == "auto" else None
+
+
 def fast_pixels(processor, probe_size: int = 224) -> typing.Optional[typing.Tuple[int, tuple, tuple]]:
     """``(size, mean, std)`` for :func:`natix_miner.imaging.preprocess.to_batch` when it reproduces
     ``processor(images=...)["pixel_values"]`` on validator-sized (224 px square) images, else None.
