@@ -1,52 +1,17 @@
-"""Fast JPEG handling for the throughput path: header parsing without PIL, batched GPU decoding.
+"""Fast JPEG handling for the throughput path: batched decoding for the card.
 
-``jpeg_size`` reads width and height from the SOF marker in microseconds (PIL's ``Image.open``
-costs tens). ``decode_batch`` decodes many JPEGs at once with nvJPEG through
+``decode_batch`` decodes many JPEGs at once with nvJPEG through
 ``torchvision.io.decode_jpeg(list, device="cuda")`` and falls back to the CPU, image by image,
 for anything nvJPEG refuses (progressive or CMYK files, corrupt data), so one bad image never
 fails a batch.
 
 Usage::
 
-    from natix_miner.imaging.jpeg import jpeg_size, decode_batch
-    jpeg_size(data)                                 # (w, h) or None if not a baseline/progressive JPEG
+    from natix_miner.imaging.jpeg import decode_batch, decode_batch_cpu
     imgs, bad = decode_batch([b1, b2], "cuda:0")    # list of uint8 (3, H, W) tensors on the GPU
 """
 
-import struct
 import typing
-
-_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-
-
-def jpeg_size(data: bytes) -> typing.Optional[typing.Tuple[int, int]]:
-    """(width, height) from the first SOF marker, or None when the bytes are not a JPEG."""
-    n = len(data)
-    if n < 4 or data[0] != 0xFF or data[1] != 0xD8:
-        return None
-    i = 2
-    while i + 4 <= n:
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-            i += 2
-            continue
-        (length,) = struct.unpack(">H", data[i + 2:i + 4])
-        if length < 2:
-            return None
-        if marker in _SOF:
-            if i + 9 > n:
-                return None
-            h, w = struct.unpack(">HH", data[i + 5:i + 9])
-            return (w, h) if w and h else None
-        if marker == 0xDA:  # start of scan before any SOF
-            return None
-        i += 2 + length
-    return None
 
 
 def _cpu_decode(data: bytes):
