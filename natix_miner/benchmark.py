@@ -28,14 +28,16 @@ from natix_miner.config import Profile, load_profile
 
 
 def bench_profile(arch: str, dtype: str, compile_: bool, compile_mode: str, batch: int, device: str,
-                  decode: str = "gpu", decode_threads: int = 8) -> Profile:
+                  decode: str = "gpu", decode_threads: int = 8, cuda_graphs: bool = False,
+                  max_wait_ms: float = 0.0, hw_share: float = 1.0) -> Profile:
     """A one-expert profile with random weights (speed does not depend on the weights)."""
     return Profile.model_validate({
         "name": f"bench-{arch}",
         "experts": [{"name": "fast", "family": "timm", "model": arch, "device": device, "dtype": dtype,
-                     "max_batch": batch, "max_wait_ms": 2.0,
+                     "max_batch": batch, "max_wait_ms": max_wait_ms,
                      "options": {"num_classes": 2, "compile": compile_, "compile_mode": compile_mode,
-                                 "decode": decode, "decode_threads": decode_threads,
+                                 "decode": decode, "decode_threads": decode_threads, "hw_share": hw_share,
+                                 "cuda_graphs": cuda_graphs,
                                  "warmup_batches": [1 << k for k in range(batch.bit_length())
                                                     if (1 << k) <= batch]}}],
         "tiers": [{"name": "fast", "experts": ["fast"], "budget_s": 5.0}],
@@ -233,7 +235,8 @@ def run(args) -> dict:
             profile = profile.model_copy(update={"cache": profile.cache.model_copy(update={"max_entries": 0})})
     else:
         profile = bench_profile(args.arch, args.dtype, args.compile, args.compile_mode, args.batch, devices[0],
-                                args.decode, args.decode_threads)
+                                args.decode, args.decode_threads, getattr(args, "cuda_graphs", False),
+                                getattr(args, "max_wait_ms", 0.0), getattr(args, "hw_share", 1.0))
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     report: dict = {"card": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
                     "gpus": torch.cuda.device_count(), "torch": torch.__version__, "profile": profile.name,

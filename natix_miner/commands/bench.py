@@ -13,7 +13,12 @@ def add_parser(sub) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the forward (GPU)")
     p.add_argument("--compile-mode", default="max-autotune-no-cudagraphs",
                    help="torch.compile mode; reduce-overhead uses CUDA graphs")
-    p.add_argument("--decode", default="gpu", choices=["cpu", "gpu"], help="bulk-path JPEG decoding")
+    p.add_argument("--decode", default="gpu", choices=["cpu", "gpu", "hw"],
+                   help="bulk-path JPEG decoding: hw = the card's JPEG engines (nvImageCodec), gpu = nvJPEG CUDA")
+    p.add_argument("--hw-share", type=float, default=1.0, help="with --decode hw: share sent to the JPEG engines")
+    p.add_argument("--cuda-graphs", action="store_true", help="replay one CUDA graph per batch bucket (GPU)")
+    p.add_argument("--max-wait-ms", type=float, default=0.0,
+                   help="online micro-batching: how long a lone request waits for company")
     p.add_argument("--decode-threads", type=int, default=8, help="CPU decoding threads per replica")
     p.add_argument("--devices", default=None, help="comma list, default: every GPU (else cpu)")
     p.add_argument("--batch", type=int, default=256)

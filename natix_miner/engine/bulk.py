@@ -10,8 +10,9 @@ Two ways to run replicas:
 
 * ``mode="process"`` (default on GPUs): ``replicas_per_device`` worker processes per GPU, each with
   its own CUDA context and nvJPEG decoder (torchvision keeps one decoder per process, behind a lock,
-  and rebuilds it when the device changes, so threads cannot scale it). Two processes per card
-  overlap one's host-side Huffman decoding with the other's kernels.
+  and rebuilds it when the device changes, so threads cannot scale it). Each process keeps one
+  batch in flight: while the card runs batch i, the host decodes and queues batch i+1 (with
+  ``decode: hw`` the card's JPEG engines decode it beside the forward pass).
 * ``mode="thread"``: replicas in this process (CPU hosts and tests).
 
 Usage::
@@ -94,8 +95,38 @@ class Replica:
             return out
 
     def _run(self, datas) -> np.ndarray:
-        logits = [e.predict_encoded(datas) for e in self.experts.values()]
-        return self._pool(logits).float().cpu().numpy()
+        return self.finish(self._launch(datas))
+
+    def launch(self, datas: typing.Sequence[bytes]) -> tuple:
+        """Queue a batch on the device and return at once with a handle for :meth:`finish`.
+
+        The probabilities come back through pinned memory with an event, so the host can decode
+        and queue the next batch while this one runs (decode engines and SMs both kept busy)."""
+        try:
+            return self._launch(datas)
+        except ValueError:  # undecodable images inside: the slow, image-by-image way, now
+            return (self.run(datas), None)
+
+    def _launch(self, datas) -> tuple:
+        p = self._pool([e.predict_encoded(datas) for e in self.experts.values()]).float()
+        if not p.is_cuda:
+            return (p.numpy(), None)
+        import torch
+
+        host = torch.empty(p.shape, dtype=torch.float32, pin_memory=True)
+        host.copy_(p, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record(torch.cuda.current_stream(p.device))
+        return (host, done)
+
+    @staticmethod
+    def finish(handle: tuple) -> np.ndarray:
+        """Wait for a launched batch and return its probabilities."""
+        value, done = handle
+        if done is None:
+            return np.asarray(value, np.float32)
+        done.synchronize()
+        return value.numpy().copy()
 
 
 def _worker(profile_data: dict, tier: int, device: str, jobs, results) -> None:
@@ -110,15 +141,39 @@ def _worker(profile_data: dict, tier: int, device: str, jobs, results) -> None:
         results.put(("error", device, repr(exc)))
         return
     results.put(("ready", device, None))
+    pending = None  # (start, handle): one batch in flight while the next is decoded and queued
+
+    def flush() -> None:
+        nonlocal pending
+        if pending is not None:
+            start, handle = pending
+            pending = None
+            try:
+                results.put(("ok", start, rep.finish(handle)))
+            except BaseException as exc:
+                results.put(("error", start, repr(exc)))
+
     while True:
-        job = jobs.get()
+        if pending is None:
+            job = jobs.get()
+        else:
+            try:
+                job = jobs.get_nowait()
+            except queue.Empty:  # nothing to overlap with: hand the finished batch back
+                flush()
+                continue
         if job is None:
+            flush()
             break
         start, datas = job
         try:
-            results.put(("ok", start, rep.run(datas)))
+            handle = rep.launch(datas)
         except BaseException as exc:
+            flush()
             results.put(("error", start, repr(exc)))
+            continue
+        flush()
+        pending = (start, handle)
     rep.close()
 
 
