@@ -58,7 +58,9 @@ setup(
     install_requires=CORE + EXPERTS + TRAINING,
     extras_require={
         "test": TEST,
-        "gpu": ["vllm==0.33.0"],
+        # vLLM for the VLM tier; nvImageCodec + nvJPEG for the card's hardware JPEG engines
+        # (decode: hw); cu13 matches the CUDA 13 builds of torch that vllm 0.33 pins
+        "gpu": ["vllm==0.33.0", "nvidia-nvimgcodec-cu13>=0.9,<0.10", "nvidia-nvjpeg>=13,<14"],
     },
     entry_points={"console_scripts": ["natix-miner=natix_miner.cli:main"]},
 )

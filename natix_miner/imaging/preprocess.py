@@ -32,14 +32,8 @@ def to_batch(images: typing.Sequence, size: int = 224, mean=(0.485, 0.456, 0.406
     """Stack ``DecodedImage``s (or HWC uint8 arrays) into a normalised NCHW tensor."""
     import torch
 
+    from natix_miner.imaging.jpeg import normalise_uint8
+
     arrs = [resize_rgb(getattr(im, "rgb", im), size, mode) for im in images]
-    x = torch.from_numpy(np.stack(arrs)).to(device, non_blocking=True)
-    x = x.permute(0, 3, 1, 2).float().div_(255.0)
-    m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
-    x = (x - m) / s
-    if dtype is not None:
-        x = x.to(dtype)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
+    x = torch.from_numpy(np.stack(arrs)).to(device, non_blocking=True).permute(0, 3, 1, 2)
+    return normalise_uint8(x, mean, std, dtype or torch.float32, channels_last)
