@@ -25,6 +25,7 @@ import typing
 import numpy as np
 
 from natix_miner.config import Profile, load_profile
+from natix_miner.stats import percentile
 
 
 def bench_profile(arch: str, dtype: str, compile_: bool, compile_mode: str, batch: int, device: str,
@@ -119,8 +120,8 @@ def bulk(profile: Profile, devices: typing.Sequence[str], datas: typing.Sequence
 
 
 def _pct(xs: typing.Sequence[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+    """``q`` as a fraction (0.99); nearest rank, 0.0 for no samples."""
+    return percentile(xs, 100 * q) or 0.0
 
 
 async def _online(profile: Profile, datas: typing.Sequence[bytes], concurrencies: typing.Sequence[int],

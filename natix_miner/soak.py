@@ -31,6 +31,8 @@ import threading
 import time
 import typing
 
+from natix_miner.stats import percentile
+
 TINY = {"family": "timm", "model": "mobilenetv3_small_050", "device": "cpu",
         "options": {"num_classes": 2, "image_size": 64}}
 
@@ -148,11 +150,7 @@ class _RSS:
 
 
 def _pct(values: typing.Sequence[float], q: float) -> float:
-    if not values:
-        return 0.0
-    v = sorted(values)
-    k = min(len(v) - 1, max(0, int(math.ceil(q / 100.0 * len(v))) - 1))
-    return v[k]
+    return percentile(values, q) or 0.0
 
 
 def _images(n: int, seed: int) -> typing.List[str]:

@@ -37,6 +37,7 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--warmup-steps", type=int, default=20)
     ap.add_argument("--freeze-backbone", action="store_true")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None)
@@ -68,7 +69,7 @@ def main(argv=None) -> int:
     t_render = time.time() - t0
     cfg = TrainConfig(out=str(out), model=args.arch, weights=args.weights, name="procedural",
                       image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                      warmup_steps=20, freeze_backbone=args.freeze_backbone, device=args.device, seed=args.seed)
+                      warmup_steps=args.warmup_steps, freeze_backbone=args.freeze_backbone, device=args.device, seed=args.seed)
     t1 = time.time()
     res = train(cfg, tr, va, resume=args.resume)
     t_train = time.time() - t1

@@ -19,13 +19,15 @@ import typing
 import numpy as np
 
 from natix_miner.validator.mock import Outcome
+from natix_miner.stats import percentile
 from natix_miner.validator.reward import ACCURACY_WINDOW, EMA_ALPHA, MCC_WINDOW, REWARD_EXPONENT, binary_mcc
 
 CATEGORIES = ("answered", "fallback", "timeout", "missing", "invalid")
 
 
 def _pct(values, q) -> typing.Optional[float]:
-    return round(float(np.percentile(values, q)), 1) if len(values) else None
+    p = percentile(values, q)
+    return None if p is None else round(p, 1)
 
 
 def summarise(outs: typing.Sequence[Outcome]) -> dict:
