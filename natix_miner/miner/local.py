@@ -48,10 +48,10 @@ class MinerThread:
             port, hotkey = m.port, m.hotkey
     """
 
-    def __init__(self, cfg, engine=None, hooks=None, wallet=None, start_timeout: float = 300.0):
+    def __init__(self, cfg, engine=None, hooks=None, wallet=None, start_timeout: float = 300.0, subtensor=None):
         from natix_miner.miner.neuron import Miner
 
-        self.miner = Miner(cfg, engine=engine, hooks=hooks, wallet=wallet)
+        self.miner = Miner(cfg, engine=engine, hooks=hooks, wallet=wallet, subtensor=subtensor)
         self.start_timeout = start_timeout
         self._thread = None
         self._error = None

@@ -36,7 +36,10 @@ class NotRegisteredError(RuntimeError):
 
 
 class Miner:
-    def __init__(self, cfg: MinerConfig, engine=None, hooks: typing.Optional[MinerHooks] = None, wallet=None):
+    def __init__(self, cfg: MinerConfig, engine=None, hooks: typing.Optional[MinerHooks] = None, wallet=None,
+                 subtensor=None):
+        """``subtensor``: a chain client to use instead of ``bt.Subtensor(network)`` (anything with
+        ``metagraph(netuid)`` and ``serve_axon(netuid=, axon=)``; tests pass a local chain)."""
         self.cfg = cfg
         self.profile = engine.profile if engine is not None else load_profile(cfg.profile)
         self.engine = engine
@@ -45,7 +48,7 @@ class Miner:
         self.gate = Gate(cfg.blacklist, local=cfg.local)
         self.admission = Admission(cfg.axon.max_inflight, cfg.axon.max_waiting)  # runs on self.loop
         self.axon = None
-        self.subtensor = None
+        self.subtensor = subtensor
         self.metagraph = None
         self.loop: typing.Optional[asyncio.AbstractEventLoop] = None
         self.serving = False
@@ -143,8 +146,9 @@ class Miner:
     def _connect_chain(self) -> None:
         import bittensor as bt
 
-        net = self.cfg.chain.chain_endpoint or self.cfg.chain.network
-        self.subtensor = bt.Subtensor(network=net)
+        if self.subtensor is None:
+            net = self.cfg.chain.chain_endpoint or self.cfg.chain.network
+            self.subtensor = bt.Subtensor(network=net)
         self.sync(first=True)
         self.subtensor.serve_axon(netuid=self.cfg.chain.netuid, axon=self.axon)
 
