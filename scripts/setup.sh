@@ -17,7 +17,11 @@ if [ ! -x .venv/bin/python ]; then
 fi
 echo "==> installing natix-miner into .venv (torch 2.14.1 + torchvision 0.29.1, bittensor 10.5.0, ...)"
 .venv/bin/pip install -q --upgrade "setuptools>=77" wheel
-.venv/bin/pip install -q -e ".[test]"
+# requirements.lock pins every package to the versions the test suite last passed with
+# (reproducible installs; NATIX_UNLOCKED=1 resolves within setup.py's ranges instead)
+LOCK=(-c requirements.lock)
+[ "${NATIX_UNLOCKED:-0}" = "1" ] && LOCK=()
+.venv/bin/pip install -q -e ".[test]" "${LOCK[@]}"
 
 if [ ! -x .venv-bt9/bin/python ]; then
   echo "==> creating .venv-bt9 (bittensor 9.12.2, the validators' release, for interop tests)"

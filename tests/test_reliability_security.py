@@ -231,3 +231,29 @@ def test_dependencies_are_pinned_and_match_the_environment():
         except PackageNotFoundError:
             pytest.fail(f"{r.name} is in setup.py but not installed")
         assert r.specifier.contains(installed, prereleases=True), f"{r.name} {installed} does not satisfy {r}"
+
+
+def test_lock_file_pins_everything_the_environment_runs():
+    """requirements.lock (what scripts/setup.sh installs with) pins every package with ``==``, and
+    the environment the tests run in is exactly the locked one (setup.sh honoured it)."""
+    import os
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    lines = [ln.strip() for ln in open(os.path.join(root, "requirements.lock")) if ln.strip()]
+    locked = [Requirement(ln) for ln in lines if not ln.startswith("#")]
+    assert len(locked) > 50
+    names = {canonicalize_name(r.name) for r in locked}
+    for critical in ("bittensor", "torch", "torchvision", "transformers", "ultralytics", "numpy"):
+        assert critical in names, f"{critical} missing from requirements.lock"
+    for r in locked:
+        spec = list(r.specifier)
+        assert len(spec) == 1 and spec[0].operator == "==" and r.url is None, f"not an exact pin: {r}"
+        try:
+            installed = version(r.name)
+        except PackageNotFoundError:
+            pytest.fail(f"{r.name} is locked but not installed")
+        assert installed == spec[0].version, f"{r.name}: installed {installed}, locked {spec[0].version}"
