@@ -124,6 +124,26 @@ def _pct(xs: typing.Sequence[float], q: float) -> float:
     return percentile(xs, 100 * q) or 0.0
 
 
+async def closed_loop(call: typing.Callable[[int], typing.Awaitable[bool]], n: int,
+                      concurrency: int) -> typing.Tuple[typing.List[float], int, float]:
+    """``concurrency`` clients issue requests 0..n-1 back to back; ``call(i)`` returns whether the
+    answer was bad (or a fallback). Returns (latencies in seconds, bad count, wall seconds)."""
+    lat: typing.List[float] = []
+    bad = 0
+    it = iter(range(n))
+
+    async def client():
+        nonlocal bad
+        for i in it:
+            t = time.perf_counter()
+            bad += int(await call(i))
+            lat.append(time.perf_counter() - t)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*[client() for _ in range(concurrency)])
+    return lat, bad, time.perf_counter() - t0
+
+
 async def _online(profile: Profile, datas: typing.Sequence[bytes], concurrencies: typing.Sequence[int],
                   requests: int) -> typing.List[dict]:
     from natix_miner.engine import Engine
@@ -134,21 +154,11 @@ async def _online(profile: Profile, datas: typing.Sequence[bytes], concurrencies
     try:
         for concurrency in concurrencies:
             n = max(requests, 4 * concurrency)
-            lat: typing.List[float] = []
-            fallbacks = 0
-            it = iter(range(n))
 
-            async def client():
-                nonlocal fallbacks
-                for i in it:
-                    t = time.perf_counter()
-                    r = await engine.predict(datas[i % len(datas)])
-                    lat.append(time.perf_counter() - t)
-                    fallbacks += int(r.fallback)
+            async def call(i: int) -> bool:
+                return bool((await engine.predict(datas[i % len(datas)])).fallback)
 
-            t0 = time.perf_counter()
-            await asyncio.gather(*[client() for _ in range(concurrency)])
-            wall = time.perf_counter() - t0
+            lat, fallbacks, wall = await closed_loop(call, n, concurrency)
             rows.append({"concurrency": concurrency, "requests": n, "p50_ms": 1000 * _pct(lat, 0.5),
                          "p99_ms": 1000 * _pct(lat, 0.99), "img_per_s": n / wall, "fallbacks": fallbacks})
     finally:
@@ -174,23 +184,15 @@ def _axon_clients(wallet_path: str, wallet_name: str, info_fields: dict, b64: ty
 
     async def run():
         d = loopback_dendrite(vw)
-        lat: typing.List[float] = []
-        bad = 0
-        it = iter(range(requests))
 
-        async def client():
-            nonlocal bad
-            for i in it:
-                t = time.perf_counter()
-                r = await d.forward(info, ImageSynapse(image=b64[i % len(b64)]), timeout=9, deserialize=False)
-                lat.append(time.perf_counter() - t)
-                bad += int(not (0.0 <= r.prediction <= 1.0) or r.axon.status_code != 200)
+        async def call(i: int) -> bool:
+            r = await d.forward(info, ImageSynapse(image=b64[i % len(b64)]), timeout=9, deserialize=False)
+            return not (0.0 <= r.prediction <= 1.0) or r.axon.status_code != 200
 
-        t0 = time.perf_counter()
-        await asyncio.gather(*[client() for _ in range(concurrency)])
-        wall = time.perf_counter() - t0
-        await d.aclose_session()
-        return lat, bad, wall
+        try:
+            return await closed_loop(call, requests, concurrency)
+        finally:
+            await d.aclose_session()
 
     return asyncio.run(run())
 

@@ -113,8 +113,9 @@ def test_hardware_decoding_is_refused_cleanly_off_the_gpu(tmp_path, weights):
 
 
 def test_benchmark_sections_run_end_to_end_on_the_cpu(tmp_path):
-    """``natix-miner bench`` with every section but the axon one (tests/test_miner_axon.py covers
-    that path): numbers come back for each, no request fell back, and the JSON report is written."""
+    """``natix-miner bench`` with every section (the axon one through a real axon and dendrites in
+    a separate process): numbers come back for each, nothing fell back or came back invalid, and
+    the JSON report is written."""
     import json
 
     from natix_miner.benchmark import run
@@ -122,7 +123,7 @@ def test_benchmark_sections_run_end_to_end_on_the_cpu(tmp_path):
     out = tmp_path / "bench.json"
     args = argparse.Namespace(profile=None, arch="mobilenetv3_small_050", dtype="float32", compile=False,
                               compile_mode="default", decode="cpu", decode_threads=2, devices="cpu", batch=8,
-                              workers=1, n=24, requests=8, concurrency=[1, 4], sections="ceiling,bulk,online",
+                              workers=1, n=24, requests=8, concurrency=[1, 4], sections="ceiling,bulk,online,axon",
                               cache_off=True, seed=0, json=str(out), cuda_graphs=False, max_wait_ms=0.0,
                               hw_share=1.0)
     report = run(args)
@@ -132,4 +133,7 @@ def test_benchmark_sections_run_end_to_end_on_the_cpu(tmp_path):
     assert [r["concurrency"] for r in res["online"]] == [1, 4]
     for r in res["online"]:
         assert r["fallbacks"] == 0 and r["p99_ms"] >= r["p50_ms"] > 0
+    assert [r["concurrency"] for r in res["axon"]] == [1, 4]
+    for r in res["axon"]:
+        assert r["invalid"] == 0 and r["client_p50_ms"] >= r["server_p50_ms"] > 0, r
     assert json.loads(out.read_text())["results"]["bulk_1"]["n"] == 24
