@@ -1,7 +1,7 @@
 """Issue 7's CI check: a small model trained for a few minutes on procedural scenes, scored on a
 held-out procedural set under the validator's augmentation, per level, through the real engine.
 
-This is the slowest test in the suite (about 5-7 minutes on 2 CPU cores): it runs
+This is the slowest test in the suite (about 5 minutes on 2 idle CPU cores): it runs
 `scripts/train_procedural.py` as a user would and reads its report. The figures are printed (run
 pytest with -s to see them) and the report is kept under the test's tmp dir.
 """
@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_small_model_learns_procedural_roadwork_per_level(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, os.path.join(ROOT, "scripts", "train_procedural.py"), "--out", str(out),
-           "--train", "320", "--val", "96", "--test", "80", "--long-side", "320", "--epochs", "3", "--seed", "0"]
+           "--train", "640", "--val", "96", "--test", "160", "--long-side", "320", "--epochs", "3", "--seed", "0"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
@@ -26,8 +26,9 @@ def test_small_model_learns_procedural_roadwork_per_level(tmp_path):
           f"train {report['seconds']['train']:.0f}s")
     assert set(per_level) == {0, 1, 2, 3}
     # it learned: well above chance at every level the validator sends, strongest at level 0
-    assert per_level[0] >= 0.5, per_level
-    assert min(per_level.values()) >= 0.2, per_level
+    # (measured: L0 0.795, L1 0.785, L2 0.770, L3 0.626 on 160 held-out scenes; bounds leave room)
+    assert per_level[0] >= 0.65, per_level
+    assert min(per_level.values()) >= 0.4, per_level
     # calibration put the MCC-best threshold near the validator's fixed 0.5
     before, after = report["test_before_calibration"], report["test_overall"]
     assert abs(after["best_threshold"] - 0.5) <= 0.2, (before["best_threshold"], after["best_threshold"])
