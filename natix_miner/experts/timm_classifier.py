@@ -85,6 +85,11 @@ def build_timm(arch: str, weights: typing.Optional[str], num_classes: int):
     return model
 
 
+def bucket(n: int) -> int:
+    """The power-of-two batch size a batch of ``n`` is padded to on the GPU (1, 2, 4, ...)."""
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
 class TimmClassifier(Expert):
     family = "timm"
 
@@ -161,7 +166,7 @@ class TimmClassifier(Expert):
                 x = x.contiguous(memory_format=torch.channels_last)
             self.logits(x)
         if self.use_graphs:
-            self._capture_graphs(sorted({1 << max(0, (int(n) - 1).bit_length()) for n in sizes}, reverse=True))
+            self._capture_graphs(sorted({bucket(n) for n in sizes}, reverse=True))
 
     def _capture_graphs(self, sizes: typing.Sequence[int]) -> None:
         """One CUDA graph per bucket, largest first, all in one memory pool. A replay launches the
@@ -195,7 +200,7 @@ class TimmClassifier(Expert):
 
         n = x.shape[0]
         if self.bucketed:  # GPU: pad to a power-of-two bucket (no recompiles, no new cuDNN plans)
-            b = 1 << max(0, (n - 1).bit_length())
+            b = bucket(n)
             graph = self._graphs.get(b)
             if graph is not None:
                 g, static_x, static_y = graph
