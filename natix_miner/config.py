@@ -332,6 +332,7 @@ class AxonConfig(_Strict):
     max_inflight: int = pydantic.Field(default=32, ge=1)  # requests inside the engine (miner/admission.py)
     max_waiting: int = pydantic.Field(default=128, ge=0)  # queued by stake; beyond: fallback answer at once
     max_connections: int = pydantic.Field(default=512, ge=1)  # open HTTP connections; beyond: 503
+    header_timeout_s: float = pydantic.Field(default=10.0, gt=0)  # a request's headers must arrive in time
 
 
 class BlacklistConfig(_Strict):

@@ -192,6 +192,52 @@ async def test_connection_limit_answers_503_beyond_it_and_recovers(tmp_path):
         await _alive(m, vals[0][0], cases()[0].text)
 
 
+async def test_slow_loris_connections_are_closed_and_validators_get_back_in(tmp_path):
+    """Three clients trickle header bytes and never finish: with ``max_connections`` 3 they would
+    lock everyone out for good. The head deadline (1 s here) closes them; a client whose head is
+    slow but arrives in time is served; then a validator is answered without anyone's help."""
+    vals = validators(tmp_path, [10])
+    prof = make_profile(tmp_path, experts=[{"name": "b", "family": "engine_test_brightness"}],
+                        tiers=[{"name": "t", "experts": ["b"]}])
+    cfg = miner_config(tmp_path, vals, axon={"max_connections": 4, "header_timeout_s": 1.0})
+    w = ephemeral_wallet("m", "m", str(tmp_path / "miner"))
+    with MinerThread(cfg, engine=Engine(prof), wallet=w) as m:
+        hogs = [socket.create_connection(("127.0.0.1", m.port), timeout=5) for _ in range(3)]
+        polite = socket.create_connection(("127.0.0.1", m.port), timeout=5)
+        try:
+            t0 = time.monotonic()
+            for s in hogs:
+                s.sendall(b"POST /ImageSynapse HTTP/1.1\r\nHost: x\r\n")
+            polite.sendall(b"GET /nothing HTTP/1.1\r\n")
+            time.sleep(0.5)
+            polite.sendall(b"Host: x\r\nConnection: close\r\n\r\n")  # complete after 0.5 s: in time
+            assert _read_response(polite).startswith(b"HTTP/1.1 ")
+            closed = []
+            for i in range(12):  # keep trickling, one byte every 0.25 s, until the server hangs up
+                for s in hogs:
+                    if s in closed:
+                        continue
+                    try:
+                        s.sendall(b"X")
+                        s.settimeout(0.01)
+                        if s.recv(1) == b"":
+                            closed.append(s)
+                    except socket.timeout:
+                        pass
+                    except OSError:
+                        closed.append(s)
+                if len(closed) == len(hogs):
+                    break
+                time.sleep(0.25)
+            took = time.monotonic() - t0
+            assert len(closed) == 3, f"{3 - len(closed)} slow-loris connections still open after {took:.1f}s"
+            assert 0.9 <= took <= 3.5, took
+            await _alive(m, vals[0][0], cases()[0].text)  # served again: the hogs are gone
+        finally:
+            for s in hogs + [polite]:
+                s.close()
+
+
 def _read_response(s: socket.socket) -> bytes:
     """One whole HTTP/1.1 response (headers + Content-Length body); b"" if the server closed."""
     data = b""

@@ -45,6 +45,8 @@ FLAGS: typing.List[typing.Tuple[str, str, typing.Callable, str]] = [
     ("--axon.external_port", "axon.external_port", int, "port announced on chain"),
     ("--axon.max_workers", "axon.max_workers", int, "axon thread pool size"),
     ("--axon.max_body_bytes", "axon.max_body_bytes", int, "request body limit"),
+    ("--axon.header_timeout_s", "axon.header_timeout_s", float,
+     "close a connection whose request headers take longer (slow-loris)"),
     ("--blacklist.force_validator_permit", "blacklist.force_validator_permit", _bool, "true/false"),
     ("--blacklist.allow_non_registered", "blacklist.allow_non_registered", _bool, "true/false"),
     ("--blacklist.min_stake", "blacklist.min_stake", float, "minimum caller stake"),

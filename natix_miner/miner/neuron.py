@@ -168,7 +168,7 @@ class Miner:
         from natix_miner.miner.limits import install_body_limit, tune_server
 
         install_body_limit(axon.app, a.max_body_bytes)
-        tune_server(axon, a.max_connections)  # connection limit (503 beyond), keep-alive > aiohttp's
+        tune_server(axon, a.max_connections, header_timeout_s=a.header_timeout_s)  # connection limit (503 beyond), keep-alive > aiohttp's
         self._attach(axon)
         return axon
 
