@@ -119,7 +119,6 @@ def decode_batch(datas: typing.Sequence[bytes], device: str, size: int, hw_share
     its index is returned in the second value.
     """
     import torch
-    import torch.nn.functional as F
 
     from natix_miner.imaging.jpeg import _cpu_decode
 
@@ -150,14 +149,12 @@ def decode_batch(datas: typing.Sequence[bytes], device: str, size: int, hw_share
                 except Exception:
                     t = torch.zeros((size, size, 3), dtype=torch.uint8, device=dev)
                     bad.append(i)
-            if tuple(t.shape[:2]) != (size, size):
-                t = _resize_hwc(t, size, F)
-            tensors[i] = t
+            tensors[i] = _resize_hwc(t, size)
         out = torch.stack(tensors) if tensors else torch.empty((0, size, size, 3), dtype=torch.uint8, device=dev)
     return out.permute(0, 3, 1, 2), bad
 
 
-def _resize_hwc(t, size: int, F):
-    x = t.permute(2, 0, 1)[None].float()
-    x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return x[0].round().clamp(0, 255).to(t.dtype).permute(1, 2, 0)
+def _resize_hwc(t, size: int):
+    from natix_miner.imaging.jpeg import resize_uint8
+
+    return resize_uint8(t.permute(2, 0, 1), size).permute(1, 2, 0)

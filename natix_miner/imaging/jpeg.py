@@ -70,7 +70,6 @@ def decode_batch_cpu(datas: typing.Sequence[bytes], size: int, threads: int = 8,
     import concurrent.futures
 
     import torch
-    import torch.nn.functional as F
     from torchvision.io import ImageReadMode, decode_jpeg
 
     n = len(datas)
@@ -87,16 +86,24 @@ def decode_batch_cpu(datas: typing.Sequence[bytes], size: int, threads: int = 8,
                 bad.append(i)
                 out[i].zero_()
                 return
-        if t.shape[-2:] != (size, size):
-            t = F.interpolate(t[None].float(), size=(size, size), mode="bilinear", antialias=True,
-                              align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
-        out[i].copy_(t)
+        out[i].copy_(resize_uint8(t, size))
 
     pool = _POOLS.get(threads)
     if pool is None:
         pool = _POOLS[threads] = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="jpeg")
     list(pool.map(one, range(n)))
     return out, sorted(bad)
+
+
+def resize_uint8(t, size: int):
+    """uint8 (3, H, W) -> (3, size, size), bilinear with antialiasing; unchanged when already that size."""
+    import torch
+    import torch.nn.functional as F
+
+    if tuple(t.shape[-2:]) == (size, size):
+        return t
+    x = F.interpolate(t[None].float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x[0].round().clamp(0, 255).to(torch.uint8)
 
 
 def normalise_uint8(x, mean, std, dtype, channels_last: bool = True):
@@ -118,12 +125,6 @@ def to_model_batch(images: typing.Sequence, size: int, mean, std, dtype, channel
     Same-size images (the validator's 224x224) are stacked with no resize at all.
     """
     import torch
-    import torch.nn.functional as F
 
-    if all(t.shape[-2:] == (size, size) for t in images):
-        x = torch.stack(list(images))
-    else:
-        x = torch.stack([F.interpolate(t[None].float(), size=(size, size), mode="bilinear", antialias=True,
-                                       align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
-                         for t in images])
+    x = torch.stack([resize_uint8(t, size) for t in images])
     return normalise_uint8(x, mean, std, dtype, channels_last)
