@@ -21,6 +21,7 @@ be greater than 0``.
 """
 
 import json
+import math
 import os
 import typing
 from pathlib import Path
@@ -38,7 +39,8 @@ class ProfileError(ValueError):
 
 
 class _Strict(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(extra="forbid")
+    # NaN / Infinity are never a valid setting (a NaN consensus weight made every answer 0.49)
+    model_config = pydantic.ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 DEVICE_PATTERN = r"^(auto|cpu|cuda|cuda:[0-9]+)$"
@@ -222,6 +224,37 @@ class Profile(_Strict):
             return None
         p = Path(self.path)
         return p.with_name(p.stem + ".consensus.json")
+
+    def non_finite(self) -> typing.List[str]:
+        """``file: key: problem`` for every NaN / infinite number in the profile as it is now.
+
+        Loading refuses them already; this catches a profile changed in code after validation
+        (the engine calls it at start). Fitted keys are reported against ``<profile>.consensus.json``
+        when that file exists."""
+        fitted = self.consensus_file
+        fitted = str(fitted) if fitted is not None and fitted.exists() else None
+        where = self.path or self.name
+        out = []
+        for key, value in _numbers(self.model_dump(exclude={"miner", "path"}, round_trip=True)):
+            if not math.isfinite(value):
+                top, _, rest = key.partition(".")
+                if top == "consensus" and fitted and rest.split(".")[0] in FITTED_KEYS:
+                    out.append(f"{fitted}: {rest}: must be a finite number, got {value}")
+                else:
+                    out.append(f"{where}: {key}: must be a finite number, got {value}")
+        return out
+
+
+def _numbers(obj: typing.Any, prefix: str = "") -> typing.Iterator[typing.Tuple[str, float]]:
+    """Every float in a dumped model, with its dotted key (``consensus.stages.t0.bias``)."""
+    if isinstance(obj, float):
+        yield prefix, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _numbers(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _numbers(v, f"{prefix}.{i}" if prefix else str(i))
 
 
 def _format_error(path: str, err: pydantic.ValidationError, data: typing.Any = None) -> str:

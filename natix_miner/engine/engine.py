@@ -52,14 +52,15 @@ class EngineNotReady(RuntimeError):
 
 
 def check_profile(profile: Profile, injected: typing.Iterable[str] = ()) -> typing.List[str]:
-    """What schema validation cannot see: unknown families, and options a family refuses.
+    """What schema validation cannot see: unknown families, options a family refuses, and numbers
+    made NaN or infinite after the profile was loaded.
 
     Each expert is constructed once without loading (constructors only parse options), so a bad
     option is reported before any model loads. Returns ``file: experts.N(name).key: problem`` lines.
     """
     skip = set(injected)
     where = profile.path or profile.name
-    problems = []
+    problems = profile.non_finite()  # NaN / inf set in code after loading (loading refuses them)
     for i, spec in enumerate(profile.experts):
         if spec.name in skip:
             continue
