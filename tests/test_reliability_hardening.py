@@ -62,3 +62,74 @@ async def test_engine_start_refuses_a_profile_made_non_finite_after_loading(tmp_
     msg = str(err.value)
     assert "test.consensus.json: weights.fast: " in msg and "stages.t0.bias" in msg, msg
     assert not engine.ready
+
+
+# -- 12: log files private, a full disk costs log lines only ----------------------------------------
+
+_LOG_SCRIPT = r"""
+import glob, logging, os, sys, time
+from natix_miner.config import LoggingConfig
+from natix_miner.ops.logs import setup_logging
+from loguru import logger
+d = sys.argv[1]
+setup_logging(LoggingConfig(dir=d, rotation=sys.argv[2], level="INFO"))
+log = logging.getLogger("natix_miner.test")
+t0 = time.perf_counter()
+for i in range(int(sys.argv[3])):
+    log.info("line %d %s", i, "x" * 200)
+took = time.perf_counter() - t0
+logger.complete()
+logger.remove()
+print("TOOK", took)
+"""
+
+
+def _run_logging(d, rotation="100 MB", lines=10):
+    return subprocess.run([sys.executable, "-c", _LOG_SCRIPT, str(d), rotation, str(lines)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_log_files_are_created_private_and_stay_private_when_rotated(tmp_path):
+    r = _run_logging(tmp_path / "logs", rotation="4 KB", lines=100)
+    assert r.returncode == 0, r.stderr
+    files = sorted(os.listdir(tmp_path / "logs"))
+    assert "miner.log" in files and any(f.endswith(".gz") for f in files), files  # rotated and compressed
+    for f in files:
+        mode = os.stat(tmp_path / "logs" / f).st_mode & 0o777
+        assert mode == 0o600, (f, oct(mode))
+
+
+def test_a_full_log_disk_gives_one_warning_and_drops_lines(tmp_path):
+    d = tmp_path / "logs"
+    d.mkdir()
+    os.symlink("/dev/full", d / "miner.log")  # every write fails with ENOSPC, like a full disk
+    r = _run_logging(d, lines=2000)
+    assert r.returncode == 0, r.stderr
+    assert "Logging error" not in r.stderr and "Traceback" not in r.stderr, r.stderr[:2000]
+    warnings = [ln for ln in r.stderr.splitlines() if "miner.log" in ln]
+    assert len(warnings) == 1 and "No space left" in warnings[0] and "WARNING" in warnings[0], r.stderr[-3000:]
+    assert sum("line " in ln for ln in r.stderr.splitlines()) == 2000  # stderr keeps every line
+    took = float(r.stdout.split("TOOK")[1])
+    assert took < 10.0, took
+
+
+def test_guarded_log_file_resumes_after_the_disk_frees_up(tmp_path):
+    import gzip
+    import io
+
+    from natix_miner.ops.logs import GuardedFileSink
+
+    path = tmp_path / "miner.log"
+    os.symlink("/dev/full", path)
+    err = io.StringIO()
+    sink = GuardedFileSink(str(path), retry_s=0.0, stream=err)
+    for i in range(5):
+        sink.write(f"lost {i}\n")
+    assert sink.dropped == 5 and err.getvalue().count("WARNING") == 1
+    path.unlink()  # space again: the next write reopens the file and says what was lost
+    sink.write("back\n")
+    assert os.stat(path).st_mode & 0o777 == 0o600 and sink.dropped == 0
+    sink.stop()  # loguru compresses the file it closes
+    with gzip.open(f"{path}.gz", "rt") as fh:
+        assert fh.read() == "[5 log lines dropped: %s was not writable]\nback\n" % path
+    assert os.stat(f"{path}.gz").st_mode & 0o777 == 0o600

@@ -23,6 +23,7 @@ import os
 import re
 import sys
 import threading
+import time
 import typing
 
 from natix_miner.config import LoggingConfig
@@ -152,6 +153,102 @@ class _Intercept(logging.Handler):
         logger.bind(logger_name=record.name).opt(depth=6, exception=record.exc_info).log(level, message)
 
 
+def _private_opener(path: str, flags: int) -> int:
+    """``open(..., opener=)`` that creates files 0600 (log lines name hotkeys, IPs and errors)."""
+    return os.open(path, flags, 0o600)
+
+
+def _gzip_private(path: str) -> None:
+    """loguru ``compression`` callable: ``path`` -> ``path.gz`` created 0600, then ``path`` removed."""
+    import gzip
+    import shutil
+
+    with open(path, "rb") as src, open(path + ".gz", "wb", opener=_private_opener) as raw:
+        with gzip.GzipFile(fileobj=raw, mode="wb") as dst:
+            shutil.copyfileobj(src, dst)
+    os.remove(path)
+
+
+class GuardedFileSink:
+    """loguru's own file sink (rotation, retention, compression) behind a guard.
+
+    A write that fails (disk full, directory removed, read-only file system) prints ONE warning on
+    stderr and the line is dropped; the file is reopened at most every ``retry_s`` seconds, and
+    the first line written after an outage says how many lines were lost. Without the guard
+    loguru printed a multi-line error block to stderr for every dropped line. Files are created
+    0600, an existing ``miner.log`` is made 0600.
+
+    Usage::
+
+        logger.add(GuardedFileSink("/var/log/natix/miner.log", rotation="100 MB", retention="14 days"),
+                   enqueue=True)
+    """
+
+    def __init__(self, path: str, rotation: typing.Any = None, retention: typing.Any = None,
+                 retry_s: float = 30.0, stream: typing.Optional[typing.TextIO] = None):
+        self.path = path
+        self.retry_s = retry_s
+        self.dropped = 0
+        self._kwargs = {"rotation": rotation, "retention": retention, "compression": _gzip_private,
+                        "opener": _private_opener, "delay": True}
+        self._stream = stream
+        self._sink = None
+        self._retry_at = 0.0
+        self._warned = False
+        try:
+            if os.path.isfile(path) and os.stat(path).st_uid == os.getuid():
+                os.chmod(path, 0o600)
+        except OSError:
+            pass
+
+    def _open(self):
+        from loguru._file_sink import FileSink  # loguru is pinned (requirements.lock)
+
+        return FileSink(self.path, **self._kwargs)
+
+    def write(self, message: str) -> None:
+        if self._sink is None:
+            if time.monotonic() < self._retry_at:
+                self.dropped += 1
+                return
+            self._sink = self._open()
+        try:
+            if self.dropped and self._warned:
+                self._sink.write(f"[{self.dropped} log lines dropped: {self.path} was not writable]\n")
+            self._sink.write(message)
+        except Exception as exc:  # noqa: BLE001 - a log line is never worth an answer
+            self._failed(exc)
+            return
+        if self._warned:
+            self._warned, self.dropped = False, 0
+
+    def _failed(self, exc: BaseException) -> None:
+        self.dropped += 1
+        sink, self._sink = self._sink, None
+        self._retry_at = time.monotonic() + self.retry_s
+        try:
+            sink.stop()  # closes the file even when its final flush fails too
+        except Exception:  # noqa: BLE001
+            pass
+        if not self._warned:
+            self._warned = True
+            stream = self._stream or sys.__stderr__
+            try:
+                stream.write(f"natix-miner: WARNING: cannot write {self.path} ({type(exc).__name__}: {exc}); "
+                             f"its lines are dropped, retrying every {self.retry_s:.0f}s\n")
+                stream.flush()
+            except Exception:  # noqa: BLE001
+                pass
+
+    def stop(self) -> None:
+        sink, self._sink = self._sink, None
+        if sink is not None:
+            try:
+                sink.stop()
+            except Exception:  # noqa: BLE001
+                pass
+
+
 TEXT_FORMAT = ("<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> | <level>{level: <8}</level> | "
                "<cyan>{name}</cyan>:<cyan>{line}</cyan> - <level>{message}</level>")
 
@@ -159,10 +256,11 @@ TEXT_FORMAT = ("<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> | <level>{level: <
 def setup_logging(cfg: LoggingConfig, stderr: bool = True) -> typing.List[int]:
     """Configure loguru (replacing earlier sinks) and route std ``logging`` into it.
 
-    Returns the loguru sink ids. Files go to ``<cfg.dir>/miner.log``, rotated at ``cfg.rotation``
-    (size or time, e.g. ``"100 MB"`` / ``"1 day"``), kept for ``cfg.retention``, compressed
-    (gz) when rotated. ``cfg.json_logs`` writes one JSON object per line (loguru's
-    ``serialize``), with ``extra`` fields bound via ``logger.bind(...)``.
+    Returns the loguru sink ids. Files go to ``<cfg.dir>/miner.log`` (mode 0600, through
+    :class:`GuardedFileSink`: a full disk costs log lines, never answers), rotated at
+    ``cfg.rotation`` (size or time, e.g. ``"100 MB"`` / ``"1 day"``), kept for ``cfg.retention``,
+    compressed (gz, 0600) when rotated. ``cfg.json_logs`` writes one JSON object per line
+    (loguru's ``serialize``), with ``extra`` fields bound via ``logger.bind(...)``.
     """
     from loguru import logger
 
@@ -175,9 +273,9 @@ def setup_logging(cfg: LoggingConfig, stderr: bool = True) -> typing.List[int]:
                               backtrace=False, diagnose=False))
     if cfg.dir:
         os.makedirs(cfg.dir, exist_ok=True)
-        ids.append(logger.add(os.path.join(cfg.dir, "miner.log"), level=level, format=TEXT_FORMAT,
-                              rotation=cfg.rotation, retention=cfg.retention, compression="gz",
-                              serialize=cfg.json_logs, enqueue=True, backtrace=False, diagnose=False))
+        sink = GuardedFileSink(os.path.join(cfg.dir, "miner.log"), rotation=cfg.rotation, retention=cfg.retention)
+        ids.append(logger.add(sink, level=level, format=TEXT_FORMAT, serialize=cfg.json_logs, enqueue=True,
+                              backtrace=False, diagnose=False))
     std_level = logging.getLevelName(level) if level != "TRACE" else logging.DEBUG
     if not isinstance(std_level, int):
         std_level = logging.INFO
