@@ -155,6 +155,9 @@ class Profile(_Strict):
 
     name: str
     description: str = ""
+    # a demonstration cascade (stand-in model): chain mode refuses it without --allow-demo, and its
+    # answers carry a "demo model" caveat in logs and in `natix-miner predict` JSON
+    demo: bool = False
     experts: typing.List[ExpertSpec] = pydantic.Field(min_length=1)
     tiers: typing.List[TierSpec] = pydantic.Field(min_length=1)
     escalation: EscalationSpec = pydantic.Field(default_factory=EscalationSpec)
@@ -317,7 +320,9 @@ def resolve_profile_path(name_or_path: typing.Union[str, Path, None]) -> Path:
     cand = CONFIG_DIR / f"{name_or_path}.yaml"
     if cand.exists():
         return cand
-    raise ProfileError(f"profile not found: {name_or_path} (looked at {p} and {cand})")
+    known = ", ".join(sorted(x.stem for x in CONFIG_DIR.glob("*.yaml"))) or "none"
+    raise ProfileError(f"profile not found: {name_or_path} (looked at {p} and {cand}); profiles in "
+                       f"{CONFIG_DIR}: {known}")
 
 
 def load_profile(name_or_path: typing.Union[str, Path, None] = None) -> Profile:
@@ -392,7 +397,7 @@ class VaultConfig(_Strict):
 
 class MetricsConfig(_Strict):
     port: int = pydantic.Field(default=9100, ge=0, le=65535)
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"  # loopback only unless --metrics.host says otherwise
     enabled: bool = True
 
 
@@ -414,6 +419,7 @@ class MinerConfig(_Strict):
 
     profile: str = str(DEFAULT_PROFILE)
     local: bool = False
+    allow_demo: bool = False  # chain mode with a demo profile (Profile.demo) is refused without it
     local_metagraph: typing.Optional[str] = None  # YAML/JSON list of {hotkey, stake, validator_permit}
     model_url: str = ""
     sync_interval_s: float = 600.0

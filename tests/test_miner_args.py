@@ -22,7 +22,7 @@ def test_reference_miner_flags_map_onto_the_config():
 
 
 def test_cli_beats_environment_beats_defaults():
-    cfg = build_config(["--axon.port", "9000"], env={"NATIX_AXON_PORT": "7000", "NATIX_NETUID": "323"})
+    cfg = build_config(["--axon.port", "9000", "--allow-demo"], env={"NATIX_AXON_PORT": "7000", "NATIX_NETUID": "323"})
     assert cfg.axon.port == 9000 and cfg.chain.netuid == 323
 
 

@@ -1,18 +1,26 @@
 """Command-line flags of the neuron, bittensor style (``--wallet.name``), into :class:`MinerConfig`.
 
+:data:`FLAGS` is the one table of settings: it drives argparse, the environment variable of every flag
+(``--axon.port`` -> ``NATIX_AXON_PORT``; :data:`ENV_NAMES` holds the few that differ), the defaults
+shown by ``--help`` (read from :class:`MinerConfig`) and the README's table (:func:`settings_table`).
+
 Usage::
 
     from natix_miner.miner.args import build_config, build_parser
     cfg = build_config(["--local", "--axon.port", "0"])
+    cfg = build_config([], env={"NATIX_ENV_FILE": "miner.env"})   # + the file, CRLF and quotes handled
+    print(settings_table())                                        # markdown: flag | variable | default
 """
 
 import argparse
+import difflib
 import typing
 
 import pydantic
 
 from natix_miner import envs
 from natix_miner.config import MinerConfig, ProfileError, load_profile
+from natix_miner.miner.errors import ConfigError
 
 
 def _bool(v: str) -> bool:
@@ -28,53 +36,108 @@ def _csv(v: str) -> typing.List[str]:
     return [x for x in (p.strip() for p in v.split(",")) if x]
 
 
-# flag -> (config key, type, help)
+# flag -> (config key, type, help). Every row gets an environment variable (see flag_variables).
 FLAGS: typing.List[typing.Tuple[str, str, typing.Callable, str]] = [
     ("--profile", "profile", str, "profile name (configs/NAME.yaml) or path"),
+    ("--local", "local", _bool, "local mode: no chain; the metagraph comes from --local.metagraph"),
+    ("--allow-demo", "allow_demo", _bool, "allow the demo profile on chain (it answers with a demo model)"),
     ("--model_url", "model_url", str, "model repository URL (legacy route)"),
     ("--local.metagraph", "local_metagraph", str, "local mode: YAML/JSON list of {hotkey, stake, validator_permit}"),
-    ("--netuid", "chain.netuid", int, "subnet uid"),
-    ("--subtensor.network", "chain.network", str, "finney | test | local"),
-    ("--subtensor.chain_endpoint", "chain.chain_endpoint", str, "ws(s):// endpoint"),
+    ("--netuid", "chain.netuid", int, "subnet uid (72 mainnet, 323 testnet)"),
+    ("--subtensor.network", "chain.network", str, "finney | test | local | ws(s)://host:port"),
+    ("--subtensor.chain_endpoint", "chain.chain_endpoint", str, "ws(s):// endpoint (wins over the network)"),
     ("--wallet.name", "wallet.name", str, "coldkey wallet name"),
     ("--wallet.hotkey", "wallet.hotkey", str, "hotkey name"),
     ("--wallet.path", "wallet.path", str, "wallet directory"),
     ("--axon.ip", "axon.ip", str, "bind address"),
     ("--axon.port", "axon.port", int, "axon port (0 picks a free one in local mode)"),
-    ("--axon.external_ip", "axon.external_ip", str, "IP announced on chain"),
-    ("--axon.external_port", "axon.external_port", int, "port announced on chain"),
+    ("--axon.external_ip", "axon.external_ip", str, "IP announced on chain (else looked up)"),
+    ("--axon.external_port", "axon.external_port", int, "port announced on chain (else --axon.port)"),
     ("--axon.max_workers", "axon.max_workers", int, "axon thread pool size"),
     ("--axon.max_body_bytes", "axon.max_body_bytes", int, "request body limit"),
     ("--axon.header_timeout_s", "axon.header_timeout_s", float,
      "close a connection whose request headers take longer (slow-loris)"),
-    ("--blacklist.force_validator_permit", "blacklist.force_validator_permit", _bool, "true/false"),
-    ("--blacklist.allow_non_registered", "blacklist.allow_non_registered", _bool, "true/false"),
+    ("--blacklist.force_validator_permit", "blacklist.force_validator_permit", _bool,
+     "answer only callers with a validator permit (bare flag: true)"),
+    ("--blacklist.allow_non_registered", "blacklist.allow_non_registered", _bool, "answer unregistered callers"),
     ("--blacklist.min_stake", "blacklist.min_stake", float, "minimum caller stake"),
     ("--blacklist.allowed_hotkeys", "blacklist.allowed_hotkeys", _csv, "comma-separated ss58 hotkeys"),
-    ("--vault.addr", "vault.addr", str, "Vault address (else VAULT_ADDR)"),
-    ("--vault.path", "vault.path", str, "KV v2 path of the hotkey secret"),
+    ("--vault.addr", "vault.addr", str, "Vault / OpenBao address"),
+    ("--vault.path", "vault.path", str, "KV v2 path of the hotkey secret (Vault is used when set)"),
     ("--vault.mount", "vault.mount", str, "KV v2 mount point"),
     ("--metrics.port", "metrics.port", int, "metrics + /healthz + /readyz port"),
-    ("--metrics.host", "metrics.host", str, "metrics bind address"),
-    ("--metrics.enabled", "metrics.enabled", _bool, "true/false"),
-    ("--tracing.endpoint", "tracing.endpoint", str, "OTLP/HTTP endpoint"),
+    ("--metrics.host", "metrics.host", str, "metrics bind address (0.0.0.0 exposes it on every interface)"),
+    ("--metrics.enabled", "metrics.enabled", _bool, "serve metrics and health"),
+    ("--tracing.endpoint", "tracing.endpoint", str, "OTLP/HTTP endpoint (tracing is off when unset)"),
     ("--logging.level", "logging.level", str, "DEBUG | INFO | WARNING"),
     ("--blacklist.minimum_stake", "blacklist.min_stake", float, "alias of --blacklist.min_stake"),
     ("--logging.dir", "logging.dir", str, "rotating log directory"),
+    ("--logging.logging_dir", "logging.dir", str, "alias of --logging.dir (bittensor's name)"),
     ("--logging.json", "logging.json_logs", _bool, "structured JSON logs"),
 ]
+
+# config key -> environment variable, where it is not NATIX_<KEY> (dots -> underscores, upper case)
+ENV_NAMES: typing.Dict[str, str] = {
+    "chain.netuid": "NATIX_NETUID",
+    "chain.network": "NATIX_NETWORK",
+    "chain.chain_endpoint": "NATIX_CHAIN_ENDPOINT",
+    "vault.addr": "VAULT_ADDR",
+    "tracing.endpoint": "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "logging.level": "NATIX_LOG_LEVEL",
+    "logging.dir": "NATIX_LOG_DIR",
+    "logging.json_logs": "NATIX_LOG_JSON",
+}
+
+NETWORKS = ("finney", "test", "local")
+_TYPE_NAMES = {int: "an integer", float: "a number", _bool: "true/false", _csv: "a comma-separated list"}
+
+
+def env_name(key: str) -> str:
+    """The environment variable of a config key: ``axon.port`` -> ``NATIX_AXON_PORT``."""
+    return ENV_NAMES.get(key) or "NATIX_" + key.upper().replace(".", "_").replace("-", "_")
+
+
+def flag_variables() -> typing.List[typing.Tuple[str, str, str]]:
+    """``(variable, config key, help)`` for every flag's key (aliases share their key's variable)."""
+    seen: typing.Dict[str, typing.Tuple[str, str, str]] = {}
+    for _, key, _, help_ in FLAGS:
+        seen.setdefault(key, (env_name(key), key, help_))
+    return list(seen.values())
+
+
+def _flag_of(key: str) -> str:
+    return next(f for f, k, _, _ in FLAGS if k == key)
+
+
+def default_of(key: str) -> typing.Any:
+    """The default of a config key, as ``--help`` and the README show it."""
+    if key == "profile":
+        return "demo-cpu"
+    node: typing.Any = MinerConfig()
+    for part in key.split("."):
+        node = getattr(node, part, None)
+    return node
+
+
+def _help(key: str, text: str) -> str:
+    d = default_of(key)
+    shown = "unset" if d in (None, "", []) else (str(d).lower() if isinstance(d, bool) else d)
+    return f"{text} [default: {shown}; env: {env_name(key)}]".replace("%", "%%")
 
 
 def build_parser(parser: typing.Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(prog="natix-miner run", description="Run the miner neuron.")
-    parser.add_argument("--local", action="store_true", default=argparse.SUPPRESS,
-                        help="local mode: no chain; the metagraph comes from --local.metagraph")
+    parser.epilog = ("Precedence: flag > environment > NATIX_ENV_FILE > the profile's miner: section > default. "
+                     "The NATIX reference miner's names (WALLET_NAME, WALLET_HOTKEY, MINER_AXON_PORT, MODEL_URL, "
+                     "NETUID, SUBTENSOR_NETWORK, SUBTENSOR_CHAIN_ENDPOINT, BLACKLIST_FORCE_VALIDATOR_PERMIT) are "
+                     "read when the NATIX_* variable is unset. Exit codes: natix_miner/miner/errors.py.")
     parser.add_argument("--logging.debug", dest="logging.debug", action="store_true", default=argparse.SUPPRESS,
-                        help="debug logging (same as --logging.level DEBUG)")
+                        help="debug logging and tracebacks on start-up errors (same as --logging.level DEBUG)")
     parser.add_argument("--logging.trace", dest="logging.trace", action="store_true", default=argparse.SUPPRESS,
                         help="most verbose logging")
     for flag, key, typ, help_ in FLAGS:
-        parser.add_argument(flag, dest=key, type=typ, default=argparse.SUPPRESS, help=help_)
+        extra = {"nargs": "?", "const": True} if typ is _bool else {}
+        parser.add_argument(flag, dest=key, type=typ, default=argparse.SUPPRESS, help=_help(key, help_), **extra)
     return parser
 
 
@@ -95,37 +158,98 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+def settings_from_env(env: typing.Mapping[str, str]) -> dict:
+    """The config tree the environment sets: every flag variable (or its reference-miner alias) and the
+    key-bound variables of :data:`envs.VARIABLES`. A value of the wrong type names the variable."""
+    aliases = {natix: ref for ref, natix in envs.REFERENCE_ALIASES.items()}
+    types = {k: t for _, k, t, _ in FLAGS}
+    out: dict = {}
+    rows = [(name, key) for name, key, _ in flag_variables()]
+    rows += [(name, key) for name, (key, _) in envs.VARIABLES.items() if key and key not in types]
+    for name, key in rows:
+        raw = env.get(name, "")
+        source = name
+        if raw == "" and name in aliases and env.get(aliases[name], "") != "":
+            source, raw = aliases[name], env[aliases[name]]
+        if raw == "":
+            continue
+        conv = types.get(key, str)
+        try:
+            value = conv(raw.strip()) if conv is not str else raw
+        except (ValueError, argparse.ArgumentTypeError):
+            raise ConfigError(f"{source}={raw!r} is not {_TYPE_NAMES.get(conv, 'valid')}; it sets "
+                              f"{_flag_of(key)}") from None
+        _set(out, key, value)
+    return out
+
+
+def check_network(network: str, endpoint: typing.Optional[str]) -> None:
+    """finney, test, local or a ws(s):// endpoint; anything else is refused with the accepted values."""
+    if network not in NETWORKS and not network.startswith(("ws://", "wss://")):
+        near = difflib.get_close_matches(network, NETWORKS, n=1)
+        hint = {"mainnet": "finney", "testnet": "test"}.get(network.lower()) or (near[0] if near else None)
+        did = f" (did you mean {hint}?)" if hint else ""
+        raise ConfigError(f"--subtensor.network / NATIX_NETWORK: {network!r} is not a network{did}; use finney "
+                          f"(mainnet, netuid 72), test (testnet, netuid 323), local, or a ws:// or wss:// endpoint")
+    if endpoint and not endpoint.startswith(("ws://", "wss://")):
+        raise ConfigError(f"--subtensor.chain_endpoint / NATIX_CHAIN_ENDPOINT: {endpoint!r} must start with "
+                          f"ws:// or wss:// (e.g. wss://entrypoint-finney.opentensor.ai:443)")
+
+
+def _where(loc: str) -> str:
+    key = loc
+    for _, k, _, _ in FLAGS:
+        if k == key:
+            return f" ({_flag_of(k)} / {env_name(k)})"
+    return ""
+
+
 def build_config(argv: typing.Optional[typing.Sequence[str]] = None,
                  env: typing.Optional[typing.Mapping[str, str]] = None,
-                 namespace: typing.Optional[argparse.Namespace] = None) -> MinerConfig:
-    """CLI > environment > profile ``miner:`` section > defaults."""
+                 namespace: typing.Optional[argparse.Namespace] = None, serving: bool = True) -> MinerConfig:
+    """CLI > environment > NATIX_ENV_FILE > profile ``miner:`` section > defaults. Raises
+    :class:`ConfigError` (one line naming the flag or variable) on any bad value. ``serving=False``
+    (``card``, ``register``: nothing is served) skips the demo-profile refusal."""
     ns = namespace if namespace is not None else build_parser().parse_args(list(argv or []))
-    env = env or {}
+    try:
+        env = envs.with_env_file(env or {})
+    except envs.EnvFileError as exc:
+        raise ConfigError(str(exc)) from None
     cli: dict = {}
+    keys = {f[1] for f in FLAGS}
     for key, value in vars(ns).items():
         if key == "logging.debug" and value:
             _set(cli, "logging.level", "DEBUG")
         elif key == "logging.trace" and value:
             _set(cli, "logging.level", "TRACE")
-        elif key in ("local",) or any(key == f[1] for f in FLAGS):
+        elif key in keys:
             _set(cli, key, value)
-    from_env: dict = {}
-    types = {f[1]: f[2] for f in FLAGS}
-    for name, (key, _) in envs.VARIABLES.items():
-        if key and env.get(name):
-            raw = env[name]
-            conv = types.get(key, str)
-            _set(from_env, key, conv(raw) if key in types else raw)
-    merged = _merge(from_env, cli)
-    profile_name = merged.get("profile")
+    merged = _merge(settings_from_env(env), cli)
     try:
-        profile = load_profile(profile_name)
-    except ProfileError:
-        raise
+        profile = load_profile(merged.get("profile"))
+    except ProfileError as exc:
+        raise ConfigError(f"{exc} (--profile / NATIX_PROFILE)") from None
     merged["profile"] = profile.path
     final = _merge(profile.miner, merged)
     try:
-        return MinerConfig.model_validate(final)
+        cfg = MinerConfig.model_validate(final)
     except pydantic.ValidationError as exc:
-        msgs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ValueError(f"invalid miner config: {msgs}") from None
+        msgs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}{_where('.'.join(map(str, e['loc'])))}"
+                         for e in exc.errors())
+        raise ConfigError(f"invalid miner config: {msgs}") from None
+    check_network(cfg.chain.network, cfg.chain.chain_endpoint)
+    if serving and profile.demo and not cfg.local and not cfg.allow_demo:
+        raise ConfigError(f"profile {profile.name} is a demo (its model is a stand-in, not trained for roadwork) "
+                          f"and this is chain mode; choose a real profile with --profile / NATIX_PROFILE "
+                          f"(gpu-small, h100x1, h100x2), or pass --allow-demo / NATIX_ALLOW_DEMO=1")
+    return cfg
+
+
+def settings_table() -> str:
+    """Markdown table of every flag: its variable, its default and what it does (the README's table)."""
+    rows = ["| flag | environment variable | default | what it sets |", "| --- | --- | --- | --- |"]
+    for flag, key, _, help_ in FLAGS:
+        d = default_of(key)
+        shown = "" if d in (None, "", []) else (str(d).lower() if isinstance(d, bool) else str(d))
+        rows.append(f"| `{flag}` | `{env_name(key)}` | {f'`{shown}`' if shown else ''} | {help_.replace('|', '/')} |")
+    return "\n".join(rows)

@@ -36,7 +36,7 @@ def _hotkey(args):
 
     ns = argparse.Namespace(**{k: v for k, v in vars(args).items()
                                if v is not None and (k == "profile" or k.startswith(_KEY_PREFIXES[1:]))})
-    cfg = build_config(namespace=ns, env=os.environ)
+    cfg = build_config(namespace=ns, env=os.environ, serving=False)
     return load_wallet(cfg)
 
 
