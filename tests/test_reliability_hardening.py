@@ -133,3 +133,37 @@ def test_guarded_log_file_resumes_after_the_disk_frees_up(tmp_path):
     with gzip.open(f"{path}.gz", "rt") as fh:
         assert fh.read() == "[5 log lines dropped: %s was not writable]\nback\n" % path
     assert os.stat(f"{path}.gz").st_mode & 0o777 == 0o600
+
+
+# -- 11: no core dump of the miner process -----------------------------------------------------------
+
+_CORE_SCRIPT = r"""
+import ctypes, resource, sys, tempfile
+from pathlib import Path
+soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
+resource.setrlimit(resource.RLIMIT_CORE, (hard, hard))        # like `ulimit -c unlimited`
+libc = ctypes.CDLL(None, use_errno=True)
+before = (resource.getrlimit(resource.RLIMIT_CORE), libc.prctl(3, 0, 0, 0, 0))  # 3: PR_GET_DUMPABLE
+from natix_miner.engine import Engine
+from natix_miner.miner.local import MinerThread
+from natix_miner.miner.wallet import ephemeral_wallet
+from tests.engine_experts import make_profile
+from tests.reliability_support import miner_config, validators
+tmp = Path(tempfile.mkdtemp())
+prof = make_profile(tmp, experts=[{"name": "fast", "family": "engine_test_brightness", "device": "cpu"}],
+                    tiers=[{"name": "t0", "experts": ["fast"]}])
+with MinerThread(miner_config(tmp, validators(tmp, [10])), engine=Engine(prof),
+                 wallet=ephemeral_wallet("m", "hk", str(tmp / "w"))) as m:
+    after = (resource.getrlimit(resource.RLIMIT_CORE), libc.prctl(3, 0, 0, 0, 0))
+print("BEFORE", before, "AFTER", after)
+"""
+
+
+def test_miner_process_cannot_dump_core():
+    r = subprocess.run([sys.executable, "-c", _CORE_SCRIPT], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": ROOT})
+    assert r.returncode == 0, r.stderr[-3000:]
+    line = [ln for ln in r.stdout.splitlines() if ln.startswith("BEFORE")][0]
+    before, after = line.split("AFTER")
+    assert "((0, 0), 1)" not in before  # the test really started from a dumpable process
+    assert after.strip() == "((0, 0), 0)", line  # RLIMIT_CORE 0/0, PR_GET_DUMPABLE 0

@@ -174,7 +174,9 @@ class Miner:
 
     async def start(self) -> None:
         from natix_miner.miner.wallet import load_wallet
+        from natix_miner.ops.secrets import disable_core_dumps
 
+        disable_core_dumps()  # before any key is read: a crash must not write the hotkey to a core file
         self.loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         if self.wallet is None:

@@ -28,6 +28,7 @@ contains a secret: :class:`VaultUnreachable`, :class:`VaultSealed`, :class:`Vaul
 
 import logging
 import os
+import sys
 import time
 import typing
 
@@ -65,6 +66,47 @@ class VaultSecretMissing(VaultError):
 
 class VaultSecretInvalid(VaultError):
     pass
+
+
+# ----------------------------------------------------------------------------------------------
+# The process that holds the key
+
+
+PR_SET_DUMPABLE = 4
+
+
+def disable_core_dumps() -> typing.Dict[str, typing.Any]:
+    """Make sure no core file or same-user debugger can copy the hotkey out of this process.
+
+    ``RLIMIT_CORE`` (0, 0): no core file on a crash, and the hard limit is 0 too, so nothing in the
+    process (or its children) can raise it again. ``prctl(PR_SET_DUMPABLE, 0)`` (Linux): no core
+    even through a ``core_pattern`` pipe, and other processes of the same user can neither ptrace
+    it nor read ``/proc/<pid>/mem``. With ``ulimit -c unlimited`` a crash's core held the mnemonic
+    as text and the seed and private-key bytes. The miner calls this first thing at start; returns
+    what was set (``{"rlimit_core": (0, 0), "dumpable": 0}``; a step that failed is logged).
+
+    Usage::
+
+        from natix_miner.ops.secrets import disable_core_dumps
+        disable_core_dumps()
+    """
+    import resource
+
+    done: typing.Dict[str, typing.Any] = {}
+    try:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        done["rlimit_core"] = resource.getrlimit(resource.RLIMIT_CORE)
+    except (OSError, ValueError) as exc:
+        log.warning("could not disable core dumps (RLIMIT_CORE): %s", exc)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0:
+            done["dumpable"] = 0
+        else:
+            log.warning("could not mark the process non-dumpable: errno %d", ctypes.get_errno())
+    return done
 
 
 # ----------------------------------------------------------------------------------------------
