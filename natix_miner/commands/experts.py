@@ -9,39 +9,16 @@ entry, or a Hugging Face cache snapshot).
     natix-miner experts list --json     # [{"family", "model", "source", "loadable", "reason"}, ...]
 """
 
-import importlib.util
 import json
 import typing
 
-# family -> third-party modules it needs beyond the core install
-FAMILY_PACKAGES: typing.Dict[str, typing.Tuple[str, ...]] = {
-    "timm": ("timm",),
-    "hf_classifier": ("transformers",),
-    "dino_head": ("transformers",),
-    "clip_zeroshot": ("transformers",),
-    "ocr": ("rapidocr_onnxruntime",),
-    "ultralytics": ("ultralytics",),
-    "rfdetr": ("rfdetr",),
-    "hf_detector": ("transformers",),
-    "grounding_dino": ("transformers",),
-    "owlv2": ("transformers",),
-    "sam3": ("transformers",),
-    "depth": ("transformers",),
-    "vllm": ("vllm",),
-    "hf_vlm": ("transformers",),
-    "openai_vlm": ("aiohttp",),
-}
-
+from natix_miner.preflight import FAMILY_PACKAGES, missing_packages  # noqa: F401 - re-exported
 
 def add_parser(sub) -> None:
     p = sub.add_parser("experts", help="list expert families and models, and whether each can load here")
     p.add_argument("action", choices=["list"])
     p.add_argument("--json", action="store_true", help="machine-readable list")
     p.set_defaults(func=main)
-
-
-def _missing_packages(family: str) -> typing.List[str]:
-    return [m for m in FAMILY_PACKAGES.get(family, ()) if importlib.util.find_spec(m) is None]
 
 
 def _model_refs() -> typing.List[typing.Tuple[str, typing.Optional[str], str]]:
@@ -73,7 +50,7 @@ def check(family: str, ref: typing.Optional[str]) -> typing.Tuple[bool, str]:
 
     if family not in FAMILIES:
         return False, f"unknown family {family!r}"
-    missing = _missing_packages(family)
+    missing = missing_packages(family)
     if missing:
         return False, f"missing package(s): {', '.join(missing)}"
     if ref is None or ref.startswith("package:"):

@@ -25,7 +25,31 @@ def add_parser(sub) -> None:
     p.add_argument("--profile", default=None, help="profile name or path (default: demo-cpu)")
     p.add_argument("--json", action="store_true", help="one JSON object per image instead of tables")
     p.add_argument("--deadline", type=float, default=None, help="seconds per image (default: the profile's)")
+    add_load_flags(p)
     p.set_defaults(func=main)
+
+
+def add_load_flags(p) -> None:
+    """``--allow-downloads`` and ``--allow-degraded`` (predict, evaluate, bench, soak, mock-validator)."""
+    p.add_argument("--allow-downloads", action="store_true",
+                   help="let missing models download from their hub (default: offline, a missing model "
+                        "fails at once with its fix; NATIX_ALLOW_DOWNLOADS=1 too)")
+    p.add_argument("--allow-degraded", action="store_true",
+                   help="answer even when a tier has no loadable expert (default: exit 2 with the list)")
+
+
+def refuse_degraded(engine, allow: bool) -> bool:
+    """Print the degraded report (tiers without a loadable expert) to stderr; True when the caller
+    must stop (degraded and not ``allow``)."""
+    lines = engine.degraded_report()
+    if not lines:
+        return False
+    prefix = "warning: answering degraded: " if allow else "error: "
+    for line in lines:
+        print(line if line.startswith("  ") else prefix + line, file=sys.stderr)
+    if not allow:
+        print("error: fix the models named above, or pass --allow-degraded to answer anyway", file=sys.stderr)
+    return not allow
 
 
 def record(path: str, res) -> dict:
@@ -70,6 +94,8 @@ async def _run(args) -> int:
     engine = Engine.from_profile(args.profile)
     await engine.start()
     try:
+        if refuse_degraded(engine, args.allow_degraded):
+            return 2
         for path in args.images:
             with open(path, "rb") as f:
                 data = f.read()
@@ -89,6 +115,9 @@ def main(args) -> int:
     from natix_miner.ops.logs import setup_logging
 
     setup_logging(LoggingConfig(level="WARNING"))
+    from natix_miner.offline import apply_download_policy
+
+    apply_download_policy(args.allow_downloads)
     for p in args.images:
         try:
             open(p, "rb").close()

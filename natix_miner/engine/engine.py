@@ -91,6 +91,7 @@ class Engine:
         self.load_status: typing.Dict[str, str] = {
             e.name: "pending" if e.name in tiered else "unused" for e in profile.experts}
         self.load_errors: typing.Dict[str, str] = {}
+        self.missing: typing.List = []  # preflight.MissingModel of the last start
         self.placement = placement or Placement(profile.gpu_memory_fraction)
         self._decode_pool = DaemonExecutor(decode_threads or min(8, os.cpu_count() or 2), name="decode")
         self.ready = False
@@ -122,8 +123,9 @@ class Engine:
         problems = check_profile(self.profile, self._injected)
         if problems:
             raise ProfileError("\n".join(problems))
+        absent = self._preflight(strict)  # models not on this machine fail their expert now, no hub wait
         loop = asyncio.get_running_loop()
-        specs = load_order(self.profile.tiered_experts)
+        specs = [s for s in load_order(self.profile.tiered_experts) if s.name not in absent]
         bar = _progress(sum(len(s.replica_devices) for s in specs))
         loader = DaemonExecutor(1, name="loader")
         try:
@@ -196,6 +198,33 @@ class Engine:
         log.info("loaded expert %s (%s) replica %d on %s in %.1fs", spec.name, spec.family, index, device,
                  time.perf_counter() - t0)
         return Replica(expert, device, batcher, breaker, index)
+
+    def _preflight(self, strict: bool) -> typing.Set[str]:
+        """Mark every expert whose model is not present as failed, with the fix (one line per model;
+        ``natix_miner/preflight.py``); ``strict`` raises the first. Returns the experts left out."""
+        from natix_miner.preflight import missing_models
+        from natix_miner.models_store import ModelUnavailable
+
+        self.missing = missing_models(self.profile, skip=self._injected)
+        for m in self.missing:
+            log.error("model not present: %s", m.line())
+            if strict:
+                raise ModelUnavailable(m.line())
+            self.load_errors[m.expert] = "; ".join(filter(None, [self.load_errors.get(m.expert), m.line()]))
+            self.load_status[m.expert] = "failed"
+        return {m.expert for m in self.missing}
+
+    def empty_tiers(self) -> typing.Dict[str, typing.List[str]]:
+        """Tiers with no loaded expert (tier -> its experts): a start in this state is degraded."""
+        from natix_miner.preflight import empty_tiers
+
+        return empty_tiers(self.profile, self.pools)
+
+    def degraded_report(self) -> typing.List[str]:
+        """One line per empty tier, then one per expert of it with its load error (empty: not degraded)."""
+        from natix_miner.preflight import degraded_report
+
+        return degraded_report(self.empty_tiers(), self.load_errors, {m.expert for m in self.missing})
 
     def _load_failed(self, name: str, exc: BaseException, strict: bool) -> None:
         self.load_status[name] = "failed"
@@ -442,6 +471,7 @@ class Engine:
                       "hit_rate": self.cache.hits / total if total else 0.0,
                       "inflight": self.cache.inflight_count, "joined": self.joined},
             "devices": devices,
+            "empty_tiers": self.empty_tiers() if self.ready else {},  # non-empty: serving degraded
         }
 
 
