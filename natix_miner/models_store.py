@@ -16,7 +16,8 @@ How a profile's ``model:`` (or a head / weights option) is resolved, first match
 1. an existing local path (absolute, relative to the working directory or to the repo root);
 2. ``store:NAME`` or a bare ``NAME`` that has a manifest -> the store directory (or its ``entry`` file);
    a manifest whose files are absent is a clear :class:`ModelUnavailable`, never a download;
-3. a hub id (``org/name``): with ``HF_HUB_OFFLINE=1`` only the local Hugging Face cache is used and
+3. a hub id (``org/name``): a present store model pulled from that id (``models pull``), else,
+   with ``HF_HUB_OFFLINE=1``, only the local Hugging Face cache is used and
    a miss is a :class:`ModelUnavailable` at once (no network wait); online, the id is returned for
    transformers to fetch;
 4. anything else is returned unchanged (a family's own names: timm architectures, ultralytics yamls).
@@ -47,6 +48,7 @@ from natix_miner import envs
 from natix_miner.config import REPO_ROOT
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+COMMIT = re.compile(r"^[0-9a-f]{40}$")  # an immutable hub revision (a branch or tag can move)
 NAME = r"^[a-z0-9][a-z0-9._-]*$"
 FILE_SUFFIXES = {".pt", ".pth", ".bin", ".safetensors", ".npz", ".onnx", ".yaml", ".yml", ".json", ".ckpt"}
 IGNORED_PARTS = {".cache", ".git", "__pycache__", ".huggingface"}
@@ -83,8 +85,18 @@ class Manifest(pydantic.BaseModel):
         return sum(f.size for f in self.files.values())
 
     @property
+    def pin(self) -> typing.Optional[str]:
+        """How the files are pinned: ``"sha256"`` (every file hashed), ``"revision"`` (an immutable
+        40-hex commit of ``hub_id``) or ``None`` (unpinned: a branch or nothing)."""
+        if self.files:
+            return "sha256"
+        if self.revision and COMMIT.match(self.revision):
+            return "revision"
+        return None
+
+    @property
     def pinned(self) -> bool:
-        return bool(self.files)
+        return self.pin is not None
 
 
 def sha256_file(path: Path, progress=None) -> str:
@@ -218,6 +230,8 @@ class ModelStore:
         if not d.is_dir():
             return [f"{name}: {d} does not exist"]
         if not m.files:
+            if m.pin == "revision":
+                return []  # pinned by an immutable commit; no file hashes to compare
             return [f"{name}: unpinned manifest (no hashes); `models pull` or `models add` records them"]
         problems = []
         present = [r for r in m.files if (d / r).is_file()]
@@ -227,6 +241,13 @@ class ModelStore:
             if got[rel].sha256 != m.files[rel].sha256:
                 problems.append(f"{name}: {rel}: sha256 {got[rel].sha256[:12]}... != manifest {m.files[rel].sha256[:12]}...")
         return problems
+
+    def by_hub_id(self, hub_id: str) -> typing.Optional[Manifest]:
+        """The present store model pulled from ``hub_id``, if any (a profile may name the hub id)."""
+        for m in self.manifests():
+            if m.hub_id == hub_id and self.status(m)[0]:
+                return m
+        return None
 
     def resolve(self, name: str) -> str:
         """The local directory (or entry file) of a store model; a clear error if absent."""
@@ -347,7 +368,8 @@ def resolve_model_ref(ref: typing.Optional[str], store: typing.Optional[ModelSto
     if ref.startswith(("/", "./", "../", "~")) or ("/" in ref and Path(ref).suffix in FILE_SUFFIXES):
         raise ModelUnavailable(f"local path {ref} does not exist (looked in {', '.join(dict.fromkeys(map(str, candidates)))})")
     if HUB_ID.match(ref):
-        return resolve_hub_id(ref)
+        pulled = store.by_hub_id(ref)  # `natix-miner models pull NAME` put it in the store
+        return store.resolve(pulled.name) if pulled is not None else resolve_hub_id(ref)
     return ref
 
 

@@ -1,7 +1,8 @@
 """``natix-miner models list|verify|add|pull``: the local model store (``natix_miner/models_store.py``).
 
     natix-miner models list [--json]                       # every manifest, present on disk or not
-    natix-miner models verify [NAME ...]                   # recompute sha256s; exit 1 on any mismatch
+    natix-miner models verify [NAME ...]                   # pinned or not, per model; recompute the sha256s
+                                                           # of present ones; exit 1 on any mismatch
     natix-miner models add NAME DIR --family F [--hub-id ORG/NAME] [--licence L] [--mode copy|link|in-place]
     natix-miner models add NAME package:rapidocr_onnxruntime/models --family ocr
     natix-miner models pull NAME [--token T]               # snapshot_download (needs network + HF token
@@ -18,8 +19,8 @@ def add_parser(sub) -> None:
     act = p.add_subparsers(dest="models_action", metavar="ACTION", required=True)
     ls = act.add_parser("list", help="list manifests and whether their files are here")
     ls.add_argument("--json", action="store_true")
-    v = act.add_parser("verify", help="recompute sha256 of stored files against the manifests")
-    v.add_argument("names", nargs="*", help="models to verify (default: every present model)")
+    v = act.add_parser("verify", help="say how each model is pinned; recompute sha256 of present files")
+    v.add_argument("names", nargs="*", help="models to verify (default: every manifest)")
     a = act.add_parser("add", help="register a local directory or file and hash it")
     a.add_argument("name")
     a.add_argument("source", help="directory, file, or package:PKG/SUBDIR")
@@ -60,6 +61,44 @@ def _list(store, as_json: bool) -> int:
     return 0
 
 
+def pin_text(m) -> str:
+    """``sha256 (3 files)``, ``revision 1a2b3c4d5e6f`` or ``unpinned``."""
+    if m.pin == "sha256":
+        return f"sha256 ({len(m.files)} file{'s' if len(m.files) != 1 else ''})"
+    if m.pin == "revision":
+        return f"revision {m.revision[:12]}"
+    return "unpinned"
+
+
+def _verify(store, names) -> int:
+    """One line per model: its pin, then ok / the problems (present models are re-hashed) or
+    absent. Exit 1 when a present model fails (a hash mismatch, a missing file, no hash at all)."""
+    manifests = [store.get(n) for n in names] if names else store.manifests()
+    bad = 0
+    w = max([len(m.name) for m in manifests] + [4])
+    for m in manifests:
+        present, reason = store.status(m)
+        pin = pin_text(m)
+        if not present:
+            fix = f"`natix-miner models pull {m.name}` pins and fetches it" if m.hub_id and not m.pinned else reason
+            print(f"{m.name:<{w}}  {pin:<20}  absent: {fix}")
+            continue
+        problems = store.verify(m.name)
+        bad += bool(problems)
+        if problems:
+            print(f"{m.name:<{w}}  {pin:<20}  FAILED")
+            print("\n".join("  " + p for p in problems))
+        elif m.pin == "sha256":
+            print(f"{m.name:<{w}}  {pin:<20}  ok: every sha256 matches")
+        else:
+            print(f"{m.name:<{w}}  {pin:<20}  present (no file hashes recorded to compare)")
+    by = {k: sum(1 for m in manifests if m.pin == k) for k in ("sha256", "revision")}
+    print(f"{by['sha256'] + by['revision']} of {len(manifests)} pinned ({by['sha256']} by sha256, "
+          f"{by['revision']} by commit revision), {len(manifests) - by['sha256'] - by['revision']} unpinned; "
+          f"{bad} failed verification")
+    return 1 if bad else 0
+
+
 def main(args) -> int:
     from natix_miner.models_store import ModelStore, ModelUnavailable
 
@@ -68,13 +107,7 @@ def main(args) -> int:
         if args.models_action == "list":
             return _list(store, args.json)
         if args.models_action == "verify":
-            names = args.names or [m.name for m in store.manifests() if store.status(m)[0]]
-            bad = 0
-            for name in names:
-                problems = store.verify(name)
-                bad += bool(problems)
-                print("\n".join(problems) if problems else f"ok: {name}")
-            return 1 if bad else 0
+            return _verify(store, args.names)
         if args.models_action == "add":
             m = store.add(args.name, args.source, args.family, mode=args.mode, hub_id=args.hub_id,
                           revision=args.revision, licence=args.licence, description=args.description,
