@@ -1,12 +1,14 @@
 """``natix-miner profile show|validate|plan [PROFILE]``: the cascade as data, checked.
 
     natix-miner profile validate configs/h100x2.yaml   # exit 1 with "file: key: problem" lines if wrong
+    natix-miner profile validate h100x1 --check-models # also: every model not on this machine, with its fix
     natix-miner profile show demo-cpu                  # tiers, experts, devices, budgets, weights
-    natix-miner profile plan h100x2 --gpus 2 --gpu-gb 80   # dry-run placement table from the hints
+    natix-miner profile plan h100x2 --gpus 2 --gpu-gb 80   # dry-run placement; exit 1 if a card is over budget
 
 ``validate`` checks the schema, the references between keys, the fitted consensus file beside the
 profile, that every expert family is known and that each family accepts its options (experts are
-constructed, never loaded: no weights are needed).
+constructed, never loaded: no weights are needed). ``--check-models`` adds the models (offline,
+nothing loads; ``natix_miner/preflight.py``): one line per missing model naming the fix, exit 1.
 """
 
 import sys
@@ -18,6 +20,8 @@ def add_parser(sub) -> None:
     p.add_argument("profile", nargs="?", default=None)
     p.add_argument("--gpus", type=int, default=None, help="plan: number of GPUs (default: the visible ones)")
     p.add_argument("--gpu-gb", type=float, default=80.0, help="plan: memory per GPU in GB (with --gpus)")
+    p.add_argument("--check-models", action="store_true",
+                   help="validate: also report every model that is not present here (offline, nothing loads)")
     p.set_defaults(func=main)
 
 
@@ -38,6 +42,19 @@ def main(args) -> int:
     if args.action == "validate":
         fitted = prof.consensus_file
         extra = f", fitted consensus {fitted.name}" if fitted is not None and fitted.exists() else ""
+        if args.check_models:
+            from natix_miner.offline import enforce_offline
+            from natix_miner.preflight import missing_models
+
+            enforce_offline(force=True)  # a check, never a download
+            missing = missing_models(prof)
+            if missing:
+                print("\n".join(f"missing: {m.line()}" for m in missing), file=sys.stderr)
+                names = sorted({m.expert for m in missing})
+                print(f"error: {prof.path}: {len(missing)} missing model(s); {len(names)} of "
+                      f"{len(prof.tiered_experts)} experts cannot load here", file=sys.stderr)
+                return 1
+            extra += ", every model present"
         print(f"ok: {prof.path} ({len(prof.experts)} experts, {len(prof.tiers)} tiers{extra})")
         return 0
     if args.action == "plan":
@@ -54,7 +71,11 @@ def main(args) -> int:
             print(f"does not fit: {exc}", file=sys.stderr)
             return 1
         print(plan.table())
-        return 0
+        over = plan.over_budget()
+        for dev, (used, budget, total) in over.items():
+            print(f"over budget: {dev} holds {used / GiB:.1f} GiB of hints, its budget is {budget / GiB:.1f} GiB "
+                  f"({100.0 * used / total:.1f}% of the card, budget {100.0 * budget / total:.0f}%)", file=sys.stderr)
+        return 1 if over else 0
     print(f"profile {prof.name}: {prof.description}".rstrip(": "))
     print(f"deadline {prof.deadline_s}s, escalate while {prof.escalation.low} < p < {prof.escalation.high}, "
           f"fallback {prof.fallback_probability}")

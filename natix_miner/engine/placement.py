@@ -165,6 +165,11 @@ class Placement:
         return list(self.placed)
 
     # -- reporting ---------------------------------------------------------------------------
+    def over_budget(self) -> typing.Dict[str, typing.Tuple[int, int, int]]:
+        """GPUs holding more than their budget (pinned experts may): device -> (used, budget, total) bytes."""
+        return {d: (self.used[d], self.budget[d], total) for d, total in self.gpus.items()
+                if self.used[d] > self.budget[d]}
+
     def devices(self) -> typing.Dict[str, dict]:
         out = {}
         for d, total in self.gpus.items():
