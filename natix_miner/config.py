@@ -420,6 +420,8 @@ class MinerConfig(_Strict):
     profile: str = str(DEFAULT_PROFILE)
     local: bool = False
     allow_demo: bool = False  # chain mode with a demo profile (Profile.demo) is refused without it
+    allow_degraded: bool = False  # serve when a tier has no loadable expert (refused without it)
+    allow_downloads: bool = False  # models may download from their hub (offline without it)
     local_metagraph: typing.Optional[str] = None  # YAML/JSON list of {hotkey, stake, validator_permit}
     model_url: str = ""
     sync_interval_s: float = 600.0

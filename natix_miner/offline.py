@@ -49,15 +49,21 @@ def downloads_allowed(flag: typing.Optional[bool] = None) -> bool:
 def apply_download_policy(allow: typing.Optional[bool] = None) -> bool:
     """Offline unless downloads are allowed (returns whether they are).
 
-    Offline is forced (an inherited ``HF_HUB_OFFLINE=0`` does not win over the default), and the
-    hub libraries already imported are switched too, since they read the variables at import."""
-    if downloads_allowed(allow):
-        return True
-    enforce_offline(force=True)
+    Either way the choice is forced on this process and its children: offline overwrites an
+    inherited ``HF_HUB_OFFLINE=0``, allowed clears inherited offline variables and sets
+    ``NATIX_ALLOW_DOWNLOADS=1``; hub libraries already imported are switched too (they read the
+    variables at import)."""
+    allowed = downloads_allowed(allow)
+    if allowed:
+        os.environ[ALLOW_DOWNLOADS_ENV] = "1"  # child processes (spawned miners) inherit the choice
+        for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "YOLO_OFFLINE"):
+            os.environ.pop(k, None)
+    else:
+        enforce_offline(force=True)
     hub = sys.modules.get("huggingface_hub.constants")
     if hub is not None:
-        hub.HF_HUB_OFFLINE = True
-    return False
+        hub.HF_HUB_OFFLINE = not allowed
+    return allowed
 
 
 def enforce_offline(yolo_config_dir: str = None, force: bool = False) -> None:

@@ -243,3 +243,30 @@ def degraded_report(empty: typing.Mapping[str, typing.Sequence[str]], errors: ty
             if n not in absent:
                 lines.append(f"  {n}: {errors.get(n, 'not loaded')}")
     return lines
+
+
+class DegradedStart(RuntimeError):
+    """A tier has no loadable expert and ``--allow-degraded`` was not given; ``lines`` is the report."""
+
+    def __init__(self, lines: typing.Sequence[str]):
+        super().__init__("; ".join(ln.strip() for ln in lines))
+        self.lines = list(lines)
+
+
+def check_degraded(engine, allow: bool = False) -> typing.List[str]:
+    """The started engine's degraded report (empty when every tier has a loaded expert); raises
+    :class:`DegradedStart` when there is one and ``allow`` is false."""
+    report = getattr(engine, "degraded_report", None)
+    lines = report() if callable(report) else []
+    if lines and not allow:
+        raise DegradedStart(lines)
+    return lines
+
+
+def degraded_message(lines: typing.Sequence[str], allow: bool = False) -> str:
+    """The report as a command prints it on stderr (``error:`` lines, or ``warning:`` when allowed)."""
+    prefix = "warning: answering degraded: " if allow else "error: "
+    out = [ln if ln.startswith("  ") else prefix + ln for ln in lines]
+    if lines and not allow:
+        out.append("error: fix the models named above, or pass --allow-degraded to answer anyway")
+    return "\n".join(out)

@@ -364,6 +364,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--json", dest="json_path", default=None, help="write the report here")
     p.add_argument("--verbose", action="store_true", help="miner logs at INFO")
+    p.add_argument("--allow-downloads", action="store_true",
+                   help="let missing models download (default: offline; NATIX_ALLOW_DOWNLOADS=1 too)")
 
 
 def add_parser(sub) -> None:
@@ -375,13 +377,13 @@ def add_parser(sub) -> None:
 def main_args(args) -> int:
     import logging
 
-    from natix_miner.offline import enforce_offline
+    from natix_miner.offline import apply_download_policy
 
     import warnings
 
     from PIL import Image
 
-    enforce_offline()
+    apply_download_policy(getattr(args, "allow_downloads", False))
     os.environ.setdefault("BT_NO_PARSE_CLI_ARGS", "true")
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the bombs are sent on purpose
     fields = {f.name for f in dataclasses.fields(SoakConfig)}

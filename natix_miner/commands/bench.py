@@ -30,13 +30,15 @@ def add_parser(sub) -> None:
     p.add_argument("--cache-off", action="store_true", default=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None)
+    p.add_argument("--allow-downloads", action="store_true",
+                   help="let missing models download (default: offline; NATIX_ALLOW_DOWNLOADS=1 too)")
     p.set_defaults(func=main)
 
 
 def main(args) -> int:
     from natix_miner.benchmark import run
-    from natix_miner.offline import enforce_offline
+    from natix_miner.offline import apply_download_policy
 
-    enforce_offline()
+    apply_download_policy(args.allow_downloads)
     run(args)
     return 0

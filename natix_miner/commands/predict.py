@@ -38,20 +38,6 @@ def add_load_flags(p) -> None:
                    help="answer even when a tier has no loadable expert (default: exit 2 with the list)")
 
 
-def refuse_degraded(engine, allow: bool) -> bool:
-    """Print the degraded report (tiers without a loadable expert) to stderr; True when the caller
-    must stop (degraded and not ``allow``)."""
-    lines = engine.degraded_report()
-    if not lines:
-        return False
-    prefix = "warning: answering degraded: " if allow else "error: "
-    for line in lines:
-        print(line if line.startswith("  ") else prefix + line, file=sys.stderr)
-    if not allow:
-        print("error: fix the models named above, or pass --allow-degraded to answer anyway", file=sys.stderr)
-    return not allow
-
-
 def record(path: str, res) -> dict:
     """The ``--json`` object: ``path``, ``probability``, ``tiers``, ``experts`` (name -> P) and the
     rest of the result (evidence details, skipped experts, timings, fallback)."""
@@ -90,12 +76,16 @@ def table(path: str, res, profile) -> str:
 
 async def _run(args) -> int:
     from natix_miner.engine import Engine
+    from natix_miner.preflight import check_degraded, degraded_message
 
     engine = Engine.from_profile(args.profile)
     await engine.start()
     try:
-        if refuse_degraded(engine, args.allow_degraded):
-            return 2
+        degraded = check_degraded(engine, allow=True)
+        if degraded:
+            print(degraded_message(degraded, args.allow_degraded), file=sys.stderr)
+            if not args.allow_degraded:
+                return 2
         for path in args.images:
             with open(path, "rb") as f:
                 data = f.read()

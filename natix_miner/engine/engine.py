@@ -34,6 +34,7 @@ from natix_miner.engine.batching import DaemonExecutor, MicroBatcher
 from natix_miner.engine.breaker import Breaker
 from natix_miner.engine.cache import ResultCache
 from natix_miner.engine.consensus import Consensus
+from natix_miner.engine.decodepool import DecodePool
 from natix_miner.engine.placement import Placement, live_memory, load_order, measure_load
 from natix_miner.engine.pool import ExpertPool, ExpertTimeout, ExpertUnavailable, Replica
 from natix_miner.engine.result import PredictResult, safe_probability
@@ -93,7 +94,9 @@ class Engine:
         self.load_errors: typing.Dict[str, str] = {}
         self.missing: typing.List = []  # preflight.MissingModel of the last start
         self.placement = placement or Placement(profile.gpu_memory_fraction)
-        self._decode_pool = DaemonExecutor(decode_threads or min(8, os.cpu_count() or 2), name="decode")
+        # a decode still running at the deadline is abandoned and its thread replaced (status()["decode"])
+        self._decode_pool = DecodePool(decode_threads or min(8, os.cpu_count() or 2), name="decode",
+                                       stuck_after_s=max(1.0, profile.deadline_s))
         self.ready = False
         self.requests = 0
         self.answered = 0
@@ -471,6 +474,7 @@ class Engine:
                       "hit_rate": self.cache.hits / total if total else 0.0,
                       "inflight": self.cache.inflight_count, "joined": self.joined},
             "devices": devices,
+            "decode": self._decode_pool.status(),
             "empty_tiers": self.empty_tiers() if self.ready else {},  # non-empty: serving degraded
         }
 

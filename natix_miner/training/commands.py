@@ -143,6 +143,9 @@ def _evaluate(sub) -> None:
     p.add_argument("--plots", default=None, help="folder for reliability / PR / threshold PNGs")
     p.add_argument("--all-levels", action="store_true", help="every image at all four levels")
     p.add_argument("--concurrency", type=int, default=16, help="requests in flight in the engine")
+    from natix_miner.commands.predict import add_load_flags
+
+    add_load_flags(p)
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -332,13 +335,19 @@ def cmd_calibrate(args) -> int:
 def cmd_evaluate(args) -> int:
     from natix_miner.config import ProfileError
     from natix_miner.training.datasets import DataError
+    from natix_miner.offline import apply_download_policy
+    from natix_miner.preflight import DegradedStart, degraded_message
     from natix_miner.training.evaluate import evaluate_profiles, format_report, write_json
 
     _setup(args)
+    apply_download_policy(args.allow_downloads)
     try:
         rep = evaluate_profiles(list(args.profile) + list(args.compare), args.data, n=args.n, seed=args.seed,
                                 all_levels=args.all_levels, concurrency=args.concurrency, plots=args.plots,
-                                progress=not args.quiet)
+                                progress=not args.quiet, allow_degraded=args.allow_degraded)
+    except DegradedStart as exc:
+        print(degraded_message(exc.lines), file=sys.stderr)
+        return 2
     except (ProfileError, DataError, ValueError) as exc:
         return _err(str(exc))
     print(format_report(rep))

@@ -106,10 +106,12 @@ def profile_report(challenges: typing.Sequence[Challenge], results) -> dict:
     }
 
 
-async def _run_profile(profile, challenges, concurrency: int, progress: bool):
+async def _run_profile(profile, challenges, concurrency: int, progress: bool, allow_degraded: bool = True):
+    from natix_miner.preflight import check_degraded
     from natix_miner.training.runner import ProfileRunner
 
     async with ProfileRunner(profile, concurrency=concurrency, progress=progress) as run:
+        check_degraded(run.engine, allow_degraded)  # DegradedStart: a tier has no loadable expert
         return await run.predict([c.jpeg for c in challenges], desc=f"evaluate {profile.name}")
 
 
@@ -124,8 +126,11 @@ def _unique_names(profiles) -> typing.List[str]:
 
 def evaluate_profiles(profiles: typing.Sequence, data: str, n: typing.Optional[int] = None, seed: int = 0,
                       all_levels: bool = False, concurrency: int = 16, plots: typing.Optional[str] = None,
-                      progress: bool = True, samples=None) -> dict:
-    """Evaluate profiles (names, paths or ``Profile`` objects) on the same challenges."""
+                      progress: bool = True, samples=None, allow_degraded: bool = True) -> dict:
+    """Evaluate profiles (names, paths or ``Profile`` objects) on the same challenges.
+
+    ``allow_degraded=False`` raises :class:`~natix_miner.preflight.DegradedStart` when a profile
+    has a tier with no loadable expert (``natix-miner evaluate`` does, unless ``--allow-degraded``)."""
     from natix_miner.config import Profile, load_profile
     from natix_miner.training.datasets import label_counts, load_samples
 
@@ -141,7 +146,7 @@ def evaluate_profiles(profiles: typing.Sequence, data: str, n: typing.Optional[i
     series = {}
     y = np.array([c.label for c in challenges])
     for name, prof in zip(names, profs):
-        results = asyncio.run(_run_profile(prof, challenges, concurrency, progress))
+        results = asyncio.run(_run_profile(prof, challenges, concurrency, progress, allow_degraded))
         rep = profile_report(challenges, results)
         rep["profile_path"] = prof.path
         report["profiles"][name] = rep

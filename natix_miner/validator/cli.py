@@ -51,6 +51,10 @@ def build_parser(parser: typing.Optional[argparse.ArgumentParser] = None) -> arg
     p.add_argument("--wallet.path", dest="wallet_path", default="~/.bittensor/wallets")
     p.add_argument("--miner-arg", action="append", default=[], help="extra flag for spawned miners (repeatable)")
     p.add_argument("--start-timeout", type=float, default=300.0, help="seconds to wait for a spawned miner")
+    p.add_argument("--allow-downloads", action="store_true",
+                   help="spawned miners may download missing models (default: offline; NATIX_ALLOW_DOWNLOADS=1 too)")
+    p.add_argument("--allow-degraded", action="store_true",
+                   help="spawned miners serve even when a tier has no loadable expert")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -71,9 +75,9 @@ def _validator_wallet(args, tmpdir: str):
 
 
 def run(args) -> int:
-    from natix_miner.offline import enforce_offline
+    from natix_miner.offline import apply_download_policy
 
-    enforce_offline()
+    apply_download_policy(args.allow_downloads)  # spawned miners inherit it
     os.environ.setdefault("BT_NO_PARSE_CLI_ARGS", "true")
     if not args.targets and not args.spawn_miner:
         print("give running miners (host:port:hotkey) and/or --spawn-miner", file=sys.stderr)
@@ -112,7 +116,8 @@ def run(args) -> int:
             profiles = args.profile or [None]
             names = set()
             for prof in profiles:
-                m = SpawnedMiner(vhk, profile=prof, extra_args=args.miner_arg,
+                extra = list(args.miner_arg) + (["--allow-degraded"] if args.allow_degraded else [])
+                m = SpawnedMiner(vhk, profile=prof, extra_args=extra,
                                  start_timeout=args.start_timeout)
                 while m.name in names:
                     m.name += "'"
