@@ -167,3 +167,112 @@ def test_miner_process_cannot_dump_core():
     before, after = line.split("AFTER")
     assert "((0, 0), 1)" not in before  # the test really started from a dumpable process
     assert after.strip() == "((0, 0), 0)", line  # RLIMIT_CORE 0/0, PR_GET_DUMPABLE 0
+
+
+# -- 5: a progressive JPEG with thousands of scans cannot starve the decoder -------------------------
+
+def _segments(data: bytes):
+    """(marker, start, end) of each JPEG segment; a scan's entropy-coded data belongs to its SOS."""
+    out, i = [], 2
+    while i < len(data):
+        m = data[i + 1]
+        if m == 0xD9:
+            return out + [(m, i, i + 2)]
+        j = i + 2 + int.from_bytes(data[i + 2:i + 4], "big")
+        if m == 0xDA:
+            while True:
+                k = data.index(b"\xff", j)
+                if data[k + 1] != 0 and not 0xD0 <= data[k + 1] <= 0xD7:
+                    break
+                j = k + 2
+            j = k
+        out.append((m, i, j))
+        i = j
+    return out
+
+
+def scan_bomb(side: int = 4096, scans: int = 3000) -> bytes:
+    """A real progressive JPEG (flat grey, so each AC scan is a few bytes of end-of-band runs) with
+    one of its AC scans repeated ``scans`` times: libjpeg walks every block of the image once per
+    scan, so a ~100 KB file costs seconds of one decode thread (the issue's 1.7 MB / 30,000 scans took 35 s)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((side, side), 128, np.uint8), "L").save(buf, "JPEG", quality=75, progressive=True)
+    data = buf.getvalue()
+    segs = _segments(data)
+    sos = [(s, e) for m, s, e in segs if m == 0xDA][1:]
+    s, e = min(sos, key=lambda x: x[1] - x[0])
+    return data[:segs[-1][1]] + data[s:e] * scans + b"\xff\xd9"
+
+
+def test_scan_bomb_is_refused_from_its_header_in_milliseconds():
+    import io
+
+    from PIL import Image
+
+    from natix_miner.imaging.decode import ImageError, decode_bytes
+
+    bomb = scan_bomb()
+    assert len(bomb) < 200_000 and bomb.count(b"\xff\xda") > 3000
+    t0 = time.perf_counter()
+    with pytest.raises(ImageError) as err:
+        decode_bytes(bomb)
+    assert err.value.reason == "too_many_scans" and time.perf_counter() - t0 < 0.5
+    # ordinary progressive JPEGs (10 scans) still decode
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(noise_jpeg(3))).save(buf, "JPEG", quality=90, progressive=True)
+    assert decode_bytes(buf.getvalue()).rgb.shape == (224, 224, 3)
+
+
+async def test_scan_bombs_do_not_starve_other_requests(tmp_path):
+    """Two bombs at once (both decode threads on the old code) while validators keep sending
+    ordinary images with a 2.5 s deadline: every ordinary image gets a real answer."""
+    prof = make_profile(tmp_path, experts=[BRIGHT], tiers=TIERS, cache={"max_entries": 0})
+    engine = Engine(prof, decode_threads=2)
+    await engine.start(strict=True)
+    try:
+        bomb = scan_bomb()
+        bombs = [asyncio.ensure_future(engine.predict(bomb + bytes([i]))) for i in range(2)]
+        await asyncio.sleep(0.05)
+        normal = []
+        for i in range(6):
+            normal.append(await engine.predict(noise_jpeg(10 + i), deadline=time.monotonic() + 2.5))
+            await asyncio.sleep(0.1)
+        for res in normal:
+            assert not res.fallback and math.isfinite(res.probability), res.to_dict()
+        for res in await asyncio.gather(*bombs):
+            assert res.fallback and res.fallback_reason == "bad_image:too_many_scans", res.to_dict()
+    finally:
+        await engine.close()
+
+
+def test_a_stuck_decode_thread_is_replaced_and_reported():
+    import threading
+
+    from natix_miner.engine.decodepool import DecodePool
+
+    pool = DecodePool(1, stuck_after_s=0.2, max_replaced=1)
+    release = threading.Event()
+    try:
+        first = pool.submit(release.wait, 30)  # a decoder stuck in C code: Python cannot stop it
+        time.sleep(0.3)
+        assert pool.submit(lambda: 42).result(timeout=2) == 42  # a fresh thread took its place
+        st = pool.status()
+        assert st["ok"] and st["replaced"] == 1 and st["abandoned"] == 1, st
+        pool.submit(release.wait, 30)  # the replacement sticks too; the cap of abandoned threads is reached
+        time.sleep(0.3)
+        late = pool.submit(lambda: 7)
+        st = pool.status()
+        assert not st["ok"] and st["stuck"] == 1 and st["replaced"] == 1, st
+        release.set()  # the decoders return: the pool recovers by itself
+        assert first.result(timeout=2) and late.result(timeout=2) == 7
+        time.sleep(0.1)
+        st = pool.status()
+        assert st["ok"] and st["abandoned"] == 0 and st["threads"] == 1, st
+    finally:
+        release.set()
+        pool.shutdown(wait=True, timeout=5)

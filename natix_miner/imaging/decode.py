@@ -9,12 +9,18 @@ Validators send base64 JPEG, normally 224x224, but anything can arrive. The rule
   even call Ghostscript);
 * the pixel count is read from the header and capped before any pixel is decoded (``max_pixels``),
   which stops decompression bombs; it is checked again on the frame actually decoded;
+* JPEG work is bounded before decoding: libjpeg walks every block of the image once per scan, so
+  a progressive file with thousands of tiny scans cost one decode thread 35 s (1.7 MB, 30,000
+  scans); more than :data:`MAX_JPEG_SCANS` scans, or more than :data:`MAX_SCAN_PIXELS` scans x
+  pixels, is refused (``too_many_scans``) from the bytes, before any pixel is decoded. Ordinary
+  progressive JPEGs have 6-10 scans;
 * EXIF orientation is applied when it is valid and ignored when the EXIF block is broken;
   palettes / alpha / CMYK / LAB / 16-bit / 32-bit / float / greyscale become 8-bit RGB
   (NaN and inf in float TIFFs included); animated images use their first frame.
 
 Every failure is an :class:`ImageError` with a short ``reason`` tag (``bad_base64``, ``empty``,
-``too_large``, ``too_many_pixels``, ``unsupported_format``, ``not_an_image``, ``corrupt``); no other
+``too_large``, ``too_many_pixels``, ``too_many_scans``, ``unsupported_format``, ``not_an_image``,
+``corrupt``); no other
 exception type leaves this module for any input (``tests/test_reliability_decode.py`` holds this
 with hypothesis). No global PIL state is changed and no warnings filter is touched, so decoding is
 safe from several threads at once.
@@ -41,6 +47,9 @@ from PIL import Image, ImageOps
 
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 4096 * 4096
+MAX_JPEG_SCANS = 500  # libjpeg-turbo's advice for its scan limit; encoders write 6-10 (mozjpeg up to ~20)
+MAX_SCAN_PIXELS = 1_500_000_000  # scans x pixels: ~90 scans of a 16 Mpx image, 500 of 224x224; < 1 s worst case
+_SOS = b"\xff\xda"  # start of scan: never inside entropy-coded data (a 0xFF there is followed by 0x00 or RSTn)
 ALLOWED_FORMATS: typing.Tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")  # JPEG covers MPO
 _DATA_URL = re.compile(r"^data:[^;,]{0,100};base64,", re.IGNORECASE)
 _WS = re.compile(r"\s+")
@@ -148,17 +157,40 @@ def _check_size(w: int, h: int, max_pixels: int) -> None:
         raise ImageError("too_many_pixels", f"{w}x{h} > {max_pixels}")
 
 
+def jpeg_scans(data: bytes) -> int:
+    """Start-of-scan markers in the bytes (C speed: ~1 ms for 8 MB). Embedded JPEGs (an EXIF
+    thumbnail) count too, which only errs on the safe side."""
+    return data.count(_SOS)
+
+
+def check_scan_work(data: bytes, width: int, height: int) -> None:
+    """Refuse a JPEG whose scans would take unbounded time to decode (``too_many_scans``)."""
+    scans = jpeg_scans(data)
+    if scans > MAX_JPEG_SCANS or scans * width * height > MAX_SCAN_PIXELS:
+        raise ImageError("too_many_scans", f"{scans} scans of {width}x{height} (limits: {MAX_JPEG_SCANS} scans, "
+                                           f"{MAX_SCAN_PIXELS:.1e} scan-pixels)")
+
+
+def _has_jpeg_scans(im: Image.Image) -> bool:
+    """JPEG/MPO, or TIFF with JPEG-compressed strips (libjpeg decodes those too)."""
+    return im.format in ("JPEG", "MPO") or str(im.info.get("compression", "")).endswith("jpeg")
+
+
 def probe(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
-    """Read the header only: format and size, with the pixel cap enforced. No pixels decoded."""
+    """Read the header only: format and size, with the pixel and JPEG scan caps enforced. No
+    pixels decoded."""
     if not data:
         raise ImageError("empty", "no image data")
     im = _open(data)
     try:
         w, h = im.size
         fmt = im.format or "UNKNOWN"
+        scanned = _has_jpeg_scans(im)
     finally:
         im.close()
     _check_size(w, h, max_pixels)
+    if scanned:
+        check_scan_work(data, w, h)
     return DecodedImage(data=bytes(data), width=w, height=h, format=fmt, max_pixels=max_pixels)
 
 
@@ -170,6 +202,8 @@ def _decode_pixels(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndar
         except EOFError:
             pass
         _check_size(im.size[0], im.size[1], max_pixels)
+        if _has_jpeg_scans(im):
+            check_scan_work(data, im.size[0], im.size[1])
         im = _exif_transpose(im)
         arr = np.asarray(_to_rgb(im), dtype=np.uint8)
     except ImageError:

@@ -3,7 +3,8 @@
 ``decode_batch`` decodes many JPEGs at once with nvJPEG through
 ``torchvision.io.decode_jpeg(list, device="cuda")`` and falls back to the CPU, image by image,
 for anything nvJPEG refuses (progressive or CMYK files, corrupt data), so one bad image never
-fails a batch.
+fails a batch. Files with more than one scan (progressive) always take the safe decoder
+(``natix_miner.imaging.decode``), which bounds their work (``too_many_scans``) before decoding.
 
 Usage::
 
@@ -24,6 +25,12 @@ def _cpu_decode(data: bytes):
     return torch.from_numpy(np.array(rgb, copy=True)).permute(2, 0, 1)
 
 
+def _multi_scan(data: bytes) -> bool:
+    from natix_miner.imaging.decode import jpeg_scans
+
+    return jpeg_scans(data) > 1
+
+
 def decode_batch(datas: typing.Sequence[bytes], device: str = "cuda") -> typing.Tuple[list, typing.List[int]]:
     """Decode JPEGs to uint8 (3, H, W) tensors on ``device``; returns (tensors, indices that failed).
 
@@ -41,6 +48,20 @@ def decode_batch(datas: typing.Sequence[bytes], device: str = "cuda") -> typing.
             except Exception:
                 bad.append(i)
         return out, bad
+    multi = [i for i, d in enumerate(datas) if _multi_scan(d)]
+    if multi:  # progressive: the safe decoder, which bounds the work, then the device
+        rest = [i for i in range(len(datas)) if i not in set(multi)]
+        for i in multi:
+            try:
+                out[i] = _cpu_decode(datas[i]).to(device)
+            except Exception:
+                bad.append(i)
+        if rest:
+            sub, sub_bad = decode_batch([datas[i] for i in rest], device)
+            for j, i in enumerate(rest):
+                out[i] = sub[j]
+            bad.extend(rest[j] for j in sub_bad)
+        return out, sorted(bad)
     tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
     try:
         dec = decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device)
@@ -78,6 +99,8 @@ def decode_batch_cpu(datas: typing.Sequence[bytes], size: int, threads: int = 8,
 
     def one(i: int) -> None:
         try:
+            if _multi_scan(datas[i]):
+                raise RuntimeError("progressive: the safe decoder bounds its work")
             t = decode_jpeg(torch.frombuffer(bytearray(datas[i]), dtype=torch.uint8), mode=ImageReadMode.RGB)
         except RuntimeError:
             try:
