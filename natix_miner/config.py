@@ -371,6 +371,12 @@ class AxonConfig(_Strict):
     max_waiting: int = pydantic.Field(default=128, ge=0)  # queued by stake; beyond: fallback answer at once
     max_connections: int = pydantic.Field(default=512, ge=1)  # open HTTP connections; beyond: 503
     header_timeout_s: float = pydantic.Field(default=10.0, gt=0)  # a request's headers must arrive in time
+    body_timeout_s: float = pydantic.Field(default=10.0, gt=0)  # ...and its body within this after the head
+    max_connections_per_peer: int = pydantic.Field(default=32, ge=1)  # unverified connections per address
+    reserved_connections: int = pydantic.Field(default=64, ge=0)  # of max_connections (at most 1/4), verified callers only
+    max_requests_per_hotkey: int = pydantic.Field(default=32, ge=1)  # requests of one hotkey at once
+    nonce_window_s: float = pydantic.Field(default=30.0, gt=0)  # replay window, never widened by headers
+    state_dir: typing.Optional[str] = None  # replay nonces (0600); default: natix-state/ in the wallet dir
 
 
 class BlacklistConfig(_Strict):

@@ -171,25 +171,27 @@ def test_bomb_payload_is_small_on_the_wire():
     assert len(png_bomb(30000, 30000, lie=False)) < 200 * 1024
 
 
-async def test_connection_limit_answers_503_beyond_it_and_recovers(tmp_path):
-    """uvicorn's concurrency limit is wired to ``axon.max_connections``: idle sockets beyond it
-    cannot pile up memory; once they close, validators are served again."""
+async def test_idle_connections_beyond_the_limit_are_shed_oldest_first(tmp_path):
+    """``axon.max_connections`` bounds open sockets: idle strangers beyond it are not queued behind
+    (uvicorn's old 503 for everyone), the oldest idle one is closed to make room, so a validator's
+    new connection is served while the hogs stay open."""
     vals = validators(tmp_path, [10])
     prof = make_profile(tmp_path, experts=[{"name": "b", "family": "engine_test_brightness"}],
                         tiers=[{"name": "t", "experts": ["b"]}])
-    cfg = miner_config(tmp_path, vals, axon={"max_connections": 3})
+    cfg = miner_config(tmp_path, vals, axon={"max_connections": 3, "reserved_connections": 0})
     w = ephemeral_wallet("m", "m", str(tmp_path / "miner"))
     with MinerThread(cfg, engine=Engine(prof), wallet=w) as m:
         hogs = [socket.create_connection(("127.0.0.1", m.port), timeout=5) for _ in range(3)]
         try:
             time.sleep(0.3)
-            r = requests.post(f"http://127.0.0.1:{m.port}/ImageSynapse", data=b"{}", timeout=10)
-            assert r.status_code == 503
+            await _alive(m, vals[0][0], cases()[0].text)
+            hogs[0].settimeout(2)
+            assert hogs[0].recv(1) == b"", "the oldest idle connection was not closed"
+            assert m.miner.governor.shed["stranger_idle"] >= 1
+            assert m.miner.governor.open <= 3
         finally:
             for s in hogs:
                 s.close()
-        time.sleep(0.3)
-        await _alive(m, vals[0][0], cases()[0].text)
 
 
 async def test_slow_loris_connections_are_closed_and_validators_get_back_in(tmp_path):

@@ -13,6 +13,7 @@ Usage::
 
 import asyncio
 import logging
+import os
 import signal
 import threading
 import time
@@ -23,6 +24,7 @@ from natix_miner.engine.result import safe_probability
 from natix_miner.miner.admission import Admission, Overloaded
 from natix_miner.miner.gate import Gate
 from natix_miner.miner.hooks import MinerHooks
+from natix_miner.miner.limits import CALLER, signed_hotkey
 from natix_miner.protocol import ExtendedImageSynapse, ImageSynapse
 
 log = logging.getLogger("natix_miner.miner")
@@ -48,6 +50,8 @@ class Miner:
         self.gate = Gate(cfg.blacklist, local=cfg.local)
         self.admission = Admission(cfg.axon.max_inflight, cfg.axon.max_waiting)  # runs on self.loop
         self.axon = None
+        self.governor = None  # miner/limits.py ConnectionGovernor, built with the axon
+        self.replay = None  # miner/nonces.py ReplayGuard, built with the axon
         self.subtensor = subtensor
         self.metagraph = None
         self.loop: typing.Optional[asyncio.AbstractEventLoop] = None
@@ -68,7 +72,7 @@ class Miner:
     async def _answer(self, synapse, route: str):
         t0 = time.perf_counter()
         budget = self._budget(synapse)
-        hotkey = getattr(synapse.dendrite, "hotkey", None)
+        hotkey = signed_hotkey()  # the verified header, never the body's unsigned dendrite fields
         if synapse.testnet_label not in (-1, None):
             log.debug("testnet_label=%s (logged, never trusted)", synapse.testnet_label)
         outcome, result = "error", None
@@ -116,6 +120,37 @@ class Miner:
 
         axon.attach(forward_fn=forward_image, blacklist_fn=blacklist_image, priority_fn=priority_image)
         axon.attach(forward_fn=forward_extended, blacklist_fn=blacklist_extended, priority_fn=priority_extended)
+        self._guard_routes(axon)
+
+    def _guard_routes(self, axon) -> None:
+        """Every synapse route, bittensor's built-in ``/Synapse`` included (it has no blacklist of its
+        own), gets the blacklist, the replay-safe verify and the priority, all on the signed headers
+        and before the body is read. Other paths (``/docs``...) never reach a route: the axon's
+        middleware refuses names it does not know before reading a body."""
+        miner = self
+        axon_hotkey = self.wallet.hotkey.ss58_address
+
+        def blacklist_for(name):
+            async def blacklist(synapse) -> typing.Tuple[bool, str]:
+                return miner._blacklist(synapse, name)
+
+            return blacklist
+
+        async def verify(synapse) -> None:
+            miner.replay.verify(synapse, axon_hotkey)
+            caller = CALLER.get()
+            if caller is not None and not caller.verified(synapse.dendrite.hotkey):
+                raise RuntimeError(f"too many requests of {synapse.dendrite.hotkey} at once "
+                                   f"(axon.max_requests_per_hotkey={self.cfg.axon.max_requests_per_hotkey})")
+
+        async def priority(synapse) -> float:
+            return miner.gate.priority(getattr(synapse.dendrite, "hotkey", None))
+
+        for name in list(axon.forward_class_types):
+            if axon.blacklist_fns.get(name) is None:
+                axon.blacklist_fns[name] = blacklist_for(name)
+            axon.verify_fns[name] = verify
+            axon.priority_fns[name] = priority
 
     def _blacklist(self, synapse, route: str) -> typing.Tuple[bool, str]:
         hotkey = getattr(synapse.dendrite, "hotkey", None)
@@ -167,10 +202,28 @@ class Miner:
         axon = bt.Axon(**kwargs)
         from natix_miner.miner.limits import install_body_limit, tune_server
 
+        from natix_miner.miner.limits import ConnectionGovernor, install_caller_context
+        from natix_miner.miner.nonces import ReplayGuard
+
+        self.governor = ConnectionGovernor(a.max_connections, a.max_connections_per_peer,
+                                           min(a.reserved_connections, a.max_connections // 4), a.max_requests_per_hotkey)
+        self.replay = ReplayGuard(os.path.join(self._state_dir(), f"nonces-{self.wallet.hotkey.ss58_address}.log"),
+                                  window_s=a.nonce_window_s)
         install_body_limit(axon.app, a.max_body_bytes)
-        tune_server(axon, a.max_connections, header_timeout_s=a.header_timeout_s)  # connection limit (503 beyond), keep-alive > aiohttp's
+        tune_server(axon, a.max_connections, header_timeout_s=a.header_timeout_s, body_timeout_s=a.body_timeout_s,
+                    governor=self.governor)  # caps per peer and in all, validators keep room; keep-alive > aiohttp's
+        install_caller_context(axon.app, self.governor)  # outermost: the signed caller of each request
         self._attach(axon)
         return axon
+
+    def _state_dir(self) -> str:
+        """``axon.state_dir``, else ``natix-state/`` next to the wallet, else ``~/.natix-miner/state``."""
+        if self.cfg.axon.state_dir:
+            return os.path.expanduser(self.cfg.axon.state_dir)
+        wallet_path = getattr(self.wallet, "path", None)
+        if isinstance(wallet_path, str) and wallet_path:
+            return os.path.join(os.path.expanduser(wallet_path), "natix-state")
+        return os.path.expanduser("~/.natix-miner/state")
 
     async def start(self) -> None:
         from natix_miner.miner.wallet import load_wallet
@@ -221,6 +274,8 @@ class Miner:
                 pass
         if self.engine is not None:
             await self.engine.close()
+        if self.replay is not None:
+            self.replay.close()
         self.hooks.stopped()
 
     def request_stop(self) -> None:

@@ -1,0 +1,250 @@
+"""Network-facing attacks on a real axon on loopback (issue 19, items 1, 2, 3, 4, 9, 10).
+
+Each test attacks a real miner (real bittensor axon, real dendrites for the validators) with raw
+sockets, lowered caps so every attack is a few seconds, and checks that validators are still
+answered: stranger bodies on every route are refused before they are read, a reconnecting
+slow-loris and a low-stake validator's slow bodies do not lock the top validator out, priority
+comes from the signed hotkey only, a captured request cannot be replayed after a restart, and the
+metrics server survives idle connections under a low file limit.
+"""
+
+import asyncio
+import json
+import os
+import socket
+import stat
+import threading
+import time
+
+import pytest
+
+from natix_miner.engine import Engine
+from natix_miner.imaging.hostile import cases
+from natix_miner.miner.local import MinerThread, loopback_dendrite
+from natix_miner.miner.wallet import ephemeral_wallet
+from natix_miner.protocol import ImageSynapse
+from tests.engine_experts import make_profile
+from tests.reliability_support import RecordingHooks, miner_config, query, valid, validators
+
+JPEG = None
+
+
+def _jpeg() -> str:
+    global JPEG
+    if JPEG is None:
+        JPEG = cases()[0].text
+    return JPEG
+
+
+def _brightness(tmp_path, **top):
+    return make_profile(tmp_path, experts=[{"name": "b", "family": "engine_test_brightness"}],
+                        tiers=[{"name": "t", "experts": ["b"]}], **top)
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def signed_request(wallet, m, synapse, timeout: float = 9.0):
+    """(path, headers, body dict) of a request signed by ``wallet``, as its dendrite would send it."""
+    d = loopback_dendrite(wallet)
+    syn = d.preprocess_synapse_for_request(m.info(), synapse, timeout=timeout)
+    return f"/{syn.name}", syn.to_headers(), syn.model_dump()
+
+
+def raw_head(port: int, path: str, headers: dict, length: int, src: str = "127.0.0.1") -> socket.socket:
+    """Open a connection from ``src`` and send a POST head announcing ``length`` body bytes (none sent)."""
+    s = socket.socket()
+    s.bind((src, 0))
+    s.settimeout(10)
+    s.connect(("127.0.0.1", port))
+    lines = [f"POST {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Content-Type: application/json",
+             f"Content-Length: {length}"]
+    lines += [f"{k}: {v}" for k, v in headers.items() if k.lower() not in ("content-length", "host", "content-type")]
+    s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+    return s
+
+
+def read_status(s: socket.socket, timeout: float) -> int:
+    """The status code of the response on ``s``; -1 if the server closed or nothing came in time."""
+    s.settimeout(timeout)
+    data = b""
+    try:
+        while b"\r\n" not in data:
+            got = s.recv(4096)
+            if not got:
+                return -1
+            data += got
+    except (socket.timeout, OSError):
+        return -1
+    return int(data.split(b" ")[1]) if data.startswith(b"HTTP/1.1") else -1
+
+
+def post(port: int, path: str, headers: dict, body: bytes, src: str = "127.0.0.1", timeout: float = 10) -> int:
+    s = raw_head(port, path, headers, len(body), src)
+    try:
+        s.sendall(body)
+        return read_status(s, timeout)
+    finally:
+        s.close()
+
+
+# -- item 2: every route is blacklisted before its body is read -------------------------------
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("plain")
+    vals = validators(tmp, [1000])
+    cfg = miner_config(tmp, vals, axon={"max_body_bytes": 4 * 1024 * 1024})
+    w = ephemeral_wallet("m", "m", str(tmp / "miner"))
+    hooks = RecordingHooks()
+    with MinerThread(cfg, engine=Engine(_brightness(tmp)), hooks=hooks, wallet=w) as m:
+        yield m, vals, hooks, tmp
+
+
+def test_stranger_is_refused_on_every_route_before_its_body_is_read(plain):
+    """A stranger signs its own requests correctly and announces a 3 MB body on every route the
+    axon serves (bittensor's built-in ``/Synapse`` included) but never sends it: each answer must
+    come at once, 403 on the synapse routes, never 200. Then 8 real 3 MB bodies on every route at
+    once leave the miner's memory where it was."""
+    import bittensor as bt
+
+    m, vals, _, tmp = plain
+    stranger = ephemeral_wallet("s", "s", str(tmp / "stranger"))
+    axon = m.miner.axon
+    routes = list(axon.app.routes) + list(axon.router.routes)  # FastAPI keeps included routers apart
+    paths = sorted({getattr(r, "path", "") for r in routes} - {""})
+    assert "/Synapse" in paths and "/ImageSynapse" in paths
+    requests_ = {}
+    for path in paths:
+        name = path.strip("/").split("/")[0]
+        cls = axon.forward_class_types.get(name, bt.Synapse)
+        _, headers, body = signed_request(stranger, m, cls())
+        requests_[path] = (headers, json.dumps(body).encode())
+        s = raw_head(m.port, path, headers, 3 * 1024 * 1024)
+        try:
+            t0 = time.monotonic()
+            status = read_status(s, 3.0)
+            took = time.monotonic() - t0
+        finally:
+            s.close()
+        assert status != -1, f"{path}: no answer without the body: the server waited to read it ({took:.1f}s)"
+        assert status != 200 and 400 <= status < 600, (path, status)
+        if name in axon.forward_class_types:
+            assert status == 403, (path, status)
+    pad = b" " * (3 * 1024 * 1024)
+    bodies = {path: body[:-1] + pad + b"}" for path, (_, body) in requests_.items()}  # built before measuring
+    before = _rss_mb()
+    results = []
+
+    def send(path):
+        results.append((path, post(m.port, path, requests_[path][0], bodies[path], timeout=20)))
+
+    threads = [threading.Thread(target=send, args=(p,)) for p in paths for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    grown = _rss_mb() - before
+    assert all(code != 200 for _, code in results), results
+    assert grown < 40, f"RSS grew {grown:.0f} MB on refused bodies"
+
+
+async def test_validator_still_answered_on_every_synapse_route(plain):
+    m, vals, _, _ = plain
+    r, took = await query(vals[0][0], m.info(), ImageSynapse(image=_jpeg()))
+    assert r.axon.status_code == 200 and valid(r.prediction)
+    import bittensor as bt
+
+    r, _ = await query(vals[0][0], m.info(), bt.Synapse())  # the built-in ping route, for validators only
+    assert r.axon.status_code == 200
+
+
+# -- item 4: priority from the signed hotkey, never from the body ------------------------------
+
+async def test_body_spoofed_hotkey_gets_its_signed_stake_not_the_claimed_one(tmp_path):
+    """One slow slot, one waiting place. A stake-500 validator waits; a stake-10 validator signs its
+    own request but writes the stake-1000 validator's hotkey in the JSON body. Priority must come
+    from the signed header: the stake-10 caller is shed, the stake-500 one answered."""
+    vals = validators(tmp_path, [1000, 500, 10])
+    top, mid, low = (w for w, _ in vals)
+    prof = make_profile(tmp_path, experts=[{"name": "s", "family": "engine_test_slow", "options": {"seconds": 1.0}}],
+                        tiers=[{"name": "t", "experts": ["s"], "budget_s": 6}], deadline_s=7.0,
+                        fallback_probability=0.3, cache={"max_entries": 0})
+    hooks = RecordingHooks()
+    cfg = miner_config(tmp_path, vals, axon={"max_inflight": 1, "max_waiting": 1})
+    w = ephemeral_wallet("m", "m", str(tmp_path / "miner"))
+    with MinerThread(cfg, engine=Engine(prof), hooks=hooks, wallet=w) as m:
+        busy = asyncio.create_task(query(top, m.info(), ImageSynapse(image=_jpeg())))
+        await asyncio.sleep(0.4)
+        waiting = asyncio.create_task(query(mid, m.info(), ImageSynapse(image=cases()[1].text)))
+        await asyncio.sleep(0.4)
+        path, headers, body = signed_request(low, m, ImageSynapse(image=cases()[2].text))
+        body["dendrite"]["hotkey"] = top.hotkey.ss58_address  # the lie, outside the signature
+        status = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: post(m.port, path, headers, json.dumps(body).encode()))
+        assert status == 200
+        (r_busy, _), (r_mid, _) = await asyncio.gather(busy, waiting)
+        outcomes = {rec["hotkey"]: rec["outcome"] for rec in hooks.requests}
+        assert outcomes[mid.hotkey.ss58_address] == "answered", outcomes
+        assert outcomes[low.hotkey.ss58_address] == "shed", outcomes  # recorded under its signed hotkey
+        assert r_mid.axon.status_code == 200 and r_mid.prediction != pytest.approx(0.3)
+
+
+# -- item 9: replay after a restart ------------------------------------------------------------
+
+def _start(tmp_path, vals, w, state):
+    cfg = miner_config(tmp_path, vals, axon={"state_dir": str(state)})
+    return MinerThread(cfg, engine=Engine(_brightness(tmp_path)), wallet=w)
+
+
+async def test_captured_request_cannot_be_replayed_after_a_restart(tmp_path):
+    """A validator's request is captured on the wire. After the miner restarts it is replayed as
+    is, with unsigned header fields changed (old dendrite version, a huge timeout) and with another
+    image: all refused (401). A fresh request from the same validator is still answered."""
+    vals = validators(tmp_path, [1000])
+    val = vals[0][0]
+    w = ephemeral_wallet("m", "m", str(tmp_path / "miner"))
+    state = tmp_path / "state"
+    with _start(tmp_path, vals, w, state) as m:
+        path, headers, body = signed_request(val, m, ImageSynapse(image=_jpeg()))
+        raw = json.dumps(body).encode()
+        assert post(m.port, path, headers, raw) == 200
+        assert post(m.port, path, headers, raw) == 401  # bittensor's own check, same process
+        port = m.port
+    files = [os.path.join(d, f) for d, _, fs in os.walk(state) for f in fs]
+    assert files, "no nonce file in the state dir"
+    assert all(stat.S_IMODE(os.stat(f).st_mode) == 0o600 for f in files)
+    other = dict(body, image=cases()[1].text)
+    with _start(tmp_path, vals, w, state) as m:
+        assert m.port != port or True
+        tries = {
+            "as is": (headers, raw),
+            "old version": ({**headers, "bt_header_dendrite_version": "700"}, raw),
+            "huge timeout": ({**headers, "timeout": "100000000"}, raw),
+            "another image": ({**headers, "bt_header_dendrite_version": "700"}, json.dumps(other).encode()),
+        }
+        got = {name: post(m.port, path, h, b) for name, (h, b) in tries.items()}
+        assert got == {name: 401 for name in tries}, got
+        r, _ = await query(val, m.info(), ImageSynapse(image=_jpeg()))
+        assert r.axon.status_code == 200 and valid(r.prediction)
+
+
+def test_old_nonce_with_widened_timeout_is_refused(tmp_path):
+    """A request signed 40 s ago (older than any window) whose unsigned ``timeout`` header claims
+    a 100000 s timeout is refused, on the first sight of its dendrite, in a fresh miner."""
+    vals = validators(tmp_path, [1000])
+    val = vals[0][0]
+    w = ephemeral_wallet("m", "m", str(tmp_path / "miner"))
+    with _start(tmp_path, vals, w, tmp_path / "state") as m:
+        d = loopback_dendrite(val)
+        syn = d.preprocess_synapse_for_request(m.info(), ImageSynapse(image=_jpeg()), timeout=9.0)
+        syn.dendrite.nonce = time.time_ns() - 40 * 10**9
+        message = f"{syn.dendrite.nonce}.{syn.dendrite.hotkey}.{syn.axon.hotkey}.{syn.dendrite.uuid}.{syn.body_hash}"
+        syn.dendrite.signature = f"0x{val.hotkey.sign(message).hex()}"
+        headers = {**syn.to_headers(), "timeout": "100000"}
+        assert post(m.port, "/ImageSynapse", headers, json.dumps(syn.model_dump()).encode()) == 401
