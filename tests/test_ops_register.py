@@ -178,3 +178,33 @@ def test_card_without_a_wallet_says_what_to_do(tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="Vault"):
         main(["card", "--profile", prof, "--wallet.path", str(tmp_path / "none"), "--model-name", "m",
               "--model-version", "1.0.0"])
+
+
+def test_register_finds_its_uid_on_chain(tmp_path, monkeypatch, capsys):
+    """Without --uid, `register` reads the hotkey's UID from the metagraph (the in-memory chain)."""
+    from natix_miner.miner import neuron
+    from natix_miner.miner.wallet import ephemeral_wallet
+    from tests.test_miner_chain import LocalChain
+
+    w = ephemeral_wallet("reg", "hk", str(tmp_path / "w"))
+    chain = LocalChain(netuid=323)
+    for hk in ("5A", "5B", "5C"):
+        chain.register(hk)
+    chain.register(w.hotkey.ss58_address)  # uid 3
+    seen = []
+    monkeypatch.setattr(neuron, "connect_chain", lambda cfg: seen.append(cfg.chain) or chain)
+    srv = NatixServer(polls_before_final=0)
+    flags = ["--model-repo", "acme/roadwork", "--base-url", srv.url, "--poll-interval", "0.05",
+             "--wallet.path", str(tmp_path / "w"), "--wallet.name", "reg", "--wallet.hotkey", "hk",
+             "--netuid", "323", "--subtensor.network", "test"]
+    try:
+        assert main(["register", *flags]) == 0
+        assert srv.received[-1]["uid"] == "3" and seen[0].netuid == 323 and seen[0].network == "test"
+        assert "is uid 3 on netuid 323" in capsys.readouterr().err
+        with chain.lock:
+            del chain.neurons[w.hotkey.ss58_address]
+        assert main(["register", *flags]) == 1
+        err = capsys.readouterr().err
+        assert "error: hotkey" in err and "not registered on netuid 323" in err and "--uid" in err
+    finally:
+        srv.close()

@@ -38,6 +38,9 @@ def add_load_flags(p) -> None:
                    help="answer even when a tier has no loadable expert (default: exit 2 with the list)")
 
 
+DEMO_CAVEAT = "demo model: a stand-in trained on procedural scenes, not a roadwork model"
+
+
 def record(path: str, res) -> dict:
     """The ``--json`` object: ``path``, ``probability``, ``tiers``, ``experts`` (name -> P) and the
     rest of the result (evidence details, skipped experts, timings, fallback)."""
@@ -92,9 +95,13 @@ async def _run(args) -> int:
             deadline = None if args.deadline is None else time.monotonic() + args.deadline
             res = await engine.predict(data, deadline)
             if args.json:
-                print(json.dumps(record(path, res), default=str), flush=True)
+                rec = record(path, res)
+                if engine.profile.demo:  # a stand-in model: never mistake its numbers for a real miner's
+                    rec["caveat"] = DEMO_CAVEAT
+                print(json.dumps(rec, default=str), flush=True)
             else:
-                print(table(path, res, engine.profile), flush=True)
+                print(table(path, res, engine.profile) + (f"\n  ({DEMO_CAVEAT})" if engine.profile.demo else ""),
+                      flush=True)
     finally:
         await engine.close()
     return 0

@@ -5,7 +5,12 @@
 """
 
 import asyncio
+import logging
 import os
+import sys
+import traceback
+
+log = logging.getLogger("natix_miner.run")
 
 
 def add_parser(sub) -> None:
@@ -17,17 +22,41 @@ def add_parser(sub) -> None:
 
 
 def main(args) -> int:
+    """Start the miner; a start-up failure is one ``error: ...`` line on stderr and its exit code
+    (table: natix_miner/miner/errors.py); ``--logging.debug`` adds the traceback."""
+    from natix_miner.miner.errors import UNEXPECTED, StartupError
+
+    debug = bool(getattr(args, "logging.debug", False) or getattr(args, "logging.trace", False))
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        return 130
+    except StartupError as exc:
+        error, code, message = exc, exc.code, str(exc)
+    except Exception as exc:  # noqa: BLE001 - an operator sees one line; --logging.debug the traceback
+        error, code, message = exc, UNEXPECTED, f"{type(exc).__name__}: {exc}"
+    if debug:
+        traceback.print_exception(error)
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def _run(args) -> int:
+    from natix_miner import envs
     from natix_miner.miner.args import build_config
     from natix_miner.miner.neuron import Miner
     from natix_miner.ops.logs import setup_logging
 
-    cfg = build_config(namespace=args, env=os.environ)
+    cfg = build_config(namespace=args, env=os.environ)  # ConfigError (exit 2) names the flag or variable
+    env = envs.with_env_file(os.environ)
     setup_logging(cfg.logging)
+    for line in envs.env_warnings(env):
+        log.warning("environment: %s", line)
     hooks = None
     try:
         from natix_miner.ops.runtime import build_hooks
 
-        hooks = build_hooks(cfg)
+        hooks = build_hooks(cfg)  # binds the metrics port now: a taken port fails before anything loads
     except ModuleNotFoundError:
         pass
     asyncio.run(Miner(cfg, hooks=hooks).run())

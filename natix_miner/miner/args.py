@@ -266,3 +266,33 @@ def settings_table() -> str:
         shown = "" if d in (None, "", []) else (str(d).lower() if isinstance(d, bool) else str(d))
         rows.append(f"| `{flag}` | `{env_name(key)}` | {f'`{shown}`' if shown else ''} | {help_.replace('|', '/')} |")
     return "\n".join(rows)
+
+
+README_MARKERS = ("<!-- settings-table:start -->", "<!-- settings-table:end -->")
+
+
+def update_readme(path: typing.Optional[str] = None) -> bool:
+    """Rewrite the table between the README's settings-table markers; True when it changed.
+
+    ``python -m natix_miner.miner.args --readme`` after adding a flag (a test holds the README to it)."""
+    import os
+
+    from natix_miner.config import REPO_ROOT
+
+    path = path or os.path.join(REPO_ROOT, "README.md")
+    text = open(path, encoding="utf-8").read()
+    start, end = README_MARKERS
+    i, j = text.index(start) + len(start), text.index(end)
+    new = text[:i] + "\n" + settings_table() + "\n" + text[j:]
+    if new != text:
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(new)
+    return new != text
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["--readme"]:
+        sys.exit("usage: python -m natix_miner.miner.args --readme   (rewrites README.md's settings table)")
+    print("README.md updated" if update_readme() else "README.md already current")

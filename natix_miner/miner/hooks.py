@@ -21,6 +21,9 @@ class MinerHooks:
     def blacklisted(self, route: str, reason: str, hotkey: typing.Optional[str] = None) -> None:
         """A request refused before decoding."""
 
+    def status(self, status: typing.Dict[str, typing.Any]) -> None:
+        """The status after each resync: uid, stake, trust, incentive, emission, validators, answers."""
+
     def stopped(self) -> None:
         """The miner is shutting down."""
 
@@ -46,6 +49,9 @@ class MultiHooks(MinerHooks):
 
     def blacklisted(self, route, reason, hotkey=None):
         self._each("blacklisted", route, reason, hotkey=hotkey)
+
+    def status(self, status):
+        self._each("status", status)
 
     def stopped(self):
         self._each("stopped")

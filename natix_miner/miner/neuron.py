@@ -21,7 +21,9 @@ import typing
 
 from natix_miner.config import MinerConfig, load_profile
 from natix_miner.engine.result import safe_probability
+from natix_miner.miner import errors
 from natix_miner.miner.admission import Admission, Overloaded
+from natix_miner.miner.errors import PortInUse, StartupError
 from natix_miner.miner.gate import Gate
 from natix_miner.miner.hooks import MinerHooks
 from natix_miner.miner.limits import CALLER, signed_hotkey
@@ -33,8 +35,61 @@ TRANSPORT_MARGIN_S = 1.0  # leave this much of the validator's timeout for the n
 DEFAULT_TIMEOUT_S = 9.0
 
 
-class NotRegisteredError(RuntimeError):
+class NotRegisteredError(StartupError):
     """The hotkey is not registered on the subnet: nothing to serve."""
+
+    def __init__(self, message: str):
+        super().__init__(errors.REGISTRATION, message)
+
+
+def chain_endpoint(cfg: MinerConfig) -> str:
+    """The endpoint the miner talks to: ``--subtensor.chain_endpoint``, else the network's entry point."""
+    if cfg.chain.chain_endpoint:
+        return cfg.chain.chain_endpoint
+    try:
+        from bittensor.core.settings import NETWORK_MAP
+
+        return NETWORK_MAP.get(cfg.chain.network, cfg.chain.network)
+    except ImportError:  # pragma: no cover
+        return cfg.chain.network
+
+
+def connect_chain(cfg: MinerConfig):
+    """A ``bt.Subtensor`` for the configured network; an unreachable endpoint is a :class:`StartupError`
+    naming it (exit code 4). Tests replace this function or pass ``subtensor=`` to :class:`Miner`."""
+    import bittensor as bt
+
+    endpoint = chain_endpoint(cfg)
+    try:
+        return bt.Subtensor(network=cfg.chain.chain_endpoint or cfg.chain.network)
+    except Exception as exc:  # noqa: BLE001 - websockets, OSError, timeouts: all mean "not reachable"
+        raise StartupError(errors.CHAIN, f"cannot reach subtensor at {endpoint} ({type(exc).__name__}: {exc}); "
+                                         f"check --subtensor.network / --subtensor.chain_endpoint (NATIX_NETWORK / "
+                                         f"NATIX_CHAIN_ENDPOINT) or run a local subtensor node") from exc
+
+
+def find_uid(metagraph, hotkey: str) -> typing.Optional[int]:
+    """The UID of ``hotkey`` in a metagraph (``hotkeys`` and optional ``uids``), or None."""
+    hotkeys = list(metagraph.hotkeys)
+    if hotkey not in hotkeys:
+        return None
+    i = hotkeys.index(hotkey)
+    uids = getattr(metagraph, "uids", None)
+    try:
+        return int(uids[i]) if uids is not None else i
+    except (IndexError, TypeError, ValueError):
+        return i
+
+
+def _at(values, i: typing.Optional[int]) -> float:
+    try:
+        return float(values[i]) if values is not None and i is not None else 0.0
+    except (IndexError, TypeError, ValueError):
+        return 0.0
+
+
+def _short(hotkey: typing.Optional[str]) -> str:
+    return f"{hotkey[:8]}..." if hotkey and len(hotkey) > 8 else (hotkey or "?")
 
 
 class Miner:
@@ -59,6 +114,10 @@ class Miner:
         self._stop: typing.Optional[asyncio.Event] = None  # created inside the loop
         self._last_sync = 0.0
         self.started_at = time.time()
+        self.uid: typing.Optional[int] = None
+        self._answers = 0  # answered since the last status line
+        self._window_start = time.time()
+        self._axon_socket = None
 
     # -- request path ------------------------------------------------------------------------
     def _budget(self, synapse) -> float:
@@ -93,7 +152,13 @@ class Miner:
             synapse.prediction = safe_probability(self.profile.fallback_probability)
         if isinstance(synapse, ExtendedImageSynapse):
             synapse.model_url = self.cfg.model_url
-        self.hooks.request(route, outcome, time.perf_counter() - t0, result=result, hotkey=hotkey)
+        seconds = time.perf_counter() - t0
+        if outcome in ("answered", "fallback"):
+            self._answers += 1
+        tiers = ",".join(getattr(result, "tiers_run", None) or []) or "-"
+        log.info("%s %s from %s: p=%.4f tiers=%s %.0f ms%s", outcome, route, _short(hotkey), synapse.prediction,
+                 tiers, seconds * 1000, " (demo model)" if self.profile.demo else "")
+        self.hooks.request(route, outcome, seconds, result=result, hotkey=hotkey)
         return synapse
 
     # bittensor's attach() inspects these signatures: parameter named `synapse`, real annotations.
@@ -162,30 +227,75 @@ class Miner:
 
     # -- chain -------------------------------------------------------------------------------
     def sync(self, first: bool = False) -> None:
-        """Refresh the metagraph (stakes, permits) for the gate. No-op in local mode."""
+        """Refresh the metagraph (stakes, permits) for the gate, then log the status line. In local mode
+        only the status line (from ``--local.metagraph``)."""
         if self.cfg.local or self.subtensor is None:
+            self.report_status()
             return
-        mg = self.subtensor.metagraph(self.cfg.chain.netuid)
+        try:
+            mg = self.subtensor.metagraph(self.cfg.chain.netuid)
+        except Exception as exc:
+            if first:
+                raise StartupError(errors.CHAIN, f"cannot read the metagraph of netuid {self.cfg.chain.netuid} from "
+                                                 f"{chain_endpoint(self.cfg)} ({type(exc).__name__}: {exc}); check "
+                                                 f"--subtensor.chain_endpoint / NATIX_CHAIN_ENDPOINT") from exc
+            raise
         stakes = [float(s) for s in mg.S]
         self.gate.update(list(mg.hotkeys), stakes, [bool(p) for p in mg.validator_permit])
         self.metagraph = mg
         self._last_sync = time.time()
-        if self.wallet.hotkey.ss58_address not in mg.hotkeys:
+        self.uid = find_uid(mg, self.wallet.hotkey.ss58_address)
+        if self.uid is None:
             msg = (f"hotkey {self.wallet.hotkey.ss58_address} is not registered on netuid "
                    f"{self.cfg.chain.netuid} ({self.cfg.chain.network}); register it with "
                    f"`btcli subnet register --netuid {self.cfg.chain.netuid}` first")
             if first:
                 raise NotRegisteredError(msg)
             log.error(msg)
+        self.report_status()
+
+    def status(self) -> dict:
+        """UID, stake, trust, incentive, emission (from the last metagraph), validators seen (permits),
+        and answers since the last status line; what :meth:`report_status` logs and exports."""
+        mg, uid = self.metagraph, self.uid
+        permits = list(getattr(mg, "validator_permit", None) or []) if mg is not None else []
+        return {"uid": -1 if uid is None else uid,
+                "stake": _at(getattr(mg, "S", None), uid), "trust": _at(getattr(mg, "T", None), uid),
+                "incentive": _at(getattr(mg, "I", None), uid), "emission": _at(getattr(mg, "E", None), uid),
+                "validators": sum(1 for p in permits if bool(p)), "answers": self._answers,
+                "window_s": round(time.time() - self._window_start, 1)}
+
+    def report_status(self) -> dict:
+        """Log the status line, hand it to the hooks (Prometheus gauges), start a new answer window."""
+        st = self.status()
+        log.info("status: uid %s | stake %.4f | trust %.4f | incentive %.6f | emission %.6f | validators %d | "
+                 "answers %d in the last %.0f s", "-" if st["uid"] < 0 else st["uid"], st["stake"], st["trust"],
+                 st["incentive"], st["emission"], st["validators"], st["answers"], st["window_s"])
+        self.hooks.status(st)
+        self._answers, self._window_start = 0, time.time()
+        return st
 
     def _connect_chain(self) -> None:
-        import bittensor as bt
-
+        """Chain connection (the endpoint named on failure), then registration and UID."""
         if self.subtensor is None:
-            net = self.cfg.chain.chain_endpoint or self.cfg.chain.network
-            self.subtensor = bt.Subtensor(network=net)
+            self.subtensor = connect_chain(self.cfg)
         self.sync(first=True)
-        self.subtensor.serve_axon(netuid=self.cfg.chain.netuid, axon=self.axon)
+        log.info("hotkey %s is uid %s on netuid %d (%s)", self.wallet.hotkey.ss58_address, self.uid,
+                 self.cfg.chain.netuid, chain_endpoint(self.cfg))
+
+    def _serve_on_chain(self) -> None:
+        """Announce the listening axon on the subnet; a refusal is a start-up error, not a log line."""
+        try:
+            result = self.subtensor.serve_axon(netuid=self.cfg.chain.netuid, axon=self.axon)
+        except Exception as exc:
+            raise StartupError(errors.SERVE, f"serve_axon on netuid {self.cfg.chain.netuid} failed "
+                                             f"({type(exc).__name__}: {exc}); check the endpoint and that the "
+                                             f"coldkey/hotkey can sign") from exc
+        ok, message = _extrinsic_ok(result)
+        if not ok:
+            raise StartupError(errors.SERVE, f"serve_axon on netuid {self.cfg.chain.netuid} was refused: "
+                                             f"{message or 'no reason given'}; check --axon.external_ip / "
+                                             f"--axon.external_port (the address validators will call)")
 
     # -- lifecycle ---------------------------------------------------------------------------
     def build_axon(self):
@@ -225,41 +335,109 @@ class Miner:
             return os.path.join(os.path.expanduser(wallet_path), "natix-state")
         return os.path.expanduser("~/.natix-miner/state")
 
-    async def start(self) -> None:
+    def _bind_axon(self) -> None:
+        """Bind the axon's socket now (fails at once, naming the port, when another process holds it);
+        uvicorn listens on this very socket when the axon starts, so nobody can take the port between."""
+        import functools
+        import socket
+
+        host, port = self.cfg.axon.ip, int(self.axon.port)
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT only; a listener still refuses
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            sock.close()
+            raise PortInUse("axon", host, port, "--axon.port", "NATIX_AXON_PORT", exc.strerror or str(exc)) from None
+        self._axon_socket = sock
+        server = self.axon.fast_server
+        server.run = functools.partial(type(server).run, server, sockets=[sock])
+
+    def _load_wallet(self):
         from natix_miner.miner.wallet import load_wallet
+        from natix_miner.ops.startup_checks import InsecurePermissions, enforce_permissions
+
+        if self.wallet is None:
+            try:
+                self.wallet = load_wallet(self.cfg)
+            except StartupError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - missing files, Vault down/sealed/denied: one line
+                raise StartupError(errors.WALLET, f"{exc}") from exc
+        try:
+            enforce_permissions(self.cfg, self.wallet, self.profile)  # refuses key/config files open to others
+        except InsecurePermissions as exc:
+            raise StartupError(errors.PERMISSIONS, str(exc)) from exc
+
+    async def start(self) -> None:
+        """configuration (done) -> wallet -> chain -> registration and UID -> axon port bound -> models
+        -> listen -> serve_axon. Each failure is a :class:`StartupError` with its exit code."""
         from natix_miner.ops.secrets import disable_core_dumps
 
         disable_core_dumps()  # before any key is read: a crash must not write the hotkey to a core file
         self.loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        if self.wallet is None:
-            self.wallet = load_wallet(self.cfg)
-        from natix_miner.ops.startup_checks import enforce_permissions
-
-        enforce_permissions(self.cfg, self.wallet, self.profile)  # refuses key/config files open to others
-        if self.engine is None:
-            from natix_miner.engine import Engine
-
-            self.engine = Engine(self.profile)
-        if not self.engine.ready:
-            await self.engine.start()
-        if self.cfg.local and self.cfg.local_metagraph:
-            from natix_miner.miner.gate import load_metagraph_file
-
-            self.gate.update(*load_metagraph_file(self.cfg.local_metagraph))
-            log.info("local metagraph: %d hotkeys from %s", self.gate.known, self.cfg.local_metagraph)
-        self.axon = self.build_axon()
+        self._load_wallet()
         if not self.cfg.local:
             await self.loop.run_in_executor(None, self._connect_chain)
-        self.axon.start()
-        for _ in range(1000):  # axon.start() returns before uvicorn listens: early callers got refused
-            if getattr(self.axon.fast_server, "started", True):
-                break
-            await asyncio.sleep(0.01)
+        try:
+            self.axon = self.build_axon()
+        except Exception as exc:  # noqa: BLE001 - bittensor looks up the public IP when none is given
+            if "ExternalIP" not in type(exc).__name__:
+                raise
+            raise StartupError(errors.SERVE, f"could not determine this host's public IP ({type(exc).__name__}: "
+                                             f"{exc}); set --axon.external_ip / NATIX_AXON_EXTERNAL_IP") from exc
+        self._bind_axon()  # before minutes of model loading: a taken port fails now
+        try:
+            if self.engine is None:
+                from natix_miner.engine import Engine
+
+                self.engine = Engine(self.profile)
+            if not self.engine.ready:
+                await self.engine.start()
+        except StartupError:
+            raise
+        except Exception as exc:
+            raise StartupError(errors.MODELS, f"loading profile {self.profile.name} failed ({type(exc).__name__}: "
+                                              f"{exc}); `natix-miner profile validate {self.profile.name}` and "
+                                              f"`natix-miner experts list` show what is missing") from exc
+        if self.cfg.local and self.cfg.local_metagraph:
+            import types
+
+            from natix_miner.miner.gate import load_metagraph_file
+
+            hotkeys, stakes, permits = load_metagraph_file(self.cfg.local_metagraph)
+            self.gate.update(hotkeys, stakes, permits)
+            self.metagraph = types.SimpleNamespace(hotkeys=hotkeys, S=stakes, validator_permit=permits)
+            self.uid = find_uid(self.metagraph, self.wallet.hotkey.ss58_address)
+            log.info("local metagraph: %d hotkeys from %s", self.gate.known, self.cfg.local_metagraph)
+        await self._listen()
+        if not self.cfg.local:
+            await self.loop.run_in_executor(None, self._serve_on_chain)
         self.serving = True
-        log.info("miner %s serving on %s:%d (%s mode, profile %s)", self.wallet.hotkey.ss58_address,
-                 self.cfg.axon.ip, self.axon.port, "local" if self.cfg.local else "chain", self.profile.name)
+        host, port = self._axon_socket.getsockname()[:2]
+        log.info("miner %s serving on %s:%d (%s mode, profile %s%s)", self.wallet.hotkey.ss58_address, host, port,
+                 "local" if self.cfg.local else f"chain, uid {self.uid}", self.profile.name,
+                 ", DEMO MODEL" if self.profile.demo else "")
         self.hooks.started(self)
+        self.report_status()
+
+    async def _listen(self, timeout_s: float = 30.0) -> None:
+        """Start uvicorn on the bound socket and wait until it accepts connections."""
+        self.axon.start()
+        deadline = time.monotonic() + timeout_s
+        while not getattr(self.axon.fast_server, "started", True):
+            if time.monotonic() > deadline:
+                raise StartupError(errors.PORT, f"the axon did not start listening on port {self.axon.port} "
+                                                f"within {timeout_s:.0f} s")
+            await asyncio.sleep(0.01)
+
+    def listening(self) -> bool:
+        """True while the axon's own socket is open and uvicorn is accepting on it (``/readyz``)."""
+        sock, server = self._axon_socket, getattr(self.axon, "fast_server", None)
+        if sock is None or server is None or sock.fileno() < 0:
+            return False
+        return bool(getattr(server, "started", False)) and not getattr(server, "should_exit", False)
 
     @property
     def port(self) -> int:
@@ -272,6 +450,9 @@ class Miner:
                 self.axon.stop()
             except Exception:  # pragma: no cover
                 pass
+        server = getattr(self.axon, "fast_server", None)
+        if self._axon_socket is not None and not getattr(server, "started", False):
+            self._axon_socket.close()  # never handed to uvicorn (which closes it itself on shutdown)
         if self.engine is not None:
             await self.engine.close()
         if self.replay is not None:
@@ -284,7 +465,11 @@ class Miner:
 
     async def run(self, ready: typing.Optional[threading.Event] = None) -> None:
         """Start, then sync the metagraph every ``sync_interval_s`` until SIGINT/SIGTERM."""
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()  # close what was opened (socket, engine, ops server) before the error surfaces
+            raise
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 self.loop.add_signal_handler(sig, self._stop.set)
@@ -298,13 +483,29 @@ class Miner:
                     await asyncio.wait_for(self._stop.wait(), timeout=min(60.0, self.cfg.sync_interval_s))
                 except asyncio.TimeoutError:
                     pass
-                if not self.cfg.local and time.time() - self._last_sync >= self.cfg.sync_interval_s:
+                if time.time() - self._last_sync >= self.cfg.sync_interval_s:
+                    if self.cfg.local:
+                        self._last_sync = time.time()
+                        self.report_status()
+                        continue
                     try:
                         await self.loop.run_in_executor(None, self.sync)
                     except Exception as exc:  # keep serving on a stale metagraph
                         log.warning("metagraph sync failed: %s", exc)
         finally:
             await self.stop()
+
+
+def _extrinsic_ok(result) -> typing.Tuple[bool, str]:
+    """``serve_axon``'s answer: bittensor 10's ``ExtrinsicResponse`` (``.success``, ``.message``), a
+    ``(success, message)`` pair, or a bool (older releases and test chains)."""
+    if hasattr(result, "success"):
+        return bool(result.success), str(getattr(result, "message", "") or "")
+    if isinstance(result, tuple) and result:
+        return bool(result[0]), str(result[1]) if len(result) > 1 else ""
+    if result is None:
+        return True, ""  # releases that return nothing raise on failure
+    return bool(result), ""
 
 
 def _free_port() -> int:

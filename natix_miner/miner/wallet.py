@@ -6,8 +6,10 @@ Usage::
     wallet = load_wallet(cfg)         # a bittensor Wallet whose .hotkey signs
 """
 
+import atexit
 import logging
 import os
+import shutil
 import tempfile
 
 from natix_miner.config import MinerConfig
@@ -19,7 +21,9 @@ def ephemeral_wallet(name: str = "natix-local", hotkey: str = "miner", root: str
     """A fresh unencrypted wallet in a temporary directory (local mode and tests only)."""
     import bittensor as bt
 
-    root = root or tempfile.mkdtemp(prefix="natix-wallet-")
+    if root is None:  # removed at exit: runs leave no natix-* folders in the temporary directory
+        root = tempfile.mkdtemp(prefix="natix-wallet-")
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
     w = bt.Wallet(name=name, hotkey=hotkey, path=root)
     w.create_new_coldkey(use_password=False, overwrite=True, suppress=True)
     w.create_new_hotkey(use_password=False, overwrite=True, suppress=True)

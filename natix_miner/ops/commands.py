@@ -3,41 +3,70 @@ configured hotkey (wallet files, or Vault with ``--vault.path`` / ``VAULT_*``).
 
     natix-miner card --model-name acme-roadwork --description "cascade" --model-version 1.0.0 \\
         --wallet.name miner --wallet.hotkey default --output model_card.json
+    natix-miner register --model-repo acme/roadwork --wallet.name miner --wallet.hotkey default  # UID from chain
     natix-miner register --uid 42 --model-repo acme/roadwork --wallet.name miner --wallet.hotkey default
     natix-miner register --uid 42 --model-repo acme/roadwork --vault.path natix/miner-hotkey \\
         --base-url https://hydra.natix.network --poll-timeout 300
 
 The base URL defaults to ``NATIX_REGISTRATION_URL`` or https://hydra.natix.network.
-Exit codes of ``register``: 0 registered, 1 refused/failed, 2 still pending at the timeout.
+Without ``--uid``, ``register`` reads the hotkey's UID from the metagraph of ``--netuid`` on
+``--subtensor.network`` / ``--subtensor.chain_endpoint`` (the same flags and variables as ``run``).
+Exit codes of ``register``: 0 registered, 1 refused/failed (or the UID not found), 2 still pending at the timeout.
 """
 
 import json
 import sys
 
-# wallet / vault / profile flags shared with `natix-miner run` (same names, same config keys)
-_KEY_PREFIXES = ("profile", "wallet.", "vault.")
+# wallet / vault / profile / chain flags shared with `natix-miner run` (same names, same config keys)
+_KEY_PREFIXES = ("profile", "wallet.", "vault.", "chain.")
 
 
-def _identity_flags(p) -> None:
+def _identity_flags(p, chain: bool = False) -> None:
     from natix_miner.miner.args import FLAGS
 
+    prefixes = _KEY_PREFIXES[1:] if chain else _KEY_PREFIXES[1:3]
     for flag, key, typ, help_ in FLAGS:
-        if key == "profile" or key.startswith(_KEY_PREFIXES[1:]):
+        if key == "profile" or key.startswith(prefixes):
             p.add_argument(flag, dest=key, type=typ, default=None, help=help_)
 
 
-def _hotkey(args):
-    """The configured wallet (files or Vault), built exactly as the miner builds it."""
+def _config(args):
     import argparse
     import os
 
     from natix_miner.miner.args import build_config
-    from natix_miner.miner.wallet import load_wallet
 
     ns = argparse.Namespace(**{k: v for k, v in vars(args).items()
                                if v is not None and (k == "profile" or k.startswith(_KEY_PREFIXES[1:]))})
-    cfg = build_config(namespace=ns, env=os.environ, serving=False)
-    return load_wallet(cfg)
+    return build_config(namespace=ns, env=os.environ, serving=False)
+
+
+def _find_uid(args, hotkey: str) -> int:
+    """This hotkey's UID from the chain's metagraph (raises StartupError naming the fix)."""
+    from natix_miner.miner import errors, neuron
+
+    cfg = _config(args)
+    subtensor = neuron.connect_chain(cfg)
+    try:
+        mg = subtensor.metagraph(cfg.chain.netuid)
+    except Exception as exc:  # noqa: BLE001 - one line naming the endpoint
+        raise errors.StartupError(errors.CHAIN, f"cannot read the metagraph of netuid {cfg.chain.netuid} from "
+                                                f"{neuron.chain_endpoint(cfg)}: {type(exc).__name__}: {exc}") from None
+    uid = neuron.find_uid(mg, hotkey)
+    if uid is None:
+        raise errors.StartupError(errors.REGISTRATION, f"hotkey {hotkey} is not registered on netuid "
+                                                       f"{cfg.chain.netuid}; register it with `btcli subnet "
+                                                       f"register --netuid {cfg.chain.netuid}` first, or pass --uid")
+    print(f"hotkey {hotkey} is uid {uid} on netuid {cfg.chain.netuid} ({neuron.chain_endpoint(cfg)})",
+          file=sys.stderr)
+    return uid
+
+
+def _hotkey(args):
+    """The configured wallet (files or Vault), built exactly as the miner builds it."""
+    from natix_miner.miner.wallet import load_wallet
+
+    return load_wallet(_config(args))
 
 
 def add_parser(sub) -> None:
@@ -50,14 +79,15 @@ def add_parser(sub) -> None:
     c.set_defaults(func=card_main)
 
     r = sub.add_parser("register", help="register the hotkey and model repository with NATIX, then poll status")
-    r.add_argument("--uid", type=int, required=True, help="the miner's uid on the subnet")
+    r.add_argument("--uid", type=int, default=None,
+                   help="the miner's uid on the subnet (default: looked up on chain from the hotkey)")
     r.add_argument("--model-repo", required=True, help="Hugging Face model repository, e.g. acme/roadwork")
     r.add_argument("--base-url", default=None, help="NATIX API base (default: NATIX_REGISTRATION_URL or "
                                                     "https://hydra.natix.network)")
     r.add_argument("--poll-interval", type=float, default=3.0, help="seconds between status checks")
     r.add_argument("--poll-timeout", type=float, default=180.0, help="give up polling after this many seconds")
     r.add_argument("--no-poll", action="store_true", help="POST only")
-    _identity_flags(r)
+    _identity_flags(r, chain=True)
     r.set_defaults(func=register_main)
 
 
@@ -76,10 +106,18 @@ def register_main(args) -> int:
     from natix_miner.ops.registration import (DEFAULT_BASE_URL, RegistrationClient, RegistrationError,
                                               RegistrationTimeout, build_registration)
 
+    from natix_miner.miner.errors import StartupError
+
     base = args.base_url or envs.get("NATIX_REGISTRATION_URL") or DEFAULT_BASE_URL
-    wallet = _hotkey(args)
-    client = RegistrationClient(base)
-    payload = build_registration(wallet.hotkey, args.uid, args.model_repo)
+    try:
+        wallet = _hotkey(args)
+        if args.uid is None:
+            args.uid = _find_uid(args, wallet.hotkey.ss58_address)
+        client = RegistrationClient(base)
+        payload = build_registration(wallet.hotkey, args.uid, args.model_repo)
+    except (StartupError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(f"registering uid {args.uid} hotkey {payload['natix_public_key']} model {args.model_repo} at {base}",
           file=sys.stderr)
     try:

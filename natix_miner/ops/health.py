@@ -92,7 +92,9 @@ class OpsServer:
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.5},
                                         name="natix-ops-http", daemon=True)
         self._thread.start()
-        log.info("metrics and health on %s (/metrics /healthz /readyz)", self.url)
+        host, port = self._httpd.server_address[:2]
+        log.info("metrics and health bound to %s:%d (/metrics /healthz /readyz%s)", host, port,
+                 "; every interface" if host in ("0.0.0.0", "::") else "")
         return self
 
     def stop(self) -> None:

@@ -18,6 +18,11 @@ Counted per request (from the miner's hooks and the engine's ``PredictResult``):
 ``natix_last_request_timestamp_seconds``       last answered request (start time before any)
 =============================================  ===================================================
 
+Set at every resync (the miner's status line, from the metagraph): ``natix_miner_uid`` (-1 when not
+registered), ``natix_miner_stake``, ``natix_miner_trust``, ``natix_miner_incentive``,
+``natix_miner_emission``, ``natix_validators_seen`` (hotkeys with a validator permit) and
+``natix_answers_last_window`` (requests answered since the previous status line).
+
 Read at scrape time (from ``miner.engine.status()`` and the process): ``natix_engine_ready``,
 ``natix_axon_serving``, ``natix_expert_load_status{expert,status}``, ``natix_expert_loaded{expert}``,
 ``natix_breaker_state{expert}`` (0 closed, 1 half-open, 2 open), ``natix_expert_queue_depth{expert}``,
@@ -48,6 +53,16 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 PROB_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 10)) + (1.0,)
 BREAKER_CODE = {"closed": 0, "half_open": 1, "open": 2}
 LOAD_STATES = ("pending", "loaded", "failed")
+# status-line key -> (gauge, help): set at every resync from the metagraph
+STATUS_GAUGES = (
+    ("uid", "natix_miner_uid", "this hotkey's UID on the subnet (-1: not registered)"),
+    ("stake", "natix_miner_stake", "this hotkey's stake (TAO/alpha, as the metagraph's S)"),
+    ("trust", "natix_miner_trust", "this hotkey's trust (metagraph T)"),
+    ("incentive", "natix_miner_incentive", "this hotkey's incentive (metagraph I)"),
+    ("emission", "natix_miner_emission", "this hotkey's emission (metagraph E)"),
+    ("validators", "natix_validators_seen", "hotkeys with a validator permit in the last metagraph"),
+    ("answers", "natix_answers_last_window", "requests answered between the last two status lines"),
+)
 
 
 def _route(route: str) -> str:
@@ -212,6 +227,8 @@ class MinerMetrics:
         self.last_request = Gauge("natix_last_request_timestamp_seconds",
                                   "unix time of the last answered request (process start before any)", registry=r)
         self.last_request.set(time.time())
+        self.chain = {key: Gauge(name, text, registry=r) for key, name, text in STATUS_GAUGES}
+        self.chain["uid"].set(-1)
         for route in ROUTES:
             for outcome in OUTCOMES:
                 self.requests.labels(route, outcome)
@@ -271,6 +288,12 @@ class MinerMetrics:
             self.final_tier.labels(tiers[-1]).inc()
         for expert, why in (getattr(result, "skipped", None) or {}).items():
             self.skipped.labels(expert, _reason(why)).inc()
+
+    def observe_status(self, status: typing.Mapping[str, typing.Any]) -> None:
+        """The miner's status line (``Miner.status()``) as gauges."""
+        for key, gauge in self.chain.items():
+            if isinstance(status.get(key), (int, float)):
+                gauge.set(float(status[key]))
 
     def observe_blacklisted(self, route: str, reason: str) -> None:
         route = _route(route)

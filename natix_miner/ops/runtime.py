@@ -67,10 +67,16 @@ class OpsHooks(MinerHooks):
     # -- server ------------------------------------------------------------------------------
     def start_server(self) -> "OpsHooks":
         if self.cfg.metrics.enabled and self.server is None:
+            from natix_miner.miner.errors import PortInUse
             from natix_miner.ops.health import OpsServer
 
-            self.server = OpsServer(self.cfg.metrics.host, self.cfg.metrics.port, render=self.metrics.render,
-                                    health=self.health, ready=self.readiness).start()
+            host, port = self.cfg.metrics.host, self.cfg.metrics.port
+            try:
+                self.server = OpsServer(host, port, render=self.metrics.render, health=self.health,
+                                        ready=self.readiness).start()
+            except OSError as exc:
+                raise PortInUse("metrics", host, port, "--metrics.port", "NATIX_METRICS_PORT",
+                                exc.strerror or str(exc)) from None
         return self
 
     @property
@@ -102,7 +108,9 @@ class OpsHooks(MinerHooks):
                             "breakers_open": open_, "profile": status.get("profile")}
         if m is None:
             checks["engine"]["detail"] = "starting"
-        checks["axon"] = {"ok": bool(getattr(m, "serving", False)), "port": getattr(m, "port", 0) if m else 0}
+        listening = bool(m is not None and hasattr(m, "listening") and m.listening())
+        checks["axon"] = {"ok": bool(getattr(m, "serving", False)) and listening, "listening": listening,
+                          "port": getattr(m, "port", 0) if m else 0}
         if self.vault_probe is not None:
             checks["vault"] = self.vault_probe()
         ok = all(c["ok"] for c in checks.values())
@@ -138,6 +146,9 @@ class OpsHooks(MinerHooks):
 
     def blacklisted(self, route, reason, hotkey=None) -> None:
         self._guard(self.metrics.observe_blacklisted, route, reason)
+
+    def status(self, status) -> None:
+        self._guard(self.metrics.observe_status, status)
 
     def stopped(self) -> None:
         if self.tracer is not None:

@@ -1,0 +1,283 @@
+"""Operator experience (issue 15): the miner never claims to serve on a port it does not hold, fails fast
+with one ``error:`` line and a distinct exit code, reads reference-miner env files, and reports its
+status. The start-up failures run the real entry point (``neurons/miner.py``) in a subprocess; the
+status line runs a real miner against the in-memory chain of tests/test_miner_chain.py.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import types
+import urllib.request
+
+import pytest
+
+from natix_miner import envs
+from natix_miner.config import MinerConfig
+from natix_miner.miner import errors
+from natix_miner.miner.args import build_config, build_parser, settings_table
+from natix_miner.miner.local import MinerThread
+from natix_miner.miner.neuron import _free_port
+from natix_miner.protocol import ImageSynapse
+from tests.reliability_support import query, valid, validators
+from tests.test_miner_chain import LocalChain
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENTRY = os.path.join(ROOT, "neurons", "miner.py")
+
+
+def _run(*argv: str, env: dict = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("NATIX_")}
+    full.update(env or {})
+    return subprocess.run([sys.executable, ENTRY, *argv], capture_output=True, text=True, env=full, timeout=timeout,
+                          cwd=ROOT)
+
+
+def _held_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    return s, s.getsockname()[1]
+
+
+# -- item 1: ports -------------------------------------------------------------------------------
+@pytest.mark.parametrize("which", ["axon", "metrics"])
+def test_a_port_held_by_another_socket_exits_at_once_naming_it(which):
+    holder, port = _held_port()
+    with holder:
+        ports = (["--axon.port", str(port), "--metrics.port", "0"] if which == "axon"
+                 else ["--axon.port", "0", "--metrics.port", str(port)])
+        t0 = time.monotonic()
+        out = _run("--local", "--axon.ip", "127.0.0.1", *ports)
+        took = time.monotonic() - t0
+    assert out.returncode == errors.PORT, out.stderr[-2000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and f":{port} " in last and f"--{which}.port" in last
+    assert f"NATIX_{which.upper()}_PORT" in last
+    assert "Traceback" not in out.stderr and "serving on" not in out.stderr + out.stdout
+    assert took < 60  # before any model loads
+
+
+def test_metrics_server_binds_loopback_unless_told(tmp_path):
+    from natix_miner.ops.runtime import OpsHooks
+
+    for argv, host in (([], "127.0.0.1"), (["--metrics.host", "0.0.0.0"], "0.0.0.0")):
+        cfg = build_config(["--local", "--metrics.port", "0", *argv], env={})
+        hooks = OpsHooks(cfg).start_server()
+        try:
+            assert hooks.server._httpd.server_address[0] == host
+            with urllib.request.urlopen(f"http://127.0.0.1:{hooks.port}/healthz", timeout=5) as r:
+                assert r.status == 200
+        finally:
+            hooks.stopped()
+
+
+# -- item 3: settings ----------------------------------------------------------------------------
+REFERENCE_ENV = """# the NATIX reference miner's miner.env
+IMAGE_DETECTOR=ViT                    # Options: ViT
+IMAGE_DETECTOR_CONFIG=ViT_roadwork.yaml
+IMAGE_DETECTOR_DEVICE=cuda            # Options: cpu, cuda
+
+NETUID=323                            # 72 mainnet, 323 testnet
+SUBTENSOR_NETWORK=test
+SUBTENSOR_CHAIN_ENDPOINT=wss://test.finney.opentensor.ai:443/
+
+WALLET_NAME=cold
+WALLET_HOTKEY="hot key"
+MINER_AXON_PORT=28091
+BLACKLIST_FORCE_VALIDATOR_PERMIT=True
+export MODEL_URL='https://huggingface.co/acme/roadwork'
+NATIX_PROFILE=h100x1
+"""
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"], ids=["lf", "crlf"])
+def test_reference_style_env_file_relative_to_the_caller(tmp_path, monkeypatch, newline):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "miner.env").write_bytes(REFERENCE_ENV.replace("\n", newline).encode())
+    monkeypatch.chdir(tmp_path)
+    cfg = build_config([], env={"NATIX_ENV_FILE": os.path.join("sub", "miner.env")})
+    assert (cfg.chain.netuid, cfg.chain.network) == (323, "test")
+    assert cfg.chain.chain_endpoint == "wss://test.finney.opentensor.ai:443/"
+    assert (cfg.wallet.name, cfg.wallet.hotkey) == ("cold", "hot key")
+    assert cfg.axon.port == 28091 and cfg.blacklist.force_validator_permit is True
+    assert cfg.model_url == "https://huggingface.co/acme/roadwork" and cfg.profile.endswith("h100x1.yaml")
+    warnings = envs.env_warnings(envs.with_env_file({"NATIX_ENV_FILE": "sub/miner.env"}))
+    assert "WALLET_NAME (reference-miner name) read as NATIX_WALLET_NAME" in warnings
+    assert any(w.startswith("IMAGE_DETECTOR=ViT") and "NATIX_PROFILE" in w for w in warnings)
+    # the process environment beats the file; the NATIX_* name beats the reference alias
+    cfg = build_config([], env={"NATIX_ENV_FILE": "sub/miner.env", "NATIX_AXON_PORT": "9999", "NETUID": "72"})
+    assert cfg.axon.port == 9999 and cfg.chain.netuid == 72
+    assert build_config([], env={"NETUID": "72", "NATIX_NETUID": "323", "NATIX_ALLOW_DEMO": "1"}).chain.netuid == 323
+
+
+def test_unknown_natix_key_is_warned_with_the_nearest_name():
+    warnings = envs.env_warnings({"NATIX_NETUD": "72", "NATIX_AXON_PROT": "1", "NATIX_NETUID": "72", "HOME": "/"})
+    assert "unknown variable NATIX_NETUD ignored; did you mean NATIX_NETUID?" in warnings
+    assert "unknown variable NATIX_AXON_PROT ignored; did you mean NATIX_AXON_PORT?" in warnings
+    assert len(warnings) == 2
+
+
+def test_every_flag_has_a_variable_and_help_shows_default_and_variable():
+    text = build_parser().format_help()
+    flags = [a for a in build_parser()._actions if a.option_strings and a.dest != "help"]
+    for action in flags:
+        if action.dest in ("logging.debug", "logging.trace"):
+            continue
+        assert "env: " in action.help and "default: " in action.help, action.option_strings
+    assert "[default: 8091; env: NATIX_AXON_PORT]" in " ".join(text.split())
+    table = settings_table()
+    assert "| `--metrics.host` | `NATIX_METRICS_HOST` | `127.0.0.1` |" in table
+    declared = envs.declared()
+    assert {"NATIX_AXON_EXTERNAL_IP", "NATIX_BLACKLIST_MIN_STAKE", "NATIX_LOCAL", "VAULT_TOKEN"} <= set(declared)
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    assert table in readme, "README's settings table is stale: python -m natix_miner.miner.args --readme"
+
+
+def test_bool_flags_bare_and_bittensor_names():
+    cfg = build_config(["--local", "--blacklist.force_validator_permit", "--logging.logging_dir", "/var/log/x"], env={})
+    assert cfg.blacklist.force_validator_permit is True and cfg.logging.dir == "/var/log/x"
+    cfg = build_config(["--local", "--blacklist.force_validator_permit", "false"], env={})
+    assert cfg.blacklist.force_validator_permit is False
+
+
+# -- item 2: start-up failures, each one line and its own exit code --------------------------------
+@pytest.fixture(scope="module")
+def wallet_dir(tmp_path_factory):
+    from natix_miner.miner.wallet import ephemeral_wallet
+
+    root = str(tmp_path_factory.mktemp("opwallet"))
+    ephemeral_wallet("op", "hk", root)
+    return root
+
+
+CASES = {
+    "unknown profile": (["--local", "--profile", "no-such"], {}, errors.CONFIG, ["no-such", "demo-cpu", "h100x2"]),
+    "bad variable": (["--local"], {"NATIX_AXON_PORT": "80a91"}, errors.CONFIG, ["NATIX_AXON_PORT", "--axon.port"]),
+    "bad network": (["--allow-demo", "--subtensor.network", "mainnet"], {}, errors.CONFIG, ["did you mean finney"]),
+    "demo on chain": ([], {}, errors.CONFIG, ["--allow-demo", "gpu-small"]),
+    "missing env file": (["--local"], {"NATIX_ENV_FILE": "nope.env"}, errors.CONFIG, ["nope.env", "cp miner.env"]),
+    "missing wallet": (["--allow-demo", "--wallet.path", "/nonexistent/w"], {}, errors.WALLET, ["hotkey file", "btcli"]),
+    "chain down": (["--allow-demo", "--subtensor.chain_endpoint", "ws://127.0.0.1:9"], {"wallet": True},
+                   errors.CHAIN, ["ws://127.0.0.1:9", "--subtensor.chain_endpoint"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_startup_failure_is_one_error_line_with_its_exit_code(case, wallet_dir):
+    argv, env, code, needles = CASES[case]
+    env = dict(env)
+    if env.pop("wallet", False):
+        argv = [*argv, "--wallet.path", wallet_dir, "--wallet.name", "op", "--wallet.hotkey", "hk"]
+    out = _run(*argv, "--metrics.port", "0", env={"NATIX_ALLOW_INSECURE_PERMISSIONS": "1", **env})
+    assert out.returncode == code, out.stderr[-2000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and all(n in last for n in needles), last
+    assert "Traceback" not in out.stderr
+
+
+def test_logging_debug_keeps_the_traceback():
+    out = _run("--local", "--profile", "no-such", "--logging.debug")
+    assert out.returncode == errors.CONFIG and "Traceback" in out.stderr and "error: profile not found" in out.stderr
+
+
+def _chain_cfg(**over) -> MinerConfig:
+    data = {"local": False, "sync_interval_s": 0.3, "chain": {"netuid": 72},
+            "axon": {"ip": "127.0.0.1", "port": _free_port(), "external_ip": "127.0.0.1"}, "metrics": {"enabled": False}}
+    data.update(over)
+    return MinerConfig.model_validate(data)
+
+
+class RefusingChain(LocalChain):
+    def serve_axon(self, netuid, axon):
+        return types.SimpleNamespace(success=False, message="Custom error: 10 (RateLimited)")
+
+
+@pytest.mark.parametrize("chain_cls, registered, code, needle", [
+    (LocalChain, False, errors.REGISTRATION, "btcli subnet register"),
+    (RefusingChain, True, errors.SERVE, "RateLimited"),
+])
+def test_chain_startup_failures_carry_their_code(miner_wallet, chain_cls, registered, code, needle):
+    chain = chain_cls()
+    if registered:
+        chain.register(miner_wallet.hotkey.ss58_address)
+    with pytest.raises(RuntimeError) as err:
+        with MinerThread(_chain_cfg(), wallet=miner_wallet, subtensor=chain):
+            pass
+    cause = err.value.__cause__
+    assert isinstance(cause, errors.StartupError) and cause.code == code and needle in str(cause)
+
+
+# -- item 4: status line, gauges, per-request line, /readyz ---------------------------------------
+class StatusChain(LocalChain):
+    """The in-memory chain plus trust / incentive / emission and uids, as a real metagraph has."""
+
+    def metagraph(self, netuid):
+        mg = super().metagraph(netuid)
+        n = len(mg.hotkeys)
+        mg.uids = list(range(n))
+        mg.T = [0.5 + 0.01 * i for i in range(n)]
+        mg.I = [0.001 * i for i in range(n)]
+        mg.E = [0.1 * i for i in range(n)]
+        return mg
+
+
+async def test_status_line_gauges_request_line_and_readyz(tmp_path, miner_wallet, jpeg_b64, caplog):
+    from natix_miner.ops.runtime import OpsHooks
+
+    (val, _), = validators(tmp_path, [5000])
+    chain = StatusChain()
+    chain.register(val.hotkey.ss58_address, stake=5000, permit=True)
+    chain.register("5Other", stake=1, permit=False)
+    chain.register(miner_wallet.hotkey.ss58_address, stake=12.5)  # uid 2
+    cfg = _chain_cfg(metrics={"enabled": True, "port": 0})
+    hooks = OpsHooks(cfg).start_server()
+    caplog.set_level("INFO", logger="natix_miner")
+    with MinerThread(cfg, wallet=miner_wallet, subtensor=chain, hooks=hooks) as m:
+        r, _ = await query(val, m.info(), ImageSynapse(image=jpeg_b64))
+        assert r.axon.status_code == 200 and valid(r.prediction)
+        seen = chain.syncs
+        deadline = time.monotonic() + 20
+        while chain.syncs < seen + 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with urllib.request.urlopen(f"{hooks.url}/readyz", timeout=5) as resp:
+            body = json.loads(resp.read())
+        assert body["checks"]["axon"]["listening"] is True and body["checks"]["axon"]["ok"] is True
+        metrics = urllib.request.urlopen(f"{hooks.url}/metrics", timeout=5).read().decode()
+        sock = m.miner._axon_socket
+    lines = [r.getMessage() for r in caplog.records]
+    status = [ln for ln in lines if ln.startswith("status: uid 2 |")]
+    assert status and "stake 12.5000" in status[0] and "trust 0.5200" in status[0] and "validators 1" in status[0]
+    assert "emission 0.200000" in status[0] and "incentive 0.002000" in status[0]
+    assert any(ln.startswith("status: uid 2") and "answers 1 in the last" in ln for ln in status), status
+    assert any(ln.startswith("answered ImageSynapse from " + val.hotkey.ss58_address[:8]) and "p=" in ln
+               and "tiers=" in ln and " ms (demo model)" in ln for ln in lines), lines[-20:]
+    assert any("serving on 127.0.0.1:" in ln and "uid 2" in ln for ln in lines)
+    for needle in ("natix_miner_uid 2.0", "natix_miner_stake 12.5", "natix_validators_seen 1.0",
+                   "natix_miner_trust 0.52", "natix_miner_emission 0.2"):
+        assert needle in metrics, needle
+    assert sock.fileno() == -1  # the axon's own socket is closed with the miner
+    assert not m.miner.listening()
+
+
+# -- item 5: the minimum-hardware profile ----------------------------------------------------------
+def test_gpu_small_profile_fits_the_documented_minimum(capsys):
+    import yaml
+
+    from natix_miner.cli import main
+
+    assert main(["profile", "validate", "gpu-small"]) == 0
+    assert main(["profile", "plan", "gpu-small", "--gpus", "1", "--gpu-gb", "4"]) == 0  # exit 1 when over budget
+    assert main(["profile", "plan", "h100x1", "--gpus", "1", "--gpu-gb", "4"]) != 0  # the check can fail
+    out = capsys.readouterr().out
+    assert "natix_vit" in out
+    from natix_miner.config import load_profile
+
+    prof = load_profile("gpu-small")
+    assert prof.expert("natix_vit").model == "natix-network-org/roadwork" and not prof.demo
+    spec = yaml.safe_load(open(os.path.join(ROOT, "min_compute.yml")))["compute_spec"]["miner"]
+    assert spec["profile"] == "configs/gpu-small.yaml" and spec["gpu"]["min_vram"] == 4
+    assert "`gpu-small`" in open(os.path.join(ROOT, "README.md")).read()
