@@ -281,3 +281,22 @@ def test_gpu_small_profile_fits_the_documented_minimum(capsys):
     spec = yaml.safe_load(open(os.path.join(ROOT, "min_compute.yml")))["compute_spec"]["miner"]
     assert spec["profile"] == "configs/gpu-small.yaml" and spec["gpu"]["min_vram"] == 4
     assert "`gpu-small`" in open(os.path.join(ROOT, "README.md")).read()
+
+
+def test_start_script_reads_a_crlf_reference_env_file_relative_to_the_caller(tmp_path):
+    """deploy/start_miner.sh parses the file with python-dotenv (never sources it): CRLF, quotes, a
+    relative NATIX_ENV_FILE from the caller's directory, reference names."""
+    text = (REFERENCE_ENV + f"NATIX_PYTHON={sys.executable}\nNATIX_EXTRA_ARGS=\"--axon.external_ip 203.0.113.7\"\n"
+            "NATIX_NETUD=72\nNATIX_METRICS_HOST=0.0.0.0\n")
+    (tmp_path / "ref.env").write_bytes(text.replace("\n", "\r\n").encode())
+    os.chmod(tmp_path / "ref.env", 0o600)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NATIX_")}
+    env.update(NATIX_ENV_FILE="ref.env", NATIX_DRY_RUN="1")
+    out = subprocess.run(["bash", os.path.join(ROOT, "deploy", "start_miner.sh")], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    cfg = json.loads(out.stdout.rsplit("command:", 1)[0])
+    assert (cfg["wallet"]["name"], cfg["wallet"]["hotkey"], cfg["axon"]["port"]) == ("cold", "hot key", 28091)
+    assert cfg["chain"]["netuid"] == 323 and cfg["axon"]["external_ip"] == "203.0.113.7"
+    assert cfg["metrics"]["host"] == "0.0.0.0" and cfg["model_url"] == "https://huggingface.co/acme/roadwork"
+    assert "did you mean NATIX_NETUID?" in out.stderr and "\r" not in out.stdout

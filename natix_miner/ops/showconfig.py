@@ -29,7 +29,17 @@ def resolved_config(argv: typing.Sequence[str], env: typing.Mapping[str, str]) -
 
 
 def main(argv: typing.Optional[typing.Sequence[str]] = None) -> int:
-    print(json.dumps(resolved_config(sys.argv[1:] if argv is None else argv, os.environ), indent=2))
+    from natix_miner import envs
+    from natix_miner.miner.errors import StartupError
+
+    try:
+        data = resolved_config(sys.argv[1:] if argv is None else argv, os.environ)
+    except StartupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.code
+    for line in envs.env_warnings(envs.with_env_file(os.environ)):
+        print(f"warning: {line}", file=sys.stderr)
+    print(json.dumps(data, indent=2))
     return 0
 
 
