@@ -300,3 +300,12 @@ def test_start_script_reads_a_crlf_reference_env_file_relative_to_the_caller(tmp
     assert cfg["chain"]["netuid"] == 323 and cfg["axon"]["external_ip"] == "203.0.113.7"
     assert cfg["metrics"]["host"] == "0.0.0.0" and cfg["model_url"] == "https://huggingface.co/acme/roadwork"
     assert "did you mean NATIX_NETUID?" in out.stderr and "\r" not in out.stdout
+
+
+def test_dashboard_shows_the_status_gauges():
+    from natix_miner.ops.metrics import STATUS_GAUGES
+
+    dash = json.load(open(os.path.join(ROOT, "deploy", "grafana-dashboard.json")))
+    exprs = " ".join(t["expr"] for p in dash["panels"] for t in p.get("targets", []))
+    for _, metric, _ in STATUS_GAUGES:
+        assert metric in exprs, metric
