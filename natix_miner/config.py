@@ -23,6 +23,7 @@ be greater than 0``.
 import json
 import math
 import os
+import re
 import typing
 from pathlib import Path
 
@@ -325,8 +326,14 @@ def resolve_profile_path(name_or_path: typing.Union[str, Path, None]) -> Path:
                        f"{CONFIG_DIR}: {known}")
 
 
-def load_profile(name_or_path: typing.Union[str, Path, None] = None) -> Profile:
-    """Load and validate a profile; fitted consensus weights beside it override the YAML's."""
+def load_profile(name_or_path: typing.Union[str, Path, None] = None, stand_ins: typing.Optional[str] = None,
+                 device: typing.Optional[str] = None) -> Profile:
+    """Load and validate a profile; fitted consensus weights beside it override the YAML's.
+
+    ``stand_ins`` (default: ``$NATIX_STAND_INS``): a directory written by ``natix-miner models stand-in``;
+    every expert then loads its stand-in. ``device`` (default: ``$NATIX_DEVICE``): every expert and
+    replica on that device (``cpu`` also runs the ``vllm`` family through ``hf_vlm``); see
+    :mod:`natix_miner.standins`."""
     path = resolve_profile_path(name_or_path)
     try:
         data = yaml.safe_load(path.read_text())
@@ -338,6 +345,19 @@ def load_profile(name_or_path: typing.Union[str, Path, None] = None) -> Profile:
     fitted = path.with_name(path.stem + ".consensus.json")
     if fitted.exists():
         data["consensus"] = _fitted_consensus(fitted, data)
+    from natix_miner import envs
+
+    stand_ins = stand_ins or envs.get("NATIX_STAND_INS") or None
+    device = device or envs.get("NATIX_DEVICE") or None
+    if stand_ins or device:
+        from natix_miner.standins import StandInError, apply_data
+
+        if device and not re.match(DEVICE_PATTERN, device):
+            raise ProfileError(f"device {device!r}: expected cpu, cuda or cuda:N")
+        try:
+            data = apply_data(data, stand_ins, device)
+        except StandInError as exc:
+            raise ProfileError(str(exc)) from None
     try:
         return Profile.model_validate(data)
     except pydantic.ValidationError as exc:

@@ -37,6 +37,8 @@ VARIABLES: typing.Dict[str, typing.Tuple[typing.Optional[str], str]] = {
     "VAULT_SECRET_ID": ("vault.secret_id", "AppRole secret id (never logged)"),
     "NATIX_ENV_FILE": (None, "env file to read (relative to the caller's directory; default for "
                              "deploy/start_miner.sh: miner.env in the repo)"),
+    "NATIX_STAND_INS": (None, "stand-in weights directory (`natix-miner models stand-in`): every expert loads its stand-in"),
+    "NATIX_DEVICE": (None, "cpu | cuda | cuda:N: every expert and replica on this device (cpu: vllm runs as hf_vlm)"),
     "NATIX_MODEL_DIR": (None, "the local model store (default: models/ in the repo)"),
     "NATIX_SEED": (None, "seed for procedural data in demos and tests"),
     "NATIX_ALLOW_INSECURE_PERMISSIONS": (None, "1: start even if key/config files are open to other users"),

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import tempfile
 import threading
@@ -301,6 +302,8 @@ async def run_soak(cfg: SoakConfig) -> dict:
             proc.kill()
         with open(mode_file, "w") as fh:
             fh.write("ok")
+        proc.join(10)
+        shutil.rmtree(work, ignore_errors=True)  # keys, metagraph, chaos file: leave nothing in the temp dir
     n_ok = len(latencies) - bad["invalid"]
     report = {
         "config": dataclasses.asdict(cfg),
@@ -366,6 +369,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verbose", action="store_true", help="miner logs at INFO")
     p.add_argument("--allow-downloads", action="store_true",
                    help="let missing models download (default: offline; NATIX_ALLOW_DOWNLOADS=1 too)")
+    from natix_miner.standins import add_arguments as stand_in_arguments
+
+    stand_in_arguments(p)  # --stand-ins DIR, --device D (applied where the profile loads)
 
 
 def add_parser(sub) -> None:
@@ -384,6 +390,10 @@ def main_args(args) -> int:
     from PIL import Image
 
     apply_download_policy(getattr(args, "allow_downloads", False))
+    from natix_miner.standins import apply_cli
+
+    if apply_cli(args):
+        return 2
     os.environ.setdefault("BT_NO_PARSE_CLI_ARGS", "true")
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the bombs are sent on purpose
     fields = {f.name for f in dataclasses.fields(SoakConfig)}

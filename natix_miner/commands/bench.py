@@ -32,6 +32,9 @@ def add_parser(sub) -> None:
     p.add_argument("--json", default=None)
     p.add_argument("--allow-downloads", action="store_true",
                    help="let missing models download (default: offline; NATIX_ALLOW_DOWNLOADS=1 too)")
+    from natix_miner.standins import add_arguments
+
+    add_arguments(p)  # --stand-ins DIR, --device D (applied where the profile loads)
     p.set_defaults(func=main)
 
 
@@ -40,5 +43,9 @@ def main(args) -> int:
     from natix_miner.offline import apply_download_policy
 
     apply_download_policy(args.allow_downloads)
+    from natix_miner.standins import apply_cli
+
+    if apply_cli(args):
+        return 2
     run(args)
     return 0

@@ -25,7 +25,13 @@ def add_parser(sub) -> None:
     p.add_argument("--profile", default=None, help="profile name or path (default: demo-cpu)")
     p.add_argument("--json", action="store_true", help="one JSON object per image instead of tables")
     p.add_argument("--deadline", type=float, default=None, help="seconds per image (default: the profile's)")
+    p.add_argument("--all-tiers", action="store_true",
+                   help="run every tier whatever the confidence and show every expert's answer (debugging; "
+                        "a tier waits for all its experts within the deadline)")
     add_load_flags(p)
+    from natix_miner.standins import add_arguments
+
+    add_arguments(p)
     p.set_defaults(func=main)
 
 
@@ -47,6 +53,12 @@ def record(path: str, res) -> dict:
     d = res.to_dict()
     return {"path": path, "probability": res.probability, "tiers": list(res.tiers_run),
             "experts": {name: ev.probability for name, ev in res.evidence.items()}, **d}
+
+
+def per_tier(res, profile) -> dict:
+    """``{tier: {expert: P, or the reason it has none ("timeout", "failed", ...)}}`` in profile order."""
+    return {t.name: {n: (res.evidence[n].probability if n in res.evidence else res.skipped.get(n, "not_run"))
+                     for n in t.experts} for t in profile.tiers}
 
 
 def table(path: str, res, profile) -> str:
@@ -93,9 +105,10 @@ async def _run(args) -> int:
             with open(path, "rb") as f:
                 data = f.read()
             deadline = None if args.deadline is None else time.monotonic() + args.deadline
-            res = await engine.predict(data, deadline)
+            res = await engine.predict(data, deadline, all_tiers=args.all_tiers)
             if args.json:
                 rec = record(path, res)
+                rec["per_tier"] = per_tier(res, engine.profile)
                 if engine.profile.demo:  # a stand-in model: never mistake its numbers for a real miner's
                     rec["caveat"] = DEMO_CAVEAT
                 print(json.dumps(rec, default=str), flush=True)
@@ -115,6 +128,10 @@ def main(args) -> int:
     from natix_miner.offline import apply_download_policy
 
     apply_download_policy(args.allow_downloads)
+    from natix_miner.standins import apply_cli
+
+    if apply_cli(args):  # --stand-ins / --device: applied where the profile loads
+        return 2
     for p in args.images:
         try:
             open(p, "rb").close()

@@ -287,10 +287,12 @@ class Engine:
         return probe(image, max_pixels=self.profile.max_pixels)
 
     async def predict(self, image: typing.Union[bytes, str, DecodedImage],
-                      deadline: typing.Optional[float] = None) -> PredictResult:
+                      deadline: typing.Optional[float] = None, all_tiers: bool = False) -> PredictResult:
         """Answer one image. ``image``: JPEG/PNG/... bytes, base64 text or a decoded image.
         ``deadline``: absolute ``time.monotonic()`` by which the answer must exist
-        (default and cap: now + ``profile.deadline_s``)."""
+        (default and cap: now + ``profile.deadline_s``). ``all_tiers``: run every tier whatever the
+        consensus (debugging): a tier waits for all its experts up to the deadline less the later
+        tiers' ``min_budget_s`` instead of its ``budget_s``; the cache is bypassed."""
         t0 = time.perf_counter()
         now = time.monotonic()
         cap = now + self.profile.deadline_s
@@ -299,7 +301,7 @@ class Engine:
         if not self.ready:
             return self._finish(self._fallback("engine_not_ready", t0))
         try:
-            return self._finish(await self._predict(image, deadline, t0))
+            return self._finish(await self._predict(image, deadline, t0, all_tiers))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the answer must always exist
@@ -311,13 +313,15 @@ class Engine:
         return await asyncio.wait_for(loop.run_in_executor(self._decode_pool, fn),
                                       timeout=max(0.001, deadline - time.monotonic()))
 
-    async def _predict(self, image, deadline: float, t0: float) -> PredictResult:
+    async def _predict(self, image, deadline: float, t0: float, all_tiers: bool = False) -> PredictResult:
         try:
             img = await self._off_loop(functools.partial(self._probe, image), deadline)
         except ImageError as exc:
             return self._fallback(f"bad_image:{exc.reason}", t0)
         except asyncio.TimeoutError:
             return self._fallback("decode_timeout", t0)
+        if all_tiers:  # a full run is not the answer the cache holds for this image
+            return await self._decode_and_run(img, deadline, t0, all_tiers=True)
         key = img.sha256
         hit = self.cache.get(key)
         if hit is not None:
@@ -349,7 +353,8 @@ class Engine:
         finally:
             self.cache.end(key, fut)
 
-    async def _decode_and_run(self, img: DecodedImage, deadline: float, t0: float) -> PredictResult:
+    async def _decode_and_run(self, img: DecodedImage, deadline: float, t0: float,
+                              all_tiers: bool = False) -> PredictResult:
         try:
             await self._off_loop(lambda: img.rgb, deadline)
         except ImageError as exc:
@@ -357,7 +362,7 @@ class Engine:
         except asyncio.TimeoutError:
             return self._fallback("decode_timeout", t0, img.sha256)
         t_dec = time.perf_counter() - t0
-        res = await self._cascade(img, deadline, t0)
+        res = await self._cascade(img, deadline, t0, all_tiers)
         res.timings["decode"] = t_dec
         return res
 
@@ -368,18 +373,20 @@ class Engine:
         ev = await pool.call(img, timeout=timeout, count_timeout=count_timeout)
         return ev, time.perf_counter() - t
 
-    async def _cascade(self, img: DecodedImage, deadline: float, t0: float) -> PredictResult:
+    async def _cascade(self, img: DecodedImage, deadline: float, t0: float, all_tiers: bool = False) -> PredictResult:
         res = PredictResult(probability=safe_probability(self.profile.fallback_probability),
                             image_sha256=img.sha256)
         p: typing.Optional[float] = None
         tasks: typing.Dict[str, asyncio.Task] = {}
         try:
-            for tier in self.profile.tiers:
+            for i, tier in enumerate(self.profile.tiers):
                 left = deadline - time.monotonic() - SAFETY_MARGIN_S
                 if left <= 0 or left < tier.min_budget_s:
                     res.skipped[tier.name] = "no_time"
                     continue
                 budget = min(tier.budget_s, left)
+                if all_tiers:  # every answer matters, not speed: wait up to the deadline less later tiers' minimum
+                    budget = max(budget, left - sum(t.min_budget_s for t in self.profile.tiers[i + 1:]))
                 tasks = {}
                 for name in tier.experts:
                     pool = self.pools.get(name)
@@ -389,7 +396,7 @@ class Engine:
                     if not pool.available():
                         res.skipped[name] = "breaker_open"
                         continue
-                    own = min(tier.budget_s, pool.spec.timeout_s or math.inf)
+                    own = min(math.inf if all_tiers else tier.budget_s, pool.spec.timeout_s or math.inf)
                     timeout = min(own, budget)
                     tasks[name] = asyncio.ensure_future(self._timed(pool, img, timeout, timeout >= own - 1e-3))
                 if not tasks:
@@ -423,7 +430,7 @@ class Engine:
                 if pooled is not None:
                     p = pooled
                 band = tier.escalation or self.profile.escalation
-                if p is not None and not (band.low < p < band.high):
+                if p is not None and not (band.low < p < band.high) and not all_tiers:
                     break
         finally:
             for t in tasks.values():  # cancelled mid-tier: leave nothing running on our behalf

@@ -151,6 +151,9 @@ def build_parser(parser: typing.Optional[argparse.ArgumentParser] = None) -> arg
     for flag, key, typ, help_ in FLAGS:
         extra = {"nargs": "?", "const": True} if typ is _bool else {}
         parser.add_argument(flag, dest=key, type=typ, default=argparse.SUPPRESS, help=_help(key, help_), **extra)
+    from natix_miner.standins import add_arguments
+
+    add_arguments(parser)  # --stand-ins DIR, --device D (NATIX_STAND_INS / NATIX_DEVICE; applied in load_profile)
     return parser
 
 
@@ -238,6 +241,12 @@ def build_config(argv: typing.Optional[typing.Sequence[str]] = None,
         elif key in keys:
             _set(cli, key, value)
     merged = _merge(settings_from_env(env), cli)
+    from natix_miner.standins import StandInError, use_arguments
+
+    try:
+        use_arguments(ns)
+    except StandInError as exc:
+        raise ConfigError(f"{exc} (--stand-ins / --device)") from None
     try:
         profile = load_profile(merged.get("profile"))
     except ProfileError as exc:
@@ -251,6 +260,9 @@ def build_config(argv: typing.Optional[typing.Sequence[str]] = None,
                          for e in exc.errors())
         raise ConfigError(f"invalid miner config: {msgs}") from None
     check_network(cfg.chain.network, cfg.chain.chain_endpoint)
+    if serving and envs.get("NATIX_STAND_INS") and not cfg.local:
+        raise ConfigError("stand-in weights are random (--stand-ins / NATIX_STAND_INS): serve them in --local mode "
+                          "only, never on chain")
     if serving and profile.demo and not cfg.local and not cfg.allow_demo:
         raise ConfigError(f"profile {profile.name} is a demo (its model is a stand-in, not trained for roadwork) "
                           f"and this is chain mode; choose a real profile with --profile / NATIX_PROFILE "

@@ -146,6 +146,9 @@ def _evaluate(sub) -> None:
     from natix_miner.commands.predict import add_load_flags
 
     add_load_flags(p)
+    from natix_miner.standins import add_arguments
+
+    add_arguments(p)  # --stand-ins DIR, --device D (applied where the profile loads)
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -341,6 +344,10 @@ def cmd_evaluate(args) -> int:
 
     _setup(args)
     apply_download_policy(args.allow_downloads)
+    from natix_miner.standins import apply_cli
+
+    if apply_cli(args):
+        return 2
     try:
         rep = evaluate_profiles(list(args.profile) + list(args.compare), args.data, n=args.n, seed=args.seed,
                                 all_levels=args.all_levels, concurrency=args.concurrency, plots=args.plots,

@@ -56,6 +56,9 @@ def build_parser(parser: typing.Optional[argparse.ArgumentParser] = None) -> arg
     p.add_argument("--allow-degraded", action="store_true",
                    help="spawned miners serve even when a tier has no loadable expert")
     p.add_argument("--no-progress", action="store_true")
+    from natix_miner.standins import add_arguments
+
+    add_arguments(p)  # --stand-ins DIR, --device D for spawned miners (they inherit NATIX_STAND_INS / NATIX_DEVICE)
     return p
 
 
@@ -78,6 +81,10 @@ def run(args) -> int:
     from natix_miner.offline import apply_download_policy
 
     apply_download_policy(args.allow_downloads)  # spawned miners inherit it
+    from natix_miner.standins import apply_cli
+
+    if apply_cli(args):  # --stand-ins / --device: exported, spawned miners inherit them too
+        return 2
     os.environ.setdefault("BT_NO_PARSE_CLI_ARGS", "true")
     if not args.targets and not args.spawn_miner:
         print("give running miners (host:port:hotkey) and/or --spawn-miner", file=sys.stderr)
