@@ -276,3 +276,188 @@ def test_a_stuck_decode_thread_is_replaced_and_reported():
     finally:
         release.set()
         pool.shutdown(wait=True, timeout=5)
+
+
+# -- 8: /readyz says whether the miner can answer well now; the breaker lets an idle miner recover --
+
+def _readyz(hooks):
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{hooks.url}/readyz", timeout=5) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def _on_miner_loop(m, coro, timeout=30.0):
+    return asyncio.run_coroutine_threadsafe(coro, m.miner.loop).result(timeout)
+
+
+def _ready_miner(tmp_path, miner_wallet, experts, tiers, axon=None, decode_threads=None, **top):
+    from natix_miner.miner.local import MinerThread
+    from natix_miner.ops.runtime import OpsHooks
+    from tests.reliability_support import miner_config, validators
+
+    prof = make_profile(tmp_path, experts=experts, tiers=tiers, cache={"max_entries": 0}, **top)
+    cfg = miner_config(tmp_path, validators(tmp_path, [100]), axon=axon or {},
+                       metrics={"enabled": True, "host": "127.0.0.1", "port": 0})
+    hooks = OpsHooks(cfg).start_server()
+    return MinerThread(cfg, engine=Engine(prof, decode_threads=decode_threads), hooks=hooks,
+                       wallet=miner_wallet), hooks
+
+
+def _wait_ready(hooks, want: bool, timeout=10.0):
+    end = time.monotonic() + timeout
+    while True:
+        code, body = _readyz(hooks)
+        if body["ready"] is want or time.monotonic() > end:
+            return code, body
+        time.sleep(0.1)
+
+
+def test_readyz_is_not_ready_when_a_first_tier_expert_is_missing(tmp_path, miner_wallet):
+    experts = [{"name": "fast", "family": "engine_test_bad_load", "device": "cpu"},
+               {"name": "slow", "family": "engine_test_brightness", "device": "cpu"}]
+    tiers = [{"name": "t0", "experts": ["fast"]}, {"name": "t1", "experts": ["slow"]}]
+    m, hooks = _ready_miner(tmp_path, miner_wallet, experts, tiers)
+    try:
+        with m:
+            code, body = _readyz(hooks)
+            assert code == 503 and body["failing"] == ["tier0"], body
+            assert body["checks"]["tier0"]["missing"] == ["fast"] and body["checks"]["engine"]["ok"]
+            import urllib.request
+
+            with urllib.request.urlopen(f"{hooks.url}/healthz", timeout=5) as resp:  # liveness stays 200
+                assert resp.status == 200
+    finally:
+        hooks.stopped()
+
+
+def test_readyz_follows_the_first_tier_breakers_and_an_idle_miner_recovers_at_once(tmp_path, miner_wallet):
+    """The issue: timeouts tripped the only fast expert's breaker and an idle miner answered 0.49 for
+    21 s. Now /readyz says so while it is open, and the first request on an idle miner probes it."""
+    experts = [{"name": "fast", "family": "engine_test_flaky", "device": "cpu", "options": {"fail_first": 2}}]
+    m, hooks = _ready_miner(tmp_path, miner_wallet, experts, TIERS, breaker={"failures": 2, "cooldown_s": 30})
+    try:
+        with m:
+            assert _readyz(hooks)[0] == 200
+            for i in range(2):
+                res = _on_miner_loop(m, m.miner.engine.predict(grey_png(100 + i)))
+                assert res.fallback
+            code, body = _readyz(hooks)
+            assert code == 503 and body["failing"] == ["breakers"] and body["checks"]["breakers"]["tier0_open"] == ["fast"]
+            time.sleep(1.1)  # idle: no call in flight, far less than the 30 s cool-down
+            res = _on_miner_loop(m, m.miner.engine.predict(grey_png(150)))
+            assert not res.fallback and abs(res.probability - 150 / 255) < 0.01, res.to_dict()
+            assert _readyz(hooks)[0] == 200
+    finally:
+        hooks.stopped()
+
+
+def test_readyz_is_not_ready_while_the_decode_threads_are_stuck(tmp_path, miner_wallet):
+    import threading
+
+    m, hooks = _ready_miner(tmp_path, miner_wallet, [BRIGHT], TIERS, decode_threads=1, deadline_s=1.0)
+    release = threading.Event()
+    try:
+        with m:
+            pool = m.miner.engine._decode_pool
+            pool.submit(release.wait, 30)  # a decoder wedged in C code
+            time.sleep(1.2)
+            assert _readyz(hooks)[0] == 200  # abandoned and replaced: still answering
+            res = _on_miner_loop(m, m.miner.engine.predict(grey_png(60)))
+            assert not res.fallback
+            pool.submit(release.wait, 30)  # the replacement wedges too: nothing left to decode with
+            code, body = _wait_ready(hooks, False, timeout=5)
+            assert code == 503 and body["failing"] == ["decode"] and body["checks"]["decode"]["stuck"] == 1, body
+            release.set()
+            assert _wait_ready(hooks, True)[0] == 200
+    finally:
+        release.set()
+        hooks.stopped()
+
+
+def test_readyz_is_not_ready_while_admission_is_saturated(tmp_path, miner_wallet):
+    m, hooks = _ready_miner(tmp_path, miner_wallet, [BRIGHT], TIERS, axon={"max_inflight": 1, "max_waiting": 1})
+    try:
+        with m:
+            gate = m.miner.admission
+            hold = [asyncio.run_coroutine_threadsafe(gate.run(1.0, time.monotonic() + 5, lambda: asyncio.sleep(1.5)),
+                                                     m.miner.loop) for _ in range(2)]
+            code, body = _wait_ready(hooks, False, timeout=2)
+            assert code == 503 and body["failing"] == ["admission"], body
+            for f in hold:
+                f.result(5)
+            assert _wait_ready(hooks, True)[0] == 200
+    finally:
+        hooks.stopped()
+
+
+class BurstExpert:
+    """Brightness, after ``delay`` seconds (class-wide: the test turns the burst on and off)."""
+
+    delay = 0.0
+
+
+def _burst_family():
+    from natix_miner.experts import register_family
+    from tests.engine_experts import BrightnessExpert
+
+    class _Burst(BrightnessExpert):
+        family = "test_burst"
+
+        def predict_batch(self, images):
+            time.sleep(BurstExpert.delay)
+            return super().predict_batch(images)
+
+    globals()["_Burst"] = _Burst
+    register_family("test_burst", f"{__name__}:_Burst")
+
+
+async def test_breaker_tripped_by_a_burst_recovers_on_the_first_request_of_an_idle_miner(tmp_path):
+    _burst_family()
+    prof = make_profile(tmp_path, experts=[{"name": "fast", "family": "test_burst", "device": "cpu", "max_batch": 1}],
+                        tiers=[{"name": "t0", "experts": ["fast"], "budget_s": 0.3}], cache={"max_entries": 0},
+                        breaker={"failures": 2, "cooldown_s": 30})
+    engine = Engine(prof)
+    await engine.start(strict=True)
+    try:
+        BurstExpert.delay = 0.8  # a busy host: the only fast expert misses its 0.3 s budget
+        burst = await asyncio.gather(*[engine.predict(grey_png(20 + i)) for i in range(3)])
+        assert all(r.fallback for r in burst)
+        assert engine.status()["experts"]["fast"]["breaker"] == "open"
+        BurstExpert.delay = 0.0  # the burst is over
+        pool = engine.pools["fast"]
+        end = time.monotonic() + 10
+        while pool.replicas[0].load and time.monotonic() < end:  # the late calls drain
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.1)
+        t0 = time.monotonic()
+        answers = [await engine.predict(grey_png(100 + i)) for i in range(5)]
+        assert [r.fallback for r in answers] == [False] * 5, [r.to_dict() for r in answers]
+        assert time.monotonic() - t0 < 2.0 and engine.status()["experts"]["fast"]["breaker"] == "closed"
+    finally:
+        BurstExpert.delay = 0.0
+        await engine.close()
+
+
+def test_breaker_idle_probe_comes_early_and_a_failed_probe_reopens():
+    from natix_miner.engine.breaker import Breaker
+
+    now = [0.0]
+    b = Breaker(failures=1, cooldown_s=30.0, clock=lambda: now[0])
+    b.record(False, "timeout")
+    now[0] = 0.5
+    assert not b.allow(idle=True) and not b.allow()
+    now[0] = 1.0
+    assert not b.allow()  # busy callers still wait the cool-down
+    assert b.probe_due(idle=True) and b.allow(idle=True)  # an idle caller is the probe
+    assert not b.allow(idle=True)  # one probe at a time
+    b.record(False, "still broken")
+    assert b.state == "open" and not b.allow(idle=True)
+    now[0] = 2.0
+    assert b.allow(idle=True)
+    b.record(True)
+    assert b.state == "closed" and b.allow()

@@ -65,12 +65,14 @@ class ExpertPool:
 
     # -- routing -----------------------------------------------------------------------------
     def available(self) -> bool:
-        """Could a request be placed now (without consuming a half-open probe)?"""
-        return any(r.breaker.state != Breaker.OPEN for r in self.replicas)
+        """Could a request be placed now (without consuming a half-open probe)? An open replica with
+        nothing in flight takes its probe early (``Breaker.idle_probe_s``)."""
+        return any(r.breaker.state != Breaker.OPEN or (r.load == 0 and r.breaker.probe_due(idle=True))
+                   for r in self.replicas)
 
     def pick(self) -> typing.Optional[Replica]:
         for r in sorted(self.replicas, key=lambda r: (r.load, r.served, r.index)):
-            if r.breaker.allow():
+            if r.breaker.allow(idle=r.load == 0):
                 return r
         return None
 

@@ -93,31 +93,11 @@ class OpsHooks(MinerHooks):
                 "uptime_s": round(time.time() - self.started_at, 3), "miner_started": self.miner is not None}
 
     def readiness(self) -> typing.Tuple[bool, dict]:
-        m = self.miner
-        checks: typing.Dict[str, dict] = {}
-        status: dict = {}
-        try:
-            status = m.engine.status() if m is not None and m.engine is not None else {}
-        except Exception as exc:  # noqa: BLE001
-            status = {"error": type(exc).__name__}
-        experts = status.get("experts") or {}
-        loaded = sorted(n for n, e in experts.items() if e.get("load") == "loaded")
-        failed = sorted(n for n, e in experts.items() if e.get("load") == "failed")
-        open_ = sorted(n for n, e in experts.items() if e.get("breaker") == "open")
-        checks["engine"] = {"ok": bool(status.get("ready")) and bool(loaded), "loaded": loaded, "failed": failed,
-                            "breakers_open": open_, "profile": status.get("profile")}
-        if m is None:
-            checks["engine"]["detail"] = "starting"
-        listening = bool(m is not None and hasattr(m, "listening") and m.listening())
-        checks["axon"] = {"ok": bool(getattr(m, "serving", False)) and listening, "listening": listening,
-                          "port": getattr(m, "port", 0) if m else 0}
-        if self.vault_probe is not None:
-            checks["vault"] = self.vault_probe()
-        ok = all(c["ok"] for c in checks.values())
-        body = {"ready": ok, "checks": checks}
-        if m is not None and getattr(m, "wallet", None) is not None:
-            body["hotkey"] = m.wallet.hotkey.ss58_address
-        return ok, body
+        """``/readyz``: the named checks of :mod:`natix_miner.ops.readiness` (add one there), plus
+        Vault's health when Vault is configured."""
+        from natix_miner.ops.readiness import evaluate
+
+        return evaluate(self.miner, extra={"vault": self.vault_probe} if self.vault_probe is not None else None)
 
     # -- hooks -------------------------------------------------------------------------------
     def _guard(self, fn, *args, **kwargs) -> None:
