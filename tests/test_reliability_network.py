@@ -248,3 +248,154 @@ def test_old_nonce_with_widened_timeout_is_refused(tmp_path):
         syn.dendrite.signature = f"0x{val.hotkey.sign(message).hex()}"
         headers = {**syn.to_headers(), "timeout": "100000"}
         assert post(m.port, "/ImageSynapse", headers, json.dumps(syn.model_dump()).encode()) == 401
+
+
+# -- items 1 and 3: reconnecting slow-loris, slow bodies from a registered low-stake validator ---
+
+class Attacker:
+    """``n`` connections from ``srcs`` (loopback addresses), each reopened the moment the server
+    closes it. ``first`` (bytes, or a callable giving the bytes for each new connection) is sent on
+    connect; then one byte every ``trickle_s`` (None: stay silent). Counts reopenings."""
+
+    def __init__(self, port: int, n: int, srcs, first=b"", trickle_s=None):
+        self.port, self.n, self.srcs, self.first, self.trickle_s = port, n, list(srcs), first, trickle_s
+        self.reopened = 0
+        self.refused = 0
+        self.socks = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        time.sleep(0.5)
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(10)
+
+    def _open(self, sel, i):
+        import selectors
+
+        s = socket.socket()
+        try:
+            s.bind((self.srcs[i % len(self.srcs)], 0))
+            s.settimeout(2)
+            s.connect(("127.0.0.1", self.port))
+            first = self.first() if callable(self.first) else self.first
+            if first:
+                s.sendall(first)
+            s.setblocking(False)
+        except OSError:
+            self.refused += 1
+            s.close()
+            return
+        sel.register(s, selectors.EVENT_READ, i)
+        self.socks[s] = i
+
+    def _run(self):
+        import selectors
+
+        sel = selectors.DefaultSelector()
+        for i in range(self.n):
+            self._open(sel, i)
+        last_trickle = time.monotonic()
+        while not self._stop.is_set():
+            for key, _ in sel.select(timeout=0.02):
+                s = key.fileobj
+                try:
+                    data = s.recv(65536)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                if not data:  # closed by the server: come straight back
+                    sel.unregister(s)
+                    self.socks.pop(s, None)
+                    s.close()
+                    self.reopened += 1
+                    self._open(sel, key.data)
+            missing = self.n - len(self.socks)
+            for i in range(missing):
+                self._open(sel, i)
+            if self.trickle_s and time.monotonic() - last_trickle >= self.trickle_s:
+                last_trickle = time.monotonic()
+                for s in list(self.socks):
+                    try:
+                        s.send(b"x")
+                    except OSError:
+                        pass
+        for s in list(self.socks):
+            sel.unregister(s)
+            s.close()
+
+
+async def _validators_answered(m, wallets, rounds: int):
+    """Each validator queries ``rounds`` times (all at once per round): (answered, total, max latency)."""
+    answered, total, worst = 0, 0, 0.0
+    for r in range(rounds):
+        res = await asyncio.gather(*(query(w, m.info(), ImageSynapse(image=cases()[r % 3].text)) for w in wallets))
+        for resp, took in res:
+            total += 1
+            worst = max(worst, took)
+            if resp.axon.status_code == 200 and valid(resp.prediction):
+                answered += 1
+            else:
+                print("not answered:", resp.axon.status_code, resp.dendrite.status_code, resp.dendrite.status_message)
+    return answered, total, worst
+
+
+@pytest.mark.slow
+async def test_reconnecting_slow_loris_does_not_lock_validators_out(tmp_path):
+    """96 idle sockets from six stranger addresses, each reopened as soon as the server closes it,
+    against ``max_connections`` 48: every validator query is still answered in time."""
+    vals = validators(tmp_path, [1000, 500, 100])
+    cfg = miner_config(tmp_path, vals, axon={"max_connections": 48, "max_connections_per_peer": 8,
+                                             "reserved_connections": 12, "header_timeout_s": 1.0})
+    w = ephemeral_wallet("m", "m", str(tmp_path / "miner"))
+    with MinerThread(cfg, engine=Engine(_brightness(tmp_path)), wallet=w) as m:
+        rss0 = _rss_mb()
+        with Attacker(m.port, 96, [f"127.0.0.{i}" for i in range(2, 8)], first=b"POST /ImageSynapse HTTP/1.1\r\n") as a:
+            answered, total, worst = await _validators_answered(m, [x for x, _ in vals], rounds=4)
+            reopened = a.reopened
+        gov = m.miner.governor.snapshot()
+        print(f"\nslow-loris: validators answered {answered}/{total}, worst latency {worst:.2f}s, "
+              f"attacker reopened {reopened}, shed {gov['shed']}, peak open {gov['peak_open']}, "
+              f"RSS +{_rss_mb() - rss0:.0f} MB")
+        assert answered == total, (answered, total)
+        assert worst < 5.0
+        assert reopened > 0 and sum(gov["shed"].values()) > 0  # the attack was on, and met
+        assert gov["peak_open"] <= 48
+
+
+@pytest.mark.slow
+async def test_slow_bodies_of_a_low_stake_validator_do_not_starve_the_top_one(tmp_path):
+    """A registered stake-10 validator keeps 64 signed requests open on ``/ImageSynapse`` from four
+    addresses, each announcing a 1 MB body and trickling it, reopened as soon as closed. The
+    stake-1000 validator is answered every time."""
+    vals = validators(tmp_path, [1000, 10])
+    top, low = vals[0][0], vals[1][0]
+    cfg = miner_config(tmp_path, vals, axon={"max_connections": 32, "max_connections_per_peer": 8,
+                                             "reserved_connections": 8, "max_requests_per_hotkey": 4,
+                                             "header_timeout_s": 1.0, "body_timeout_s": 1.0})
+    w = ephemeral_wallet("m", "m", str(tmp_path / "miner"))
+    with MinerThread(cfg, engine=Engine(_brightness(tmp_path)), wallet=w) as m:
+        d = loopback_dendrite(low)
+        heads = []
+        for _ in range(600):  # fresh signed heads: the replay guard refuses a reused nonce
+            syn = d.preprocess_synapse_for_request(m.info(), ImageSynapse(image=""), timeout=9.0)
+            lines = ["POST /ImageSynapse HTTP/1.1", "Host: x", "Content-Type: application/json",
+                     "Content-Length: 1048576"] + [f"{k}: {v}" for k, v in syn.to_headers().items()]
+            heads.append(("\r\n".join(lines) + "\r\n\r\n{").encode())
+        it = iter(heads)
+        rss0 = _rss_mb()
+        with Attacker(m.port, 64, [f"127.0.0.{i}" for i in range(2, 6)], first=lambda: next(it, b""),
+                      trickle_s=0.2) as a:
+            answered, total, worst = await _validators_answered(m, [top], rounds=6)
+            reopened = a.reopened
+        gov = m.miner.governor.snapshot()
+        print(f"\nslow bodies: top validator answered {answered}/{total}, worst latency {worst:.2f}s, "
+              f"attacker reopened {reopened}, shed {gov['shed']}, RSS +{_rss_mb() - rss0:.0f} MB")
+        assert answered == total, (answered, total)
+        assert worst < 5.0
+        assert reopened > 0

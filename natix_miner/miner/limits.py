@@ -86,8 +86,8 @@ def tune_server(axon, max_connections: int, keep_alive_s: float = 20.0, header_t
                 governor: typing.Optional["ConnectionGovernor"] = None) -> None:
     """uvicorn settings of an axon, before ``axon.start()``.
 
-    ``max_connections``: uvicorn's own 503 limit, kept one above the governor's cap as a backstop
-    (without a governor, open connections beyond it get 503).
+    ``max_connections``: uvicorn's own 503 limit when there is no governor (with one, the governor
+    enforces it).
     ``keep_alive_s``: longer than aiohttp's 15 s client default, so a validator's dendrite always
     closes an idle connection first; with uvicorn's 5 s default a server-side close could race a
     reused connection and that request was lost ("Server disconnected").
@@ -99,7 +99,9 @@ def tune_server(axon, max_connections: int, keep_alive_s: float = 20.0, header_t
     connection is closed (a registered caller cannot hold connections with slow bodies).
     ``governor``: caps per peer address and in total, strangers shed first (:class:`ConnectionGovernor`).
     """
-    axon.fast_config.limit_concurrency = max_connections + 1 if governor is not None else max_connections
+    # with a governor, it is the limit: uvicorn's own check also counts connections already closed
+    # (shed) but not yet reaped, and answered validators 503 in that window
+    axon.fast_config.limit_concurrency = None if governor is not None else max_connections
     axon.fast_config.timeout_keep_alive = keep_alive_s
     axon.fast_config.http = header_deadline_protocol(header_timeout_s, body_timeout_s, governor)
 
@@ -113,9 +115,10 @@ class ConnectionGovernor:
 
     * at most ``max_per_peer`` untrusted connections per peer address: a newcomer beyond it sheds
       that peer's oldest idle untrusted connection (or is closed when there is none);
-    * at most ``max_connections - reserved`` untrusted connections in all, ``max_connections`` in
-      all: a newcomer beyond either sheds the oldest idle untrusted connection anywhere, then (only
-      at the hard cap) the oldest idle trusted one; with nothing idle to shed, it is closed;
+    * at most ``max_connections - reserved`` untrusted connections in all (unless every one of them
+      is mid-request), ``max_connections`` in all: a newcomer beyond either sheds the oldest idle untrusted connection of the address that
+      holds the most untrusted ones, then (only at the hard cap) the oldest idle trusted one; with
+      nothing idle to shed, it is closed;
     * a connection that is running a request is never shed; the ``reserved`` slots can only be
       filled by connections that turned trusted, so validators keep room strangers cannot take;
     * at most ``max_per_hotkey`` requests of one hotkey at once (:meth:`begin`), so one registered
@@ -163,12 +166,15 @@ class ConnectionGovernor:
                 return self._refuse(conn, "per_peer")
             self._shed(victim, "per_peer")
         if self.untrusted >= self.max_connections - self.reserved or self.open >= self.max_connections:
-            victim = next(iter(self._idle), None)
+            victim = self._heaviest_idle()
             if victim is None and self.open >= self.max_connections:
                 victim = next(iter(self._idle_trusted), None)
-            if victim is None:
+            if victim is not None:
+                self._shed(victim, "stranger_idle" if not victim._gov_trusted else "trusted_idle")
+            elif self.open >= self.max_connections:
                 return self._refuse(conn, "full")
-            self._shed(victim, "stranger_idle" if not victim._gov_trusted else "trusted_idle")
+            # else: every unverified connection is mid-request; the newcomer may be a validator, so it
+            # takes a reserved slot for now (strangers' requests end in 403/401 and turn sheddable)
         conn._gov_open, conn._gov_trusted, conn._gov_hotkey = True, False, None
         self.open += 1
         self.peak_open = max(self.peak_open, self.open)
@@ -219,7 +225,7 @@ class ConnectionGovernor:
         """Count a request of ``hotkey``; False (not counted) when it already has ``max_per_hotkey``."""
         n = self.inflight.get(hotkey, 0)
         if n >= self.max_per_hotkey:
-            self._count("hotkey_busy")
+            self.count("hotkey_busy")
             return False
         self.inflight[hotkey] = n + 1
         return True
@@ -237,6 +243,16 @@ class ConnectionGovernor:
                 "inflight_hotkeys": len(self.inflight)}
 
     # -- internals ----------------------------------------------------------------------------
+    def _heaviest_idle(self):
+        """The oldest idle untrusted connection of the address holding the most untrusted ones: a
+        client reopening many sockets sheds its own, not a validator's fresh connection."""
+        best, most = None, 0
+        for peer, idle in self._idle_peer.items():
+            n = self._peer.get(peer, 0)
+            if idle and n > most:
+                best, most = idle, n
+        return next(iter(best)) if best else None
+
     def _unidle(self, conn) -> None:
         self._idle.pop(conn, None)
         self._idle_trusted.pop(conn, None)
@@ -255,23 +271,23 @@ class ConnectionGovernor:
 
     def _shed(self, conn, reason: str) -> None:
         self.closed(conn)
-        self._count(reason)
+        self.count(reason)
         if not conn.transport.is_closing():
             conn.transport.close()
 
     def _refuse(self, conn, reason: str) -> bool:
-        self._count("refused_" + reason)
+        self.count("refused_" + reason)
         conn.transport.close()
         return False
 
-    def _count(self, reason: str) -> None:
+    def count(self, reason: str) -> None:
+        """Count a shed/refusal/timeout by ``reason``; log the counts at most every ``LOG_EVERY_S``."""
         self.shed[reason] += 1
         now = self._clock()
         if now - self._logged_at >= self.LOG_EVERY_S:
             since = {k: v - self._logged.get(k, 0) for k, v in self.shed.items() if v - self._logged.get(k, 0)}
-            log.warning("axon shed connections (%s) in the last %.0fs; %d open, %d untrusted",
-                        ", ".join(f"{k}={v}" for k, v in sorted(since.items())),
-                        min(now - self._logged_at, 1e9) if self._logged_at else 0.0, self.open, self.untrusted)
+            log.warning("axon closed or refused connections since the last report: %s; %d open, %d unverified",
+                        ", ".join(f"{k}={v}" for k, v in sorted(since.items())), self.open, self.untrusted)
             self._logged_at, self._logged = now, dict(self.shed)
 
 
@@ -404,15 +420,21 @@ def header_deadline_protocol(timeout_s: float, body_timeout_s: typing.Optional[f
         def _too_slow(self) -> None:
             self._head_timer = None
             if not self.transport.is_closing():
-                log.warning("closed a connection from %s: no complete request head within %.1fs",
-                            self.client, self.header_timeout_s)
+                if governor is not None:
+                    governor.count("head_timeout")  # counted, logged every few seconds (not per socket)
+                else:
+                    log.warning("closed a connection from %s: no complete request head within %.1fs",
+                                self.client, self.header_timeout_s)
                 self.transport.close()
 
         def _body_too_slow(self, cycle) -> None:
             self._body_timer = None
             if cycle.more_body and not cycle.response_complete and not self.transport.is_closing():
-                log.warning("closed a connection from %s: request body not complete within %.1fs",
-                            self.client, self.body_deadline_s)
+                if governor is not None:
+                    governor.count("body_timeout")
+                else:
+                    log.warning("closed a connection from %s: request body not complete within %.1fs",
+                                self.client, self.body_deadline_s)
                 self.transport.close()
 
     return HeaderDeadlineH11
