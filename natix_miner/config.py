@@ -326,14 +326,15 @@ def resolve_profile_path(name_or_path: typing.Union[str, Path, None]) -> Path:
                        f"{CONFIG_DIR}: {known}")
 
 
-def load_profile(name_or_path: typing.Union[str, Path, None] = None, stand_ins: typing.Optional[str] = None,
-                 device: typing.Optional[str] = None) -> Profile:
+def load_profile(name_or_path: typing.Union[str, Path, None] = None,
+                 stand_ins: typing.Union[str, Path, bool, None] = None,
+                 device: typing.Union[str, bool, None] = None) -> Profile:
     """Load and validate a profile; fitted consensus weights beside it override the YAML's.
 
     ``stand_ins`` (default: ``$NATIX_STAND_INS``): a directory written by ``natix-miner models stand-in``;
     every expert then loads its stand-in. ``device`` (default: ``$NATIX_DEVICE``): every expert and
-    replica on that device (``cpu`` also runs the ``vllm`` family through ``hf_vlm``); see
-    :mod:`natix_miner.standins`."""
+    replica on that device (``cpu`` also runs the ``vllm`` family through ``hf_vlm``); ``False``: neither,
+    whatever the environment says. See :mod:`natix_miner.standins`."""
     path = resolve_profile_path(name_or_path)
     try:
         data = yaml.safe_load(path.read_text())
@@ -347,8 +348,8 @@ def load_profile(name_or_path: typing.Union[str, Path, None] = None, stand_ins: 
         data["consensus"] = _fitted_consensus(fitted, data)
     from natix_miner import envs
 
-    stand_ins = stand_ins or envs.get("NATIX_STAND_INS") or None
-    device = device or envs.get("NATIX_DEVICE") or None
+    stand_ins = envs.get("NATIX_STAND_INS") if stand_ins is None else stand_ins  # False: as written
+    device = envs.get("NATIX_DEVICE") if device is None else device
     if stand_ins or device:
         from natix_miner.standins import StandInError, apply_data
 

@@ -7,9 +7,13 @@
     natix-miner models add NAME package:rapidocr_onnxruntime/models --family ocr
     natix-miner models pull NAME [--token T]               # snapshot_download (needs network + HF token
                                                            # for gated repos), pins revision + hashes
+    natix-miner models stand-in PROFILE --scale tiny|full --out DIR [--device cpu]
+                                                           # every expert's architecture, random weights,
+                                                           # + DIR/stand-ins.json (natix_miner/standins)
 """
 
 import json
+import os
 import sys
 
 
@@ -36,7 +40,43 @@ def add_parser(sub) -> None:
     pl = act.add_parser("pull", help="download a manifest's files from the hub (online only)")
     pl.add_argument("names", nargs="+")
     pl.add_argument("--token", default=None, help="Hugging Face token (default: $HF_TOKEN / cached login)")
+    si = act.add_parser("stand-in", help="write stand-in weights for every expert of a profile (random weights, "
+                                         "true architectures) and DIR/stand-ins.json; use with --stand-ins DIR")
+    si.add_argument("profile", help="profile name (configs/NAME.yaml) or path")
+    si.add_argument("--scale", choices=["tiny", "full"], default="tiny",
+                    help="full: the named models' real sizes; tiny: shrunk to run on a CPU (default)")
+    si.add_argument("--out", required=True, help="output directory")
+    si.add_argument("--device", default="cpu", help="where weights are initialised (cpu, cuda:N); saved to disk either way")
     p.set_defaults(func=main)
+
+
+def _stand_in_row(name: str, entry: dict) -> None:
+    size = f"{entry['params'] / 1e6:,.1f} M params" if "params" in entry else entry.get("packaged", "")
+    print(f"{name:<18} {entry.get('arch', entry['family']):<30} {size}", flush=True)
+
+
+def _stand_in(args) -> int:
+    from natix_miner.config import ProfileError, load_profile
+    from natix_miner.offline import enforce_offline
+    from natix_miner.standins import StandInError
+    from natix_miner.standins.build import build_profile
+
+    enforce_offline()  # tokenizers are trained locally; nothing comes from a hub
+    import logging
+    import warnings
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore")  # library chatter about random weights is expected here
+    for name in ("transformers", "rf-detr", "rfdetr"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        profile = load_profile(args.profile, stand_ins=False, device=False)  # the profile as written
+        path = build_profile(profile, args.scale, args.out, device=args.device, progress=_stand_in_row)
+    except (ProfileError, StandInError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {path} ({args.scale}); use it with --stand-ins {args.out}")
+    return 0
 
 
 def _list(store, as_json: bool) -> int:
@@ -102,6 +142,8 @@ def _verify(store, names) -> int:
 def main(args) -> int:
     from natix_miner.models_store import ModelStore, ModelUnavailable
 
+    if args.models_action == "stand-in":
+        return _stand_in(args)
     store = ModelStore(args.root)
     try:
         if args.models_action == "list":
