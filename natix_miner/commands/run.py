@@ -48,6 +48,9 @@ def _run(args) -> int:
     from natix_miner.ops.logs import setup_logging
 
     cfg = build_config(namespace=args, env=os.environ)  # ConfigError (exit 2) names the flag or variable
+    from natix_miner.offline import apply_download_policy
+
+    apply_download_policy(cfg.allow_downloads)  # offline unless --allow-downloads: never wait on a hub
     env = envs.with_env_file(os.environ)
     setup_logging(cfg.logging)
     for line in envs.env_warnings(env):

@@ -118,6 +118,7 @@ class Miner:
         self._answers = 0  # answered since the last status line
         self._window_start = time.time()
         self._axon_socket = None
+        self.degraded: typing.List[str] = []  # tiers with no loadable expert (served with --allow-degraded)
 
     # -- request path ------------------------------------------------------------------------
     def _budget(self, synapse) -> float:
@@ -273,7 +274,27 @@ class Miner:
                  st["incentive"], st["emission"], st["validators"], st["answers"], st["window_s"])
         self.hooks.status(st)
         self._answers, self._window_start = 0, time.time()
+        self._warn_degraded()
         return st
+
+    def _check_degraded(self) -> None:
+        """A tier with no loadable expert refuses the start (exit 7, the tiers named; each missing
+        model was logged with its fix) unless ``--allow-degraded``; allowed, it is warned now and on
+        every resync, and shows as ``natix_engine_degraded`` and in ``/readyz``."""
+        from natix_miner.preflight import DegradedStart, check_degraded
+
+        try:
+            self.degraded = check_degraded(self.engine, self.cfg.allow_degraded)
+        except DegradedStart as exc:
+            raise StartupError(errors.MODELS, f"profile {self.profile.name} would serve degraded: {exc}; the log "
+                                              f"names each missing model and its fix (`natix-miner profile validate "
+                                              f"{self.profile.path or self.profile.name} --check-models` too), or pass --allow-degraded "
+                                              f"/ NATIX_ALLOW_DEGRADED=1 to serve anyway") from None
+        self._warn_degraded()
+
+    def _warn_degraded(self) -> None:
+        if self.degraded:
+            log.warning("serving DEGRADED (--allow-degraded): %s", "; ".join(ln.strip() for ln in self.degraded))
 
     def _connect_chain(self) -> None:
         """Chain connection (the endpoint named on failure), then registration and UID."""
@@ -401,6 +422,7 @@ class Miner:
             raise StartupError(errors.MODELS, f"loading profile {self.profile.name} failed ({type(exc).__name__}: "
                                               f"{exc}); `natix-miner profile validate {self.profile.name}` and "
                                               f"`natix-miner experts list` show what is missing") from exc
+        self._check_degraded()
         if self.cfg.local and self.cfg.local_metagraph:
             import types
 

@@ -26,6 +26,7 @@ registered), ``natix_miner_stake``, ``natix_miner_trust``, ``natix_miner_incenti
 Read at scrape time (from ``miner.engine.status()`` and the process): ``natix_engine_ready``,
 ``natix_axon_serving``, ``natix_expert_load_status{expert,status}``, ``natix_expert_loaded{expert}``,
 ``natix_breaker_state{expert}`` (0 closed, 1 half-open, 2 open), ``natix_expert_queue_depth{expert}``,
+``natix_engine_degraded`` (1: a tier has no loaded expert), ``natix_tier_experts_loaded{tier}``,
 ``natix_cache_entries``, ``natix_cache_hit_ratio``, ``natix_gpu_memory_bytes{device,kind}``,
 ``natix_admission_inflight`` / ``_waiting`` / ``natix_admission_refused_total{reason}`` (overload shedding),
 ``natix_vault_up`` (when Vault is configured), ``natix_miner_info{...}``, and the standard
@@ -153,6 +154,18 @@ class _StateCollector:
         yield loaded
         yield breaker
         yield queue
+        empty = status.get("empty_tiers") or {}
+        degraded = GaugeMetricFamily("natix_engine_degraded", "1 when a tier has no loaded expert "
+                                     "(served only with --allow-degraded)")
+        degraded.add_metric([], 1.0 if empty else 0.0)
+        yield degraded
+        tiers = GaugeMetricFamily("natix_tier_experts_loaded", "experts of the tier that loaded", labels=["tier"])
+        profile = getattr(engine, "profile", None)
+        for tier in getattr(profile, "tiers", None) or []:
+            n = sum(1 for name in tier.experts
+                    if str(((status.get("experts") or {}).get(name) or {}).get("load")) in ("loaded", "degraded"))
+            tiers.add_metric([tier.name], float(n))
+        yield tiers
         cache = status.get("cache") or {}
         entries = GaugeMetricFamily("natix_cache_entries", "results held in the engine's cache")
         entries.add_metric([], float(cache.get("entries", 0) or 0))
