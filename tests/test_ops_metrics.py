@@ -108,7 +108,8 @@ async def test_counters_histograms_state_and_health(traced_miner, validator_wall
     assert body["ready"] is True and body["hotkey"] == m.hotkey
     assert body["checks"]["engine"]["loaded"] == ["broken", "colour", "colour2"]
     assert body["checks"]["engine"]["breakers_open"] == ["broken"]
-    assert body["checks"]["axon"] == {"ok": True, "port": m.port}
+    assert body["checks"]["axon"] == {"ok": True, "listening": True, "port": m.port}
+    assert body["failing"] == [] and {"tier0", "breakers", "decode", "admission"} <= set(body["checks"])
     assert requests.get(hooks.url + "/nope", timeout=5).status_code == 404
 
     # tracing: one trace per answered request, spans per tier and expert

@@ -295,14 +295,14 @@ def _on_miner_loop(m, coro, timeout=30.0):
     return asyncio.run_coroutine_threadsafe(coro, m.miner.loop).result(timeout)
 
 
-def _ready_miner(tmp_path, miner_wallet, experts, tiers, axon=None, decode_threads=None, **top):
+def _ready_miner(tmp_path, miner_wallet, experts, tiers, axon=None, decode_threads=None, cfg_extra=None, **top):
     from natix_miner.miner.local import MinerThread
     from natix_miner.ops.runtime import OpsHooks
     from tests.reliability_support import miner_config, validators
 
     prof = make_profile(tmp_path, experts=experts, tiers=tiers, cache={"max_entries": 0}, **top)
     cfg = miner_config(tmp_path, validators(tmp_path, [100]), axon=axon or {},
-                       metrics={"enabled": True, "host": "127.0.0.1", "port": 0})
+                       metrics={"enabled": True, "host": "127.0.0.1", "port": 0}, **(cfg_extra or {}))
     hooks = OpsHooks(cfg).start_server()
     return MinerThread(cfg, engine=Engine(prof, decode_threads=decode_threads), hooks=hooks,
                        wallet=miner_wallet), hooks
@@ -317,15 +317,18 @@ def _wait_ready(hooks, want: bool, timeout=10.0):
         time.sleep(0.1)
 
 
-def test_readyz_is_not_ready_when_a_first_tier_expert_is_missing(tmp_path, miner_wallet):
+@pytest.mark.parametrize("only", [True, False], ids=["the_only_one_allow_degraded", "one_of_two"])
+def test_readyz_is_not_ready_when_a_first_tier_expert_is_missing(tmp_path, miner_wallet, only):
     experts = [{"name": "fast", "family": "engine_test_bad_load", "device": "cpu"},
+               {"name": "fast2", "family": "engine_test_brightness", "device": "cpu"},
                {"name": "slow", "family": "engine_test_brightness", "device": "cpu"}]
-    tiers = [{"name": "t0", "experts": ["fast"]}, {"name": "t1", "experts": ["slow"]}]
-    m, hooks = _ready_miner(tmp_path, miner_wallet, experts, tiers)
+    tiers = [{"name": "t0", "experts": ["fast"] if only else ["fast", "fast2"]}, {"name": "t1", "experts": ["slow"]}]
+    m, hooks = _ready_miner(tmp_path, miner_wallet, experts, tiers,
+                            cfg_extra={"allow_degraded": True} if only else None)
     try:
         with m:
             code, body = _readyz(hooks)
-            assert code == 503 and body["failing"] == ["tier0"], body
+            assert code == 503 and "tier0" in body["failing"] and "engine" not in body["failing"], body
             assert body["checks"]["tier0"]["missing"] == ["fast"] and body["checks"]["engine"]["ok"]
             import urllib.request
 
