@@ -170,3 +170,75 @@ def test_models_verify_reports_each_pin(tmp_path, monkeypatch, capsys):
     assert "revision 0123456789ab" in row["by-commit"]
     assert "unpinned" in row["by-branch"]
     assert "1 of 2 pinned (0 by sha256, 1 by commit revision), 1 unpinned" in row["1"]
+
+
+def test_run_refuses_a_degraded_start(tmp_path):
+    proc, took, net = guarded(NATIX + ["run", "--local", "--axon.ip", "127.0.0.1", "--axon.port", "0",
+                                       "--metrics.enabled", "false", "--profile", missing_profile(tmp_path)],
+                              tmp_path, timeout=180)
+    assert proc.returncode == 7, proc.stderr  # the "models" start-up failure (natix_miner/miner/errors.py)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: profile missing would serve degraded: tier fast has no loadable expert: vit, dino; "
+                           "tier detect has no loadable expert: yolo"), last
+    assert "--allow-degraded / NATIX_ALLOW_DEGRADED=1" in last
+    assert proc.stderr.count("model not present:") == 4 and "Traceback" not in proc.stderr
+    assert net == [], f"tried the network: {net}"
+
+
+def test_allow_degraded_serves_warns_on_every_resync_and_says_so(validator_wallet, miner_wallet, tmp_path):
+    import logging
+
+    import requests
+
+    from natix_miner.config import MinerConfig, Profile
+    from natix_miner.miner.local import MinerThread
+    from natix_miner.ops.runtime import build_hooks
+    from tests.helpers import MeanColourExpert, make_engine
+    from tests.ops_support import metric, scrape
+
+    prof = Profile.model_validate({
+        "name": "half", "escalation": {"low": 0.0, "high": 1.0},
+        "experts": [{"name": "colour", "family": "x"},
+                    {"name": "ghost", "family": "hf_classifier", "model": "org/never-downloaded", "device": "cpu"}],
+        "tiers": [{"name": "fast", "experts": ["colour"], "budget_s": 2.0},
+                  {"name": "deep", "experts": ["ghost"], "budget_s": 2.0}]})
+    cfg = {"local": True, "axon": {"ip": "127.0.0.1", "port": 0}, "sync_interval_s": 0.2,
+           "blacklist": {"allowed_hotkeys": [validator_wallet.hotkey.ss58_address]},
+           "metrics": {"enabled": True, "host": "127.0.0.1", "port": 0}}
+
+    refused = MinerConfig.model_validate(cfg)
+    with pytest.raises(RuntimeError, match="would serve degraded: tier deep has no loadable expert: ghost"):
+        with MinerThread(refused, engine=make_engine(prof, colour=MeanColourExpert(prof.expert("colour"), prof)),
+                         wallet=miner_wallet):
+            pass
+
+    warnings = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            if "serving DEGRADED" in record.getMessage():
+                warnings.append(record.getMessage())
+
+    handler = Collect(level=logging.WARNING)
+    logging.getLogger("natix_miner.miner").addHandler(handler)
+    allowed = MinerConfig.model_validate({**cfg, "allow_degraded": True})
+    hooks = build_hooks(allowed)
+    try:
+        engine = make_engine(prof, colour=MeanColourExpert(prof.expert("colour"), prof))
+        with MinerThread(allowed, engine=engine, hooks=hooks, wallet=miner_wallet):
+            end = time.monotonic() + 10
+            while len(warnings) < 3 and time.monotonic() < end:  # at start, then every resync
+                time.sleep(0.1)
+            assert len(warnings) >= 3 and "tier deep has no loadable expert: ghost" in warnings[-1]
+            r = requests.get(hooks.url + "/readyz", timeout=5)
+            tiers = r.json()["checks"]["tiers"]
+            assert tiers["status"] == "degraded" and tiers["empty_tiers"] == {"deep": ["ghost"]}
+            assert tiers["allowed"] is True and r.status_code == 503
+            s = scrape(hooks.url)
+            assert metric(s, "natix_engine_degraded") == 1
+            assert metric(s, "natix_tier_experts_loaded", tier="fast") == 1
+            assert metric(s, "natix_tier_experts_loaded", tier="deep") == 0
+            assert "org/never-downloaded" in engine.status()["experts"]["ghost"]["load_error"]
+    finally:
+        logging.getLogger("natix_miner.miner").removeHandler(handler)
+        hooks.stopped()

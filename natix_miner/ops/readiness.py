@@ -10,7 +10,9 @@ fallback or worse than the profile promises:
 * ``decode``: the decode threads are not all stuck (``natix_miner.engine.decodepool``);
 * ``admission``: the engine's slots and its waiting queue are not both full (validators would be
   shed);
-* ``axon``: the axon serves and its socket accepts.
+* ``axon``: the axon serves and its socket accepts;
+* ``tiers``: every tier has a loaded expert (``status: degraded`` names the empty tiers; a miner
+  only serves so with ``--allow-degraded``).
 
 Each check is a function ``(ctx) -> {"ok": bool, ...details}``; adding one is one line in
 :data:`CHECKS`. A check that raises reports ``{"ok": false, "error": ...}``; it never breaks the
@@ -92,6 +94,12 @@ def axon_serving(ctx: Context) -> dict:
             "port": getattr(m, "port", 0) if m is not None else 0}
 
 
+def tiers_served(ctx: Context) -> dict:
+    empty = ctx.status.get("empty_tiers") or {}
+    return {"ok": not empty, "status": "degraded" if empty else "ok", "empty_tiers": empty,
+            "allowed": bool(getattr(getattr(ctx.miner, "cfg", None), "allow_degraded", False))}
+
+
 Check = typing.Callable[[Context], dict]
 CHECKS: typing.List[typing.Tuple[str, Check]] = [
     ("engine", engine_loaded),
@@ -100,6 +108,7 @@ CHECKS: typing.List[typing.Tuple[str, Check]] = [
     ("decode", decode_pool),
     ("admission", admission),
     ("axon", axon_serving),
+    ("tiers", tiers_served),
 ]
 
 
