@@ -45,13 +45,13 @@ def _held_port():
 
 # -- item 1: ports -------------------------------------------------------------------------------
 @pytest.mark.parametrize("which", ["axon", "metrics"])
-def test_a_port_held_by_another_socket_exits_at_once_naming_it(which):
+def test_a_port_held_by_another_socket_exits_at_once_naming_it(which, tmp_path):
     holder, port = _held_port()
     with holder:
         ports = (["--axon.port", str(port), "--metrics.port", "0"] if which == "axon"
                  else ["--axon.port", "0", "--metrics.port", str(port)])
         t0 = time.monotonic()
-        out = _run("--local", "--axon.ip", "127.0.0.1", *ports)
+        out = _run("--local", "--axon.ip", "127.0.0.1", *ports, env={"TMPDIR": str(tmp_path)})
         took = time.monotonic() - t0
     assert out.returncode == errors.PORT, out.stderr[-2000:]
     last = out.stderr.strip().splitlines()[-1]
@@ -59,6 +59,7 @@ def test_a_port_held_by_another_socket_exits_at_once_naming_it(which):
     assert f"NATIX_{which.upper()}_PORT" in last
     assert "Traceback" not in out.stderr and "serving on" not in out.stderr + out.stdout
     assert took < 60  # before any model loads
+    assert [p for p in os.listdir(tmp_path) if p.startswith("natix-")] == []  # the throw-away wallet is gone
 
 
 def test_metrics_server_binds_loopback_unless_told(tmp_path):
@@ -124,10 +125,14 @@ def test_unknown_natix_key_is_warned_with_the_nearest_name():
 def test_every_flag_has_a_variable_and_help_shows_default_and_variable():
     text = build_parser().format_help()
     flags = [a for a in build_parser()._actions if a.option_strings and a.dest != "help"]
+    from natix_miner.miner.args import FLAGS
+
+    table_keys = {k for _, k, _, _ in FLAGS}
     for action in flags:
-        if action.dest in ("logging.debug", "logging.trace"):
-            continue
-        assert "env: " in action.help and "default: " in action.help, action.option_strings
+        if action.dest in table_keys:
+            assert "env: " in action.help and "default: " in action.help, action.option_strings
+        elif action.dest not in ("logging.debug", "logging.trace"):  # added beside the table: still a variable
+            assert "NATIX_" in action.help, action.option_strings
     assert "[default: 8091; env: NATIX_AXON_PORT]" in " ".join(text.split())
     table = settings_table()
     assert "| `--metrics.host` | `NATIX_METRICS_HOST` | `127.0.0.1` |" in table
@@ -309,3 +314,61 @@ def test_dashboard_shows_the_status_gauges():
     exprs = " ".join(t["expr"] for p in dash["panels"] for t in p.get("targets", []))
     for _, metric, _ in STATUS_GAUGES:
         assert metric in exprs, metric
+
+
+# -- item 6: the smaller ones ------------------------------------------------------------------------
+def test_quiet_disables_every_progress_bar(monkeypatch, tmp_path):
+    from tqdm import std
+    from tqdm import tqdm
+    from tqdm.auto import tqdm as auto_tqdm
+
+    from natix_miner.cli import main
+
+    monkeypatch.setattr(std.tqdm, "__init__", std.tqdm.__init__)  # restored after the test
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    assert tqdm(range(1)).disable is False
+    main(["data", "validate", str(tmp_path / "none"), "--quiet"])
+    assert tqdm(range(1)).disable is True and auto_tqdm(range(1)).disable is True
+    assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1" and os.environ["TQDM_DISABLE"] == "True"
+
+
+def test_mock_validator_against_a_stopped_miner_says_so_at_once(capsys):
+    from natix_miner.validator.cli import main
+
+    port = _free_port()  # nothing listens there
+    t0 = time.monotonic()
+    assert main([f"127.0.0.1:{port}:5FakeHotkey", "--n", "3", "--no-progress"]) == 1
+    assert time.monotonic() - t0 < 15
+    err = capsys.readouterr().err
+    assert f"error: miner at 127.0.0.1:{port} does not accept connections; is it running" in err
+
+
+def test_data_pull_hints_the_installed_hf_command(monkeypatch, tmp_path):
+    from natix_miner.training import hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hub, "resolve_token", lambda token=None: None)
+    with pytest.raises(hub.DatasetError, match="`hf auth login`") as err:
+        hub.download(tmp_path)
+    assert "huggingface-cli" not in str(err.value)
+
+
+def test_demo_profile_predictions_carry_the_caveat(tmp_path, capsys):
+    import yaml
+
+    from natix_miner.cli import main
+    from tests.engine_experts import grey_png, register
+
+    register()
+    prof = {"name": "demo-ish", "demo": True, "experts": [{"name": "bright", "family": "engine_test_brightness"}],
+            "tiers": [{"name": "fast", "experts": ["bright"]}]}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(prof))
+    (tmp_path / "g.png").write_bytes(grey_png(200))
+    assert main(["predict", str(tmp_path / "g.png"), "--profile", str(tmp_path / "p.yaml"), "--json"]) == 0
+    rec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rec["caveat"].startswith("demo model")
+    prof["demo"] = False
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(prof))
+    assert main(["predict", str(tmp_path / "g.png"), "--profile", str(tmp_path / "p.yaml"), "--json"]) == 0
+    assert "caveat" not in json.loads(capsys.readouterr().out.strip().splitlines()[-1])

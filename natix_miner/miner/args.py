@@ -132,7 +132,8 @@ def default_of(key: str) -> typing.Any:
     return node
 
 
-def _help(key: str, text: str) -> str:
+def flag_help(key: str, text: str) -> str:
+    """``text [default: D; env: VAR]`` (argparse-escaped), as every command shows a settings flag."""
     d = default_of(key)
     shown = "unset" if d in (None, "", []) else (str(d).lower() if isinstance(d, bool) else d)
     return f"{text} [default: {shown}; env: {env_name(key)}]".replace("%", "%%")
@@ -150,7 +151,7 @@ def build_parser(parser: typing.Optional[argparse.ArgumentParser] = None) -> arg
                         help="most verbose logging")
     for flag, key, typ, help_ in FLAGS:
         extra = {"nargs": "?", "const": True} if typ is _bool else {}
-        parser.add_argument(flag, dest=key, type=typ, default=argparse.SUPPRESS, help=_help(key, help_), **extra)
+        parser.add_argument(flag, dest=key, type=typ, default=argparse.SUPPRESS, help=flag_help(key, help_), **extra)
     from natix_miner.standins import add_arguments
 
     add_arguments(parser)  # --stand-ins DIR, --device D (NATIX_STAND_INS / NATIX_DEVICE; applied in load_profile)

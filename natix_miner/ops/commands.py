@@ -22,12 +22,12 @@ _KEY_PREFIXES = ("profile", "wallet.", "vault.", "chain.")
 
 
 def _identity_flags(p, chain: bool = False) -> None:
-    from natix_miner.miner.args import FLAGS
+    from natix_miner.miner.args import FLAGS, flag_help
 
     prefixes = _KEY_PREFIXES[1:] if chain else _KEY_PREFIXES[1:3]
     for flag, key, typ, help_ in FLAGS:
         if key == "profile" or key.startswith(prefixes):
-            p.add_argument(flag, dest=key, type=typ, default=None, help=help_)
+            p.add_argument(flag, dest=key, type=typ, default=None, help=flag_help(key, help_))
 
 
 def _config(args):

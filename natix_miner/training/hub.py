@@ -2,7 +2,7 @@
 
 The validator's real challenges come from the Hugging Face dataset ``natix-network-org/roadwork``
 (parquet; ``image`` as ``{bytes, path}`` or raw bytes, ``label`` 0/1, ``scene_description``). It
-needs a Hugging Face token (``--token``, ``HF_TOKEN`` or ``huggingface-cli login``).
+needs a Hugging Face token (``--token``, ``HF_TOKEN`` or ``hf auth login``).
 
 Two steps, the second shared with local copies:
 
@@ -63,7 +63,7 @@ def download(out_dir: typing.Union[str, Path], repo_id: str = DATASET_ID, token:
     tok = resolve_token(token)
     if not tok:
         raise DatasetError(f"{repo_id} needs a Hugging Face token: pass --token, set HF_TOKEN, "
-                           "or run `huggingface-cli login`")
+                           "or run `hf auth login`")
     raw = Path(out_dir) / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     try:

@@ -109,6 +109,15 @@ def run(args) -> int:
     except (ValueError, SourceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from natix_miner.validator.targets import port_open
+
+    down = [t for t in targets if not port_open(t.host, t.port, timeout=3.0)]
+    if down:  # say so now, not after n challenges x the timeout of silence
+        for t in down:
+            who = "" if t.name == f"{t.host}:{t.port}" else f"{t.name} "
+            print(f"error: miner {who}at {t.host}:{t.port} does not accept connections; is it running "
+                  f"(and listening on that address)? `natix-miner run --local ...` starts one", file=sys.stderr)
+        return 1
     stream = ChallengeStream(real, real if args.synthetic_source == "same" else None, seed=args.seed,
                              synthetic_fraction=args.synthetic_fraction)
     with contextlib.ExitStack() as stack:

@@ -162,7 +162,9 @@ class SpawnedMiner:
         if self._log:
             self._log.close()
             self._log = None
-        shutil.rmtree(self.wallet_path, ignore_errors=True)  # the throw-away keys; the log stays
+        shutil.rmtree(self.wallet_path, ignore_errors=True)  # the throw-away keys
+        if p.returncode == 0 and self.log_path.startswith(self.workdir + os.sep):
+            shutil.rmtree(self.workdir, ignore_errors=True)  # a clean run leaves no natix-* folder; a failed one its log
         return p.returncode
 
     def __enter__(self) -> "SpawnedMiner":
