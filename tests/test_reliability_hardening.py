@@ -464,3 +464,75 @@ def test_breaker_idle_probe_comes_early_and_a_failed_probe_reopens():
     assert b.allow(idle=True)
     b.record(True)
     assert b.state == "closed" and b.allow()
+
+
+# -- 6: a stopped isolated child cannot block the parent ----------------------------------------------
+
+def _isolated(timeout_s: float = 2.0):
+    from natix_miner.config import ExpertSpec
+    from natix_miner.experts import create_expert
+    from tests.engine_experts import BrightnessExpert, register
+
+    register()
+    spec = ExpertSpec.model_validate({
+        "name": "iso", "family": "isolated", "timeout_s": timeout_s,
+        "options": {"inner": {"family": "engine_test_brightness"}, "restart_backoff_s": 0.2,
+                    "families": {"engine_test_brightness": f"tests.engine_experts:{BrightnessExpert.__name__}"}}})
+    expert = create_expert(spec, None)
+    expert.load("cpu")
+    return expert
+
+
+def test_stopped_isolated_child_with_a_large_image_is_killed_and_restarted():
+    import io
+    import signal
+    import threading
+
+    import numpy as np
+    from PIL import Image
+
+    from natix_miner.experts.isolated import EngineProcessDown
+    from natix_miner.imaging.decode import probe
+
+    expert = _isolated(timeout_s=2.0)
+    try:
+        small = probe(grey_png(200, size=32))
+        assert abs(expert.predict_batch([small])[0].probability - 200 / 255) < 0.01
+        buf = io.BytesIO()  # ~4 MB: far more than the socket buffer, so send() blocks on a stopped child
+        Image.fromarray((np.random.default_rng(0).random((1200, 1200, 3)) * 255).astype(np.uint8)).save(buf, "PNG")
+        large = probe(buf.getvalue())
+        old = expert.pid
+        os.kill(old, signal.SIGSTOP)
+        outcome = {}
+
+        def call(key, images):
+            t0 = time.monotonic()
+            try:
+                expert.predict_batch(images)
+                outcome[key] = ("answered", time.monotonic() - t0)
+            except Exception as exc:  # noqa: BLE001
+                outcome[key] = (type(exc).__name__, time.monotonic() - t0)
+
+        threads = [threading.Thread(target=call, args=("large", [large]), daemon=True)]
+        threads[0].start()
+        time.sleep(0.2)
+        threads.append(threading.Thread(target=call, args=("second", [small]), daemon=True))  # waits for the lock
+        threads[1].start()
+        for t in threads:
+            t.join(8.0)
+        assert not any(t.is_alive() for t in threads), f"predict_batch still blocked: {outcome}"
+        assert outcome["large"][0] == EngineProcessDown.__name__ and outcome["large"][1] < 4.0, outcome
+        assert outcome["second"][0] == EngineProcessDown.__name__ and outcome["second"][1] < 4.0, outcome
+        end = time.monotonic() + 60  # the stopped child was killed; the supervisor starts a new one
+        while time.monotonic() < end and not (expert.ready and expert.pid != old):
+            time.sleep(0.1)
+        assert expert.pid != old and expert.restarts == 1
+        with pytest.raises(ProcessLookupError):
+            os.kill(old, 0)  # killed and reaped
+        assert abs(expert.predict_batch([small])[0].probability - 200 / 255) < 0.01
+    finally:
+        try:
+            os.kill(old, signal.SIGKILL)  # the old code leaves it stopped: do not leak it
+        except Exception:  # noqa: BLE001
+            pass
+        expert.close()

@@ -10,6 +10,12 @@ supervisor thread starts a new child (exponential back-off from ``restart_backof
 ``call_timeout_s`` kills the child (a wedged engine is treated as a dead one). This is also how a
 VLM engine process is modelled in tests (``tests/test_reliability_faults.py``).
 
+Every send and every receive has a deadline (the call's ``call_timeout_s``, waiting for the lock
+included): a child that is stopped (SIGSTOP) or hung cannot block the parent. Before, one large
+image to a stopped child blocked ``send`` forever while holding the lock, so no timeout fired and
+the tier was lost until the child resumed. Now the call fails with :class:`EngineProcessDown`
+within its timeout, the child is killed and the supervisor starts a new one.
+
 Profile entry::
 
     - name: vlm_isolated
@@ -30,7 +36,10 @@ Usage (direct)::
 import logging
 import multiprocessing.connection
 import os
+import pickle
+import select
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -101,6 +110,56 @@ def _child_main(fd: int) -> None:  # pragma: no cover - runs in the child
             return
 
 
+class _Channel:
+    """The parent's end of the socket pair: ``multiprocessing.connection``'s framing (what the
+    child's ``Connection`` reads and writes) with a deadline on every send and receive; a
+    timeout raises ``TimeoutError`` and leaves the stream unusable (the caller kills the child)."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+
+    def send(self, obj: typing.Any, timeout: float) -> None:
+        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        n = len(data)
+        head = struct.pack("!i", n) if n <= 0x7FFFFFFF else struct.pack("!i", -1) + struct.pack("!Q", n)
+        deadline = time.monotonic() + timeout
+        for part in (head, data):
+            view = memoryview(part)
+            while view:
+                self.sock.settimeout(self._left(deadline))
+                view = view[self.sock.send(view):]
+
+    def poll(self, timeout: float) -> bool:
+        return bool(select.select([self.sock], [], [], max(0.0, timeout))[0])
+
+    def recv(self, timeout: float) -> typing.Any:
+        deadline = time.monotonic() + timeout
+        size, = struct.unpack("!i", self._exactly(4, deadline))
+        if size == -1:
+            size, = struct.unpack("!Q", self._exactly(8, deadline))
+        return pickle.loads(self._exactly(size, deadline))
+
+    def _exactly(self, n: int, deadline: float) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            self.sock.settimeout(self._left(deadline))
+            chunk = self.sock.recv(min(n - len(buf), 1 << 20))
+            if not chunk:
+                raise EOFError("the child closed its end")
+            buf += chunk
+        return bytes(buf)
+
+    @staticmethod
+    def _left(deadline: float) -> float:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("deadline passed")
+        return left
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 class IsolatedExpert(Expert):
     family = "isolated"
 
@@ -139,13 +198,13 @@ class IsolatedExpert(Expert):
         proc = subprocess.Popen([sys.executable, "-m", "natix_miner.experts.isolated", str(theirs.fileno())],
                                 pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL)
         theirs.close()
-        parent = multiprocessing.connection.Connection(ours.detach())
+        parent = _Channel(ours)
         end = time.monotonic() + self.start_timeout_s
         try:
-            parent.send((self.inner_spec, self.profile, self.device, self.threads, self.families))
+            parent.send((self.inner_spec, self.profile, self.device, self.threads, self.families), self.start_timeout_s)
             while time.monotonic() < end and not self._closing.is_set():
                 if parent.poll(0.2):
-                    msg = parent.recv()
+                    msg = parent.recv(max(0.001, end - time.monotonic()))
                     if msg[0] == "ready":
                         self._bytes = msg[2]
                         return proc, parent
@@ -202,34 +261,56 @@ class IsolatedExpert(Expert):
 
     # -- inference -------------------------------------------------------------------------
     def predict_batch(self, images) -> typing.List[Evidence]:
-        with self._lock:
+        """One batch in the child; the whole call (lock wait, send, answer) is bounded by
+        ``call_timeout_s``. A stopped or hung child is killed (the supervisor restarts it)."""
+        deadline = time.monotonic() + self.call_timeout_s
+        if not self._lock.acquire(timeout=self.call_timeout_s):
+            raise EngineProcessDown(f"{self.name}: engine process busy with a call for {self.call_timeout_s:.1f}s")
+        try:
             proc, conn = self._proc, self._conn
             if not self.ready or proc is None or proc.poll() is not None:
                 raise EngineProcessDown(f"{self.name}: engine process is down (restarting)")
             try:
-                conn.send(("predict", [(img.data, img.max_pixels) for img in images]))
-                if not conn.poll(self.call_timeout_s):
-                    proc.kill()  # wedged: the supervisor restarts it
-                    raise EngineProcessDown(f"{self.name}: no answer in {self.call_timeout_s:.1f}s; child killed")
-                msg = conn.recv()
-            except (EOFError, OSError, BrokenPipeError) as exc:
+                conn.send(("predict", [(img.data, img.max_pixels) for img in images]),
+                          max(0.001, deadline - time.monotonic()))
+                msg = conn.recv(max(0.001, deadline - time.monotonic()))
+            except TimeoutError:
+                self._kill(proc)  # stopped or wedged: the supervisor restarts it
+                raise EngineProcessDown(f"{self.name}: no answer in {self.call_timeout_s:.1f}s "
+                                        f"(child {proc.pid} stopped or hung); child killed") from None
+            except (EOFError, OSError, pickle.UnpicklingError, struct.error) as exc:
+                self._kill(proc)
                 raise EngineProcessDown(f"{self.name}: engine process died ({type(exc).__name__})") from None
+        finally:
+            self._lock.release()
         if msg[0] == "error":
             raise RemoteExpertError(msg[1], msg[2])
         return [Evidence(p, abstain=a, detail=d) for p, a, d in msg[1]]
+
+    def _kill(self, proc) -> None:
+        """Called with the lock held: no call may use this child again."""
+        self.ready = False
+        try:
+            proc.kill()  # SIGKILL also ends a stopped process
+        except OSError:
+            pass
 
     def memory_bytes(self) -> int:
         return self._bytes
 
     def close(self) -> None:
         self._closing.set()
-        with self._lock:
+        locked = self._lock.acquire(timeout=self.call_timeout_s + 1.0)
+        try:
             proc, conn = self._proc, self._conn
             self.ready = False
+        finally:
+            if locked:
+                self._lock.release()
         if proc is None:
             return
         try:
-            conn.send(("stop",))
+            conn.send(("stop",), 1.0)
         except Exception:
             pass
         try:
