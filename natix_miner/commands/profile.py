@@ -2,6 +2,7 @@
 
     natix-miner profile validate configs/h100x2.yaml   # exit 1 with "file: key: problem" lines if wrong
     natix-miner profile validate h100x1 --check-models # also: every model not on this machine, with its fix
+    natix-miner profile validate h100x1 --check-models --stand-ins DIR --device cpu   # as it would run
     natix-miner profile show demo-cpu                  # tiers, experts, devices, budgets, weights
     natix-miner profile plan h100x2 --gpus 2 --gpu-gb 80   # dry-run placement; exit 1 if a card is over budget
 
@@ -22,12 +23,18 @@ def add_parser(sub) -> None:
     p.add_argument("--gpu-gb", type=float, default=80.0, help="plan: memory per GPU in GB (with --gpus)")
     p.add_argument("--check-models", action="store_true",
                    help="validate: also report every model that is not present here (offline, nothing loads)")
+    from natix_miner.standins import add_arguments
+
+    add_arguments(p)  # --stand-ins DIR / --device D: check (or plan) the profile as it would run
     p.set_defaults(func=main)
 
 
 def main(args) -> int:
     from natix_miner.config import ProfileError, load_profile
+    from natix_miner.standins import apply_cli
 
+    if apply_cli(args):
+        return 2
     try:
         prof = load_profile(args.profile)
     except ProfileError as exc:
