@@ -372,3 +372,14 @@ def test_demo_profile_predictions_carry_the_caveat(tmp_path, capsys):
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(prof))
     assert main(["predict", str(tmp_path / "g.png"), "--profile", str(tmp_path / "p.yaml"), "--json"]) == 0
     assert "caveat" not in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_insecure_key_file_exits_with_the_permissions_code(tmp_path):
+    from natix_miner.miner.wallet import ephemeral_wallet
+
+    w = ephemeral_wallet("loose", "hk", str(tmp_path / "w"))
+    os.chmod(w.hotkey_file.path, 0o644)
+    out = _run("--local", "--wallet.path", str(tmp_path / "w"), "--wallet.name", "loose", "--wallet.hotkey", "hk",
+               "--metrics.port", "0")
+    assert out.returncode == errors.PERMISSIONS, out.stderr[-2000:]
+    assert "error: refusing to start with insecure file permissions" in out.stderr and "Traceback" not in out.stderr

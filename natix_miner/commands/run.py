@@ -24,7 +24,8 @@ def add_parser(sub) -> None:
 def main(args) -> int:
     """Start the miner; a start-up failure is one ``error: ...`` line on stderr and its exit code
     (table: natix_miner/miner/errors.py); ``--logging.debug`` adds the traceback."""
-    from natix_miner.miner.errors import UNEXPECTED, StartupError
+    from natix_miner.miner.errors import PERMISSIONS, UNEXPECTED, StartupError
+    from natix_miner.ops.startup_checks import InsecurePermissions
 
     debug = bool(getattr(args, "logging.debug", False) or getattr(args, "logging.trace", False))
     try:
@@ -33,6 +34,8 @@ def main(args) -> int:
         return 130
     except StartupError as exc:
         error, code, message = exc, exc.code, str(exc)
+    except InsecurePermissions as exc:
+        error, code, message = exc, PERMISSIONS, str(exc)
     except Exception as exc:  # noqa: BLE001 - an operator sees one line; --logging.debug the traceback
         error, code, message = exc, UNEXPECTED, f"{type(exc).__name__}: {exc}"
     if debug:

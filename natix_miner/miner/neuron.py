@@ -376,7 +376,7 @@ class Miner:
 
     def _load_wallet(self):
         from natix_miner.miner.wallet import load_wallet
-        from natix_miner.ops.startup_checks import InsecurePermissions, enforce_permissions
+        from natix_miner.ops.startup_checks import enforce_permissions
 
         if self.wallet is None:
             try:
@@ -385,10 +385,8 @@ class Miner:
                 raise
             except Exception as exc:  # noqa: BLE001 - missing files, Vault down/sealed/denied: one line
                 raise StartupError(errors.WALLET, f"{exc}") from exc
-        try:
-            enforce_permissions(self.cfg, self.wallet, self.profile)  # refuses key/config files open to others
-        except InsecurePermissions as exc:
-            raise StartupError(errors.PERMISSIONS, str(exc)) from exc
+        # refuses key/config files open to others; `natix-miner run` maps InsecurePermissions to exit code 6
+        enforce_permissions(self.cfg, self.wallet, self.profile)
 
     async def start(self) -> None:
         """configuration (done) -> wallet -> chain -> registration and UID -> axon port bound -> models
