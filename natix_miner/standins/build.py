@@ -306,7 +306,10 @@ def _sam3(spec, rec, scale, out, device):
 
     cfg = dict(rec["config"])
     tok = clip_tokenizer(prompt_words(spec.options), max_length=32)  # Sam3Processor pads text to 32
-    cfg["text_config"] = _clip_text(dict(cfg.get("text_config") or {}), tok, scale)
+    text = T.Sam3Config().text_config.to_dict()  # the real text tower unless the record overrides it
+    text = {k: v for k, v in text.items() if k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                                   "num_attention_heads", "max_position_embeddings", "projection_dim")}
+    cfg["text_config"] = _clip_text(_merge(text, cfg.get("text_config") or {}), tok, scale)
     model = _instantiate(T.Sam3Model, _hf_config(cfg), device, _dtype(spec, scale))
     if out is None:
         return model, {}
