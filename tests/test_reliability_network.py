@@ -138,18 +138,25 @@ def test_stranger_is_refused_on_every_route_before_its_body_is_read(plain):
             assert status == 403, (path, status)
     pad = b" " * (3 * 1024 * 1024)
     bodies = {path: body[:-1] + pad + b"}" for path, (_, body) in requests_.items()}  # built before measuring
+    fresh = []  # a fresh signature (nonce) for each request: the replay guard would refuse a reused one
+    for path in paths:
+        name = path.strip("/").split("/")[0]
+        for _ in range(8):
+            fresh.append((path, signed_request(stranger, m, axon.forward_class_types.get(name, bt.Synapse)())[1]))
     before = _rss_mb()
     results = []
 
-    def send(path):
-        results.append((path, post(m.port, path, requests_[path][0], bodies[path], timeout=20)))
+    def send(path, headers):
+        results.append((path, post(m.port, path, headers, bodies[path], timeout=20)))
 
-    threads = [threading.Thread(target=send, args=(p,)) for p in paths for _ in range(8)]
+    threads = [threading.Thread(target=send, args=pf) for pf in fresh]
     for t in threads:
         t.start()
     for t in threads:
         t.join(30)
     grown = _rss_mb() - before
+    print(f"\nstranger bodies: {len(results)} x 3 MB on {len(paths)} routes, codes {sorted(set(c for _, c in results))}, "
+          f"RSS +{grown:.1f} MB")
     assert all(code != 200 for _, code in results), results
     assert grown < 40, f"RSS grew {grown:.0f} MB on refused bodies"
 
@@ -465,3 +472,107 @@ def test_metrics_server_survives_a_thousand_idle_connections_under_a_low_file_li
     log = child.stderr.read()
     print(f"\nmetrics server: /healthz {max(took):.3f}s worst with {len(idle)} idle connections opened")
     assert "shed" in log, log[-2000:]
+
+
+# -- the pieces on their own (no network) -------------------------------------------------------
+
+class _Syn:
+    """The fields of a synapse the replay guard reads."""
+
+    def __init__(self, wallet, axon_hotkey, nonce, uuid="u-1", body_hash="h"):
+        from types import SimpleNamespace
+
+        message = f"{nonce}.{wallet.hotkey.ss58_address}.{axon_hotkey}.{uuid}.{body_hash}"
+        self.dendrite = SimpleNamespace(hotkey=wallet.hotkey.ss58_address, nonce=nonce, uuid=uuid,
+                                        signature=f"0x{wallet.hotkey.sign(message).hex()}")
+        self.computed_body_hash = body_hash
+
+
+def test_replay_guard_window_file_and_restart(tmp_path):
+    from natix_miner.miner.nonces import ReplayError, ReplayGuard, SignatureError
+
+    val = ephemeral_wallet("v", "v", str(tmp_path / "v"))
+    now = [1_000 * 10**9]
+    path = str(tmp_path / "state" / "nonces.log")
+    g = ReplayGuard(path, window_s=30, clock_ns=lambda: now[0])
+    a, b = _Syn(val, "AX", now[0] - 5 * 10**9), _Syn(val, "AX", now[0] - 6 * 10**9)
+    g.verify(a, "AX")
+    g.verify(b, "AX")  # older than the last one, not seen: accepted (concurrent requests arrive out of order)
+    with pytest.raises(ReplayError):
+        g.verify(a, "AX")
+    with pytest.raises(ReplayError):
+        g.verify(_Syn(val, "AX", now[0] - 31 * 10**9), "AX")  # outside the window
+    with pytest.raises(SignatureError):
+        g.verify(_Syn(val, "AX", now[0]), "OTHER-AXON")  # signed for another miner
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    g.close()
+    with open(path, "a") as f:
+        f.write("torn-line-without-nonce")
+    g2 = ReplayGuard(path, window_s=30, clock_ns=lambda: now[0])  # a restart
+    assert g2.live == 2
+    with pytest.raises(ReplayError):
+        g2.verify(a, "AX")
+    now[0] += 40 * 10**9
+    g3 = ReplayGuard(path, window_s=30, clock_ns=lambda: now[0])  # later: the expired nonces are dropped
+    assert g3.live == 0 and open(path).read() == ""
+
+
+def test_replay_guard_rewrites_its_file_when_it_grows(tmp_path):
+    from natix_miner.miner.nonces import ReplayGuard
+
+    val = ephemeral_wallet("v", "v", str(tmp_path / "v"))
+    now = [5_000 * 10**9]
+    path = str(tmp_path / "nonces.log")
+    g = ReplayGuard(path, window_s=1, clock_ns=lambda: now[0])
+    syns = [_Syn(val, "AX", now[0] + i) for i in range(3000)]
+    for i, syn in enumerate(syns):
+        now[0] = syn.dendrite.nonce + (i // 500) * 2 * 10**9  # time moves on: old nonces expire
+        try:
+            g.verify(syn, "AX")
+        except Exception:
+            pass
+    lines = open(path).read().count("\n")
+    assert lines < 3000 and g.live < 1000, (lines, g.live)
+
+
+class _Conn:
+    class _T:
+        def __init__(self):
+            self.closed = False
+
+        def is_closing(self):
+            return self.closed
+
+        def close(self):
+            self.closed = True
+
+    def __init__(self, peer):
+        self.peer, self.transport = peer, self._T()
+
+
+def test_governor_sheds_the_busiest_address_and_keeps_verified_connections():
+    from natix_miner.miner.limits import ConnectionGovernor
+
+    gov = ConnectionGovernor(max_connections=8, max_per_peer=3, reserved=2, max_per_hotkey=2)
+    attackers = [_Conn("10.0.0.9") for _ in range(3)]
+    assert all(gov.opened(c) for c in attackers)
+    extra = _Conn("10.0.0.9")
+    assert gov.opened(extra) and attackers[0].transport.closed  # per address: its own oldest goes
+    val = _Conn("10.0.0.1")
+    assert gov.opened(val)
+    gov.busy(val)
+    gov.trust(val, "5Val")
+    others = [_Conn(f"10.0.1.{i}") for i in range(3)]
+    for c in others:
+        assert gov.opened(c)
+    assert gov.untrusted == 6 and not val.transport.closed  # the cap on unverified ones: 8 - 2
+    newcomer = _Conn("10.0.2.1")
+    assert gov.opened(newcomer)
+    assert sum(c.transport.closed for c in attackers[1:] + [extra]) == 1  # the busiest address paid
+    assert not val.transport.closed and all(not c.transport.closed for c in others)
+    assert gov.begin("5Val") and gov.begin("5Val") and not gov.begin("5Val")  # per-hotkey cap
+    gov.end("5Val")
+    assert gov.begin("5Val")
+    for c in [val, newcomer, extra] + attackers + others:
+        gov.closed(c)
+    assert gov.open == 0 and gov.untrusted == 0 and gov.shed["per_peer"] == 1 and gov.shed["stranger_idle"] == 1
