@@ -383,3 +383,25 @@ def test_insecure_key_file_exits_with_the_permissions_code(tmp_path):
                "--metrics.port", "0")
     assert out.returncode == errors.PERMISSIONS, out.stderr[-2000:]
     assert "error: refusing to start with insecure file permissions" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_local_mode_status_line_and_gauges_from_the_local_metagraph(tmp_path, miner_wallet, caplog):
+    from natix_miner.engine import Engine
+    from natix_miner.ops.runtime import OpsHooks
+    from tests.engine_experts import make_profile
+
+    mg = tmp_path / "mg.yaml"
+    mg.write_text(f"- {{hotkey: 5Val, stake: 900, validator_permit: true}}\n"
+                  f"- {{hotkey: {miner_wallet.hotkey.ss58_address}, stake: 3.5, validator_permit: false}}\n")
+    os.chmod(mg, 0o600)
+    prof = make_profile(tmp_path, experts=[{"name": "b", "family": "engine_test_brightness"}],
+                        tiers=[{"name": "t", "experts": ["b"]}])
+    cfg = MinerConfig.model_validate({"local": True, "local_metagraph": str(mg), "axon": {"ip": "127.0.0.1", "port": 0},
+                                      "metrics": {"enabled": True, "port": 0}, "profile": prof.path})
+    hooks = OpsHooks(cfg).start_server()
+    caplog.set_level("INFO", logger="natix_miner")
+    with MinerThread(cfg, engine=Engine(prof), wallet=miner_wallet, hooks=hooks):
+        metrics = urllib.request.urlopen(f"{hooks.url}/metrics", timeout=5).read().decode()
+    assert any(r.getMessage().startswith("status: uid 1 | stake 3.5000 | trust 0.0000") and "validators 1" in
+               r.getMessage() for r in caplog.records)
+    assert "natix_miner_uid 1.0" in metrics and "natix_miner_stake 3.5" in metrics
