@@ -536,3 +536,44 @@ def test_stopped_isolated_child_with_a_large_image_is_killed_and_restarted():
         except Exception:  # noqa: BLE001
             pass
         expert.close()
+
+
+def test_vault_hotkey_text_is_wiped_after_the_key_is_built_and_still_redacted(tmp_path, monkeypatch):
+    """The mnemonic / seed read from a real OpenBao server lives in one Python string; once the
+    keypair exists that string is zeroed in place, and log redaction keeps working from a digest,
+    not from a plaintext copy of the phrase."""
+    from bittensor_wallet import Keypair
+
+    from natix_miner.config import MinerConfig
+    from natix_miner.ops import logs, secrets
+    from tests.ops_support import start_bao
+
+    phrase = Keypair.generate_mnemonic(12)
+    seed = os.urandom(32).hex()
+    want = {"mnemonic": Keypair.create_from_mnemonic(phrase).ss58_address,
+            "seed": Keypair.create_from_seed(seed).ss58_address}
+    seen = []
+    real_read = secrets.read_secret
+
+    def spy(v, client=None):  # pass-through: keeps the dict read_secret handed out
+        seen.append(real_read(v, client))
+        return seen[-1]
+
+    monkeypatch.setattr(secrets, "read_secret", spy)
+    bao = start_bao()
+    try:
+        for field, text in (("mnemonic", phrase), ("seed", seed)):
+            bao.put(f"natix/{field}", {field: text})
+            cfg = MinerConfig.model_validate({"local": True, "wallet": {"path": str(tmp_path / "w")}, "vault": {
+                "addr": bao.addr, "token": bao.root_token, "path": f"natix/{field}", "timeout_s": 3.0}})
+            wallet = secrets.wallet_from_vault(cfg)
+            assert wallet.hotkey.ss58_address == want[field]
+            value = seen[-1][field]
+            assert value == "\x00" * len(text), f"{field} text still in memory"
+            assert all(text not in s for s in logs._registered), "plaintext copy kept for redaction"
+            assert logs.redact(f"oops {text}!") == "oops ***!"
+        assert logs.redact(f"key 0x{seed} and {seed.upper()}") == "key *** and ***"
+        assert logs.redact("image sha256 " + "a" * 64) == "image sha256 " + "a" * 64
+    finally:
+        bao.stop()
+        logs.forget_secrets()

@@ -7,7 +7,9 @@ goes through one redaction step before it reaches any sink. Redaction removes:
   whole quoted values and whole unquoted mnemonics included;
 * Vault / OpenBao tokens (``hvs.``, ``s.``, ``hvb.``, ``b.`` prefixes) and ``0x`` + 64-hex seeds;
 * every value handed to :func:`register_secret` (the Vault client registers the mnemonic, seed,
-  token and AppRole secret id it reads), wherever it appears;
+  token and AppRole secret id it reads), wherever it appears; key material (mnemonic, seed) is
+  registered as a digest (``digest=True``): any run of words / hex that hashes to it is masked, and
+  no plaintext copy of the phrase is kept for redaction's sake;
 * the same in structured ``extra`` fields and in exception messages.
 
 Usage::
@@ -18,6 +20,7 @@ Usage::
     redact("token=s.abc...")            # -> "token=***"
 """
 
+import hashlib
 import logging
 import os
 import re
@@ -42,12 +45,39 @@ _TOKENS = [
 ]
 
 _registered: typing.Set[str] = set()  # process-wide by nature: any sink may see any secret
+_digests: typing.Dict[int, typing.Set[bytes]] = {}  # token count -> sha256 of the normalised tokens
 _registered_lock = threading.Lock()
+_TOKEN = re.compile(r"[A-Za-z0-9]+")
+_HEX_SEED = re.compile(r"(?:0x)?([0-9a-f]{64})")
 
 
-def register_secret(value: typing.Optional[str]) -> None:
-    """Redact ``value`` (and its whitespace-normalised form) from every later log line."""
+def _tokens(text: str) -> typing.List[typing.Tuple[int, int, str]]:
+    """(start, end, normalised) for each alphanumeric run: lower case, a ``0x`` seed prefix dropped."""
+    out = []
+    for m in _TOKEN.finditer(text):
+        t = m.group().lower()
+        h = _HEX_SEED.fullmatch(t)
+        out.append((m.start(), m.end(), h.group(1) if h else t))
+    return out
+
+
+def _digest(norms: typing.Sequence[str]) -> bytes:
+    return hashlib.sha256(" ".join(norms).encode()).digest()
+
+
+def register_secret(value: typing.Optional[str], digest: bool = False) -> None:
+    """Redact ``value`` (and its whitespace-normalised form) from every later log line.
+
+    ``digest``: keep only a hash of its words (key material: a mnemonic or seed that the caller
+    wipes from memory once the key is built); the same words in any spacing, case or punctuation
+    are masked."""
     if not value or len(str(value)) < 6:
+        return
+    if digest:
+        norms = [t[2] for t in _tokens(str(value))]
+        if norms:
+            with _registered_lock:
+                _digests.setdefault(len(norms), set()).add(_digest(norms))
         return
     value = str(value)
     with _registered_lock:
@@ -61,6 +91,26 @@ def forget_secrets() -> None:
     """Tests only: clear the registry."""
     with _registered_lock:
         _registered.clear()
+        _digests.clear()
+
+
+def _mask_digests(text: str, digests: typing.Dict[int, typing.Set[bytes]]) -> str:
+    """Mask every run of ``n`` consecutive tokens whose digest is registered for ``n``."""
+    toks = _tokens(text)
+    spans = []
+    for n, known in digests.items():
+        for i in range(len(toks) - n + 1):
+            if _digest([t[2] for t in toks[i:i + n]]) in known:
+                spans.append((toks[i][0], toks[i + n - 1][1]))
+    if not spans:
+        return text
+    out, pos = [], 0
+    for start, end in sorted(spans):
+        if end <= pos:
+            continue
+        out.append(text[pos:max(pos, start)] + (MASK if start >= pos else ""))
+        pos = end
+    return "".join(out) + text[pos:]
 
 
 def redact(text: str) -> str:
@@ -69,9 +119,12 @@ def redact(text: str) -> str:
         return text
     with _registered_lock:
         known = sorted(_registered, key=len, reverse=True)
+        digests = {n: set(d) for n, d in _digests.items()}
     for value in known:
         if value in text:
             text = text.replace(value, MASK)
+    if digests:
+        text = _mask_digests(text, digests)
     text = _QUOTED.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}{m.group(4)}", text)
     text = _WORDS.sub(lambda m: f"{m.group(1)}{MASK}", text)
     text = _PLAIN.sub(lambda m: f"{m.group(1)}{MASK}", text)

@@ -250,8 +250,32 @@ def read_secret(v: VaultConfig, client=None) -> typing.Dict[str, typing.Any]:
     data = (resp or {}).get("data", {}).get("data") or {}
     for key in HOTKEY_FIELDS:
         if isinstance(data.get(key), str):
-            register_secret(data[key])
+            register_secret(data[key], digest=True)  # no plaintext copy: the caller wipes the value
     return data
+
+
+def wipe(value: typing.Any) -> bool:
+    """Zero a secret's characters in place once the key is built; returns whether it could.
+
+    A ``bytearray`` always; a ``str`` when it is CPython's compact ASCII layout (what ``json``
+    makes of a mnemonic or hex seed) and not interned. Python cannot promise there is no other
+    copy (the HTTP client's freed buffers), but the live object that held the phrase no longer
+    does, and with :func:`disable_core_dumps` nothing writes the process memory to disk."""
+    if isinstance(value, bytearray):
+        value[:] = bytes(len(value))
+        return True
+    if type(value) is not str or len(value) < 2 or not value.isascii() or sys.implementation.name != "cpython":
+        return False
+    import ctypes
+
+    # PyASCIIObject.state after refcount, type, length and hash: interned (2 bits), kind (3),
+    # compact, ascii. An interned string is shared with every other use of the same text.
+    state = ctypes.c_uint32.from_address(id(value) + 32).value
+    if state & 0b11 or not (state >> 5) & 1 or not (state >> 6) & 1:
+        return False
+    n = len(value)
+    ctypes.memset(id(value) + sys.getsizeof(value) - n - 1, 0, n)
+    return True
 
 
 def keypair_from_secret(data: typing.Mapping[str, typing.Any], where: str = "the secret"):
@@ -260,16 +284,27 @@ def keypair_from_secret(data: typing.Mapping[str, typing.Any], where: str = "the
 
     mnemonic, seed = data.get("mnemonic"), data.get("seed")
     if mnemonic:
+        phrase = str(mnemonic)
+        if phrase.split() != phrase.split(" "):  # only then a normalised copy (wiped below)
+            phrase = " ".join(phrase.split())
         try:
-            return Keypair.create_from_mnemonic(" ".join(str(mnemonic).split()))
+            return Keypair.create_from_mnemonic(phrase)
         except Exception:  # noqa: BLE001 - the library's message could quote the phrase
             raise VaultSecretInvalid(f"{where}: 'mnemonic' is not a valid BIP39 phrase") from None
+        finally:
+            if phrase is not mnemonic:
+                wipe(phrase)
     if seed:
-        s = str(seed).strip().lower()
-        s = s[2:] if s.startswith("0x") else s
-        if len(s) != 64 or any(c not in "0123456789abcdef" for c in s):
+        s = str(seed)
+        hexdigits = s[2:] if s[:2].lower() == "0x" else s
+        if len(hexdigits) != 64 or any(c not in "0123456789abcdefABCDEF" for c in hexdigits):
             raise VaultSecretInvalid(f"{where}: 'seed' must be 32 bytes of hex (64 digits, 0x optional)")
-        return Keypair.create_from_seed(s)
+        lower = hexdigits.lower()
+        try:
+            return Keypair.create_from_seed(lower)
+        finally:
+            for copy in {id(x): x for x in (hexdigits, lower) if x is not s}.values():
+                wipe(copy)
     raise VaultSecretInvalid(f"{where}: holds neither 'mnemonic' nor 'seed' (keys present: {sorted(data)})")
 
 
@@ -298,10 +333,14 @@ def wallet_from_vault(cfg: MinerConfig) -> VaultWallet:
     v = cfg.vault
     t0 = time.perf_counter()
     data = read_secret(v)
-    hotkey = keypair_from_secret(data, where=f"vault {_where(v)}")
-    wallet = VaultWallet(hotkey, _coldkeypub(cfg, data, hotkey), source=f"vault:{_where(v)}",
-                         name=cfg.wallet.name, hotkey_name=cfg.wallet.hotkey)
-    del data
+    try:
+        hotkey = keypair_from_secret(data, where=f"vault {_where(v)}")
+        wallet = VaultWallet(hotkey, _coldkeypub(cfg, data, hotkey), source=f"vault:{_where(v)}",
+                             name=cfg.wallet.name, hotkey_name=cfg.wallet.hotkey)
+    finally:
+        for key in HOTKEY_FIELDS:  # the key exists now (or never will): no text copy of it stays
+            wipe(data.get(key))
+        del data
     log.info("hotkey %s loaded from Vault %s (%s) in %.2fs", hotkey.ss58_address, v.addr, _where(v),
              time.perf_counter() - t0)
     return wallet
