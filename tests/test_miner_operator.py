@@ -405,3 +405,18 @@ def test_local_mode_status_line_and_gauges_from_the_local_metagraph(tmp_path, mi
     assert any(r.getMessage().startswith("status: uid 1 | stake 3.5000 | trust 0.0000") and "validators 1" in
                r.getMessage() for r in caplog.records)
     assert "natix_miner_uid 1.0" in metrics and "natix_miner_stake 3.5" in metrics
+
+
+def test_a_profile_the_engine_cannot_load_is_the_models_code(tmp_path, miner_wallet):
+    from tests.engine_experts import make_profile
+
+    prof = make_profile(tmp_path, experts=[{"name": "x", "family": "no_such_family"}],
+                        tiers=[{"name": "t", "experts": ["x"]}])
+    cfg = MinerConfig.model_validate({"local": True, "axon": {"ip": "127.0.0.1", "port": 0},
+                                      "metrics": {"enabled": False}, "profile": prof.path})
+    with pytest.raises(RuntimeError) as err:
+        with MinerThread(cfg, wallet=miner_wallet):
+            pass
+    cause = err.value.__cause__
+    assert isinstance(cause, errors.StartupError) and cause.code == errors.MODELS
+    assert "no_such_family" in str(cause) and "natix-miner profile validate" in str(cause)
