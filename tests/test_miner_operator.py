@@ -420,3 +420,21 @@ def test_a_profile_the_engine_cannot_load_is_the_models_code(tmp_path, miner_wal
     cause = err.value.__cause__
     assert isinstance(cause, errors.StartupError) and cause.code == errors.MODELS
     assert "no_such_family" in str(cause) and "natix-miner profile validate" in str(cause)
+
+
+def test_no_public_ip_is_the_serve_code_naming_the_flag(miner_wallet, monkeypatch):
+    from bittensor.utils import networking
+
+    def no_ip():
+        raise networking.ExternalIPNotFound("no service answered")
+
+    monkeypatch.setattr(networking, "get_external_ip", no_ip)
+    chain = LocalChain()
+    chain.register(miner_wallet.hotkey.ss58_address)
+    cfg = _chain_cfg(axon={"ip": "127.0.0.1", "port": _free_port()})  # no external_ip: looked up
+    with pytest.raises(RuntimeError) as err:
+        with MinerThread(cfg, wallet=miner_wallet, subtensor=chain):
+            pass
+    cause = err.value.__cause__
+    assert isinstance(cause, errors.StartupError) and cause.code == errors.SERVE
+    assert "--axon.external_ip" in str(cause) and chain.served == []
