@@ -143,7 +143,7 @@ def check_ref(ref: Ref, base: typing.Optional[Path] = None) -> typing.Optional[s
 
 def _short_reason(ref: str, message: str) -> str:
     if "not in the Hugging Face cache" in message or "not a local path, not in the model store" in message:
-        return "not in the model store or the Hugging Face cache"
+        return "not found" if _path_like(ref) else "not in the model store or the Hugging Face cache"
     if "does not exist" in message and ("local path" in message or "files absent" in message):
         return "file not found" if "local path" in message else "store files absent"
     if "not found locally" in message:
@@ -188,9 +188,12 @@ def fix_for(ref: Ref, spec: ExpertSpec) -> str:
 
 
 def _path_like(ref: str) -> bool:
+    """A file path rather than a hub id (``models/x-roadwork`` names the repo's models/ folder)."""
+    from natix_miner.config import REPO_ROOT
     from natix_miner.models_store import FILE_SUFFIXES
 
-    return ref.startswith(("/", "./", "../", "~")) or ("/" in ref and Path(ref).suffix in FILE_SUFFIXES)
+    return (ref.startswith(("/", "./", "../", "~")) or ("/" in ref and Path(ref).suffix in FILE_SUFFIXES)
+            or ("/" in ref and (REPO_ROOT / ref.split("/")[0]).is_dir()))
 
 
 def _tier_of(profile: Profile) -> typing.Dict[str, str]:

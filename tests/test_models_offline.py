@@ -242,3 +242,35 @@ def test_allow_degraded_serves_warns_on_every_resync_and_says_so(validator_walle
     finally:
         logging.getLogger("natix_miner.miner").removeHandler(handler)
         hooks.stopped()
+
+
+def test_refs_follow_what_each_family_resolves(monkeypatch):
+    """What the preflight checks is what each family resolves when it loads: not a timm architecture
+    or a remote VLM endpoint, but weights / head files and the models a depth expert or a depth
+    check borrows from the profile; wrappers (chaos) report their own load errors."""
+    from natix_miner.config import Profile
+    from natix_miner.preflight import expert_refs, missing_models
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    prof = Profile.model_validate({
+        "name": "refs",
+        "experts": [
+            {"name": "cls", "family": "timm", "model": "convnext_tiny",
+             "options": {"weights": "models/cls-never/model.safetensors", "head": "package:efficientnet_lite0"}},
+            {"name": "det", "family": "ultralytics", "model": "yolo11.yaml", "options": {"depth_check": "depth"}},
+            {"name": "depth", "family": "depth", "model": "org/depth-never", "options": {"detector": "det"}},
+            {"name": "vlm", "family": "openai_vlm", "model": "Qwen/Qwen3-VL-8B-Instruct",
+             "options": {"base_url": "http://127.0.0.1:1/v1"}},
+            {"name": "flaky", "family": "chaos", "options": {"inner": {"name": "i", "family": "timm",
+                                                                        "model": "resnet18"}}}],
+        "tiers": [{"name": "t", "experts": ["cls", "det", "depth", "vlm", "flaky"], "budget_s": 1.0}]})
+    refs = {e.name: [(r.role, r.ref) for r in expert_refs(e, prof)] for e in prof.experts}
+    assert refs["cls"] == [("weights", "models/cls-never/model.safetensors"), ("head", "package:efficientnet_lite0")]
+    assert refs["det"] == [("model", "yolo11.yaml"), ("depth_check", "org/depth-never")]
+    assert refs["depth"] == [("model", "org/depth-never"), ("detector", "yolo11.yaml")]
+    assert refs["vlm"] == [] and refs["flaky"] == []
+    missing = {(m.expert, m.ref): m for m in missing_models(prof)}
+    assert set(missing) == {("cls", "models/cls-never/model.safetensors"), ("det", "org/depth-never"),
+                            ("depth", "org/depth-never")}  # yolo11.yaml ships with ultralytics
+    assert "`natix-miner train --data DATA --family timm --arch convnext_tiny --out models/cls-never`" \
+        in missing[("cls", "models/cls-never/model.safetensors")].fix
