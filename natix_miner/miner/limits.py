@@ -24,53 +24,51 @@ log = logging.getLogger("natix_miner.miner.limits")
 def install_body_limit(app, max_bytes: int) -> None:
     """Reject requests whose declared or streamed body exceeds ``max_bytes`` with 413."""
 
-    class BodyLimit:
-        def __init__(self, inner):
-            self.inner = inner
+    async def body_limit(inner, scope, receive, send):
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    if int(value) > max_bytes:
+                        return await _reject(send)
+                except ValueError:
+                    return await _reject(send, 400, b"bad content-length")
+        seen = 0
 
-        async def __call__(self, scope, receive, send):
-            if scope.get("type") != "http":
-                return await self.inner(scope, receive, send)
-            for name, value in scope.get("headers", []):
-                if name == b"content-length":
-                    try:
-                        if int(value) > max_bytes:
-                            return await _reject(send)
-                    except ValueError:
-                        return await _reject(send, 400, b"bad content-length")
-            seen = 0
+        async def limited():
+            nonlocal seen
+            msg = await receive()
+            if msg.get("type") == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > max_bytes:
+                    raise _TooLarge()
+            return msg
 
-            async def limited():
-                nonlocal seen
-                msg = await receive()
-                if msg.get("type") == "http.request":
-                    seen += len(msg.get("body", b""))
-                    if seen > max_bytes:
-                        raise _TooLarge()
-                return msg
+        try:
+            return await inner(scope, limited, send)
+        except _TooLarge:
+            return await _reject(send)
 
-            try:
-                return await self.inner(scope, limited, send)
-            except _TooLarge:
-                return await _reject(send)
-
-    app.add_middleware(_factory(BodyLimit))
+    _add_http_middleware(app, body_limit)
 
 
 class _TooLarge(Exception):
     pass
 
 
-def _factory(cls):
-    # starlette's add_middleware takes a class called as cls(app, **kwargs)
-    class _M:
-        def __init__(self, app):
-            self._impl = cls(app)
+def _add_http_middleware(app, handle) -> None:
+    """Add an ASGI middleware that runs ``await handle(inner, scope, receive, send)`` for HTTP
+    requests and passes everything else (lifespan) through. The last one added runs first."""
+
+    class _Middleware:
+        def __init__(self, app):  # starlette's add_middleware calls cls(app)
+            self.inner = app
 
         async def __call__(self, scope, receive, send):
-            await self._impl(scope, receive, send)
+            if scope.get("type") != "http":
+                return await self.inner(scope, receive, send)
+            return await handle(self.inner, scope, receive, send)
 
-    return _M
+    app.add_middleware(_Middleware)
 
 
 async def _reject(send, status: int = 413, message: bytes = b"request body too large"):
@@ -231,11 +229,7 @@ class ConnectionGovernor:
         return True
 
     def end(self, hotkey: str) -> None:
-        n = self.inflight.get(hotkey, 0) - 1
-        if n > 0:
-            self.inflight[hotkey] = n
-        else:
-            self.inflight.pop(hotkey, None)
+        _decrement(self.inflight, hotkey)
 
     def snapshot(self) -> dict:
         return {"open": self.open, "untrusted": self.untrusted, "idle_untrusted": len(self._idle),
@@ -263,11 +257,7 @@ class ConnectionGovernor:
                 del self._idle_peer[conn.peer]
 
     def _dec_peer(self, peer: str) -> None:
-        n = self._peer.get(peer, 0) - 1
-        if n > 0:
-            self._peer[peer] = n
-        else:
-            self._peer.pop(peer, None)
+        _decrement(self._peer, peer)
 
     def _shed(self, conn, reason: str) -> None:
         self.closed(conn)
@@ -289,6 +279,15 @@ class ConnectionGovernor:
             log.warning("axon closed or refused connections since the last report: %s; %d open, %d unverified",
                         ", ".join(f"{k}={v}" for k, v in sorted(since.items())), self.open, self.untrusted)
             self._logged_at, self._logged = now, dict(self.shed)
+
+
+def _decrement(counts: typing.Dict[str, int], key: str) -> None:
+    """One less for ``key``; the entry goes at zero (the maps stay as small as what is open)."""
+    n = counts.get(key, 0) - 1
+    if n > 0:
+        counts[key] = n
+    else:
+        counts.pop(key, None)
 
 
 class Caller:
@@ -336,23 +335,17 @@ def install_caller_context(app, governor: typing.Optional[ConnectionGovernor] = 
     closed at once (closing with its body unread would reset it before it reads the status); it
     turns idle and untrusted, the first the governor sheds."""
 
-    class CallerContext:
-        def __init__(self, inner):
-            self.inner = inner
+    async def caller_context(inner, scope, receive, send):
+        caller = Caller(scope.get("natix.conn"), governor)
+        token = CALLER.set(caller)
+        try:
+            return await inner(scope, receive, send)
+        finally:
+            CALLER.reset(token)
+            if caller.counted:
+                governor.end(caller.hotkey)
 
-        async def __call__(self, scope, receive, send):
-            if scope.get("type") != "http":
-                return await self.inner(scope, receive, send)
-            caller = Caller(scope.get("natix.conn"), governor)
-            token = CALLER.set(caller)
-            try:
-                return await self.inner(scope, receive, send)
-            finally:
-                CALLER.reset(token)
-                if caller.counted:
-                    governor.end(caller.hotkey)
-
-    app.add_middleware(_factory(CallerContext))
+    _add_http_middleware(app, caller_context)
 
 
 def header_deadline_protocol(timeout_s: float, body_timeout_s: typing.Optional[float] = None,
