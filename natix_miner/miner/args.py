@@ -47,6 +47,7 @@ FLAGS: typing.List[typing.Tuple[str, str, typing.Callable, str]] = [
      "let missing models download from their hub (default: offline, a missing model fails at once)"),
     ("--model_url", "model_url", str, "model repository URL (legacy route)"),
     ("--local.metagraph", "local_metagraph", str, "local mode: YAML/JSON list of {hotkey, stake, validator_permit}"),
+    ("--neuron.sync_interval_s", "sync_interval_s", float, "seconds between metagraph resyncs (and status lines)"),
     ("--netuid", "chain.netuid", int, "subnet uid (72 mainnet, 323 testnet)"),
     ("--subtensor.network", "chain.network", str, "finney | test | local | ws(s)://host:port"),
     ("--subtensor.chain_endpoint", "chain.chain_endpoint", str, "ws(s):// endpoint (wins over the network)"),
@@ -59,6 +60,8 @@ FLAGS: typing.List[typing.Tuple[str, str, typing.Callable, str]] = [
     ("--axon.external_port", "axon.external_port", int, "port announced on chain (else --axon.port)"),
     ("--axon.max_workers", "axon.max_workers", int, "axon thread pool size"),
     ("--axon.max_body_bytes", "axon.max_body_bytes", int, "request body limit"),
+    ("--axon.max_inflight", "axon.max_inflight", int, "requests inside the engine at once"),
+    ("--axon.max_waiting", "axon.max_waiting", int, "requests queued by stake; beyond: the fallback answer at once"),
     ("--axon.header_timeout_s", "axon.header_timeout_s", float,
      "close a connection whose request headers take longer (slow-loris)"),
     ("--axon.body_timeout_s", "axon.body_timeout_s", float,
@@ -91,6 +94,7 @@ FLAGS: typing.List[typing.Tuple[str, str, typing.Callable, str]] = [
 
 # config key -> environment variable, where it is not NATIX_<KEY> (dots -> underscores, upper case)
 ENV_NAMES: typing.Dict[str, str] = {
+    "sync_interval_s": "NATIX_SYNC_INTERVAL_S",
     "chain.netuid": "NATIX_NETUID",
     "chain.network": "NATIX_NETWORK",
     "chain.chain_endpoint": "NATIX_CHAIN_ENDPOINT",
