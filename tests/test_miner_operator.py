@@ -422,7 +422,6 @@ def test_a_profile_the_engine_cannot_load_is_the_models_code(tmp_path, miner_wal
     assert "no_such_family" in str(cause) and "natix-miner profile validate" in str(cause)
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # bittensor's __del__ of a half-built Axon
 def test_no_public_ip_is_the_serve_code_naming_the_flag(miner_wallet, monkeypatch):
     from bittensor.utils import networking
 

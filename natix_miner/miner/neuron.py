@@ -118,6 +118,7 @@ class Miner:
         self._answers = 0  # answered since the last status line
         self._window_start = time.time()
         self._axon_socket = None
+        self._external_ip: typing.Optional[str] = None  # looked up at start when --axon.external_ip is not given
         self.degraded: typing.List[str] = []  # tiers with no loadable expert (served with --allow-degraded)
 
     # -- request path ------------------------------------------------------------------------
@@ -323,7 +324,7 @@ class Miner:
         import bittensor as bt
 
         a = self.cfg.axon
-        external_ip = a.external_ip or ("127.0.0.1" if self.cfg.local else None)
+        external_ip = a.external_ip or self._external_ip or ("127.0.0.1" if self.cfg.local else None)
         kwargs = dict(wallet=self.wallet, port=a.port or None, ip=a.ip, external_port=a.external_port,
                       max_workers=a.max_workers)
         if external_ip:
@@ -399,13 +400,9 @@ class Miner:
         self._load_wallet()
         if not self.cfg.local:
             await self.loop.run_in_executor(None, self._connect_chain)
-        try:
-            self.axon = self.build_axon()
-        except Exception as exc:  # noqa: BLE001 - bittensor looks up the public IP when none is given
-            if "ExternalIP" not in type(exc).__name__:
-                raise
-            raise StartupError(errors.SERVE, f"could not determine this host's public IP ({type(exc).__name__}: "
-                                             f"{exc}); set --axon.external_ip / NATIX_AXON_EXTERNAL_IP") from exc
+        if not self.cfg.local and not self.cfg.axon.external_ip:
+            self._external_ip = await self.loop.run_in_executor(None, _public_ip)
+        self.axon = self.build_axon()
         self._bind_axon()  # before minutes of model loading: a taken port fails now
         try:
             if self.engine is None:
@@ -514,6 +511,18 @@ class Miner:
                         log.warning("metagraph sync failed: %s", exc)
         finally:
             await self.stop()
+
+
+def _public_ip() -> str:
+    """This host's public IP, as bittensor's axon would look it up; a :class:`StartupError` (exit 9) naming
+    ``--axon.external_ip`` when no lookup service answers."""
+    from bittensor.utils import networking
+
+    try:
+        return networking.get_external_ip()
+    except Exception as exc:  # noqa: BLE001 - ExternalIPNotFound, timeouts, DNS: all "unknown"
+        raise StartupError(errors.SERVE, f"could not determine this host's public IP ({type(exc).__name__}: "
+                                         f"{exc}); set --axon.external_ip / NATIX_AXON_EXTERNAL_IP") from None
 
 
 def _extrinsic_ok(result) -> typing.Tuple[bool, str]:
