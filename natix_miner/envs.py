@@ -53,6 +53,15 @@ VARIABLES: typing.Dict[str, typing.Tuple[typing.Optional[str], str]] = {
     "NATIX_VLM_API_KEY": (None, "openai_vlm expert: API key of the remote VLM server"),
     "NATIX_TEST_VLM_KEY": (None, "tests: API key of the local VLM test server"),
     "NATIX_QUICKSTART_N": (None, "scripts/quickstart.sh: challenges to send"),
+    # containers (Dockerfile.miner, deploy/compose.yaml, scripts/docker_*): read by docker, compose or the scripts
+    "NATIX_IMAGE_TAG": (None, "deploy/compose.yaml: the natix-miner image tag"),
+    "NATIX_WALLETS": (None, "deploy/compose.yaml: host wallet directory mounted read-only"),
+    "NATIX_METRICS_HOST_PORT": (None, "deploy/compose.yaml: host port (on 127.0.0.1) publishing the metrics"),
+    "NATIX_UID": (None, "Dockerfile.miner build arg: uid of the natix user"),
+    "NATIX_DOCKER": (None, "scripts/docker_build.py: the docker binary"),
+    "NATIX_DOCKER_BASE": (None, "scripts/docker_setup.sh: base image"),
+    "NATIX_DOCKER_SUITE": (None, "scripts/docker_setup.sh: Debian suite"),
+    "NATIX_DEBIAN_MIRROR": (None, "scripts/docker_setup.sh: Debian mirror"),
 }
 
 # The NATIX reference miner's miner.env names (natixnetwork/streetvision-subnet, setup_env.sh and
