@@ -62,14 +62,17 @@ def test_a_port_held_by_another_socket_exits_at_once_naming_it(which, tmp_path):
     assert [p for p in os.listdir(tmp_path) if p.startswith("natix-")] == []  # the throw-away wallet is gone
 
 
-def test_metrics_server_binds_loopback_unless_told(tmp_path):
+def test_metrics_server_binds_loopback_unless_told(tmp_path, caplog):
     from natix_miner.ops.runtime import OpsHooks
 
+    caplog.set_level("INFO", logger="natix_miner")
     for argv, host in (([], "127.0.0.1"), (["--metrics.host", "0.0.0.0"], "0.0.0.0")):
         cfg = build_config(["--local", "--metrics.port", "0", *argv], env={})
         hooks = OpsHooks(cfg).start_server()
         try:
             assert hooks.server._httpd.server_address[0] == host
+            said = [r.getMessage() for r in caplog.records if "metrics and health bound to" in r.getMessage()]
+            assert said[-1].startswith(f"metrics and health bound to {host}:{hooks.port} ")  # the real address
             with urllib.request.urlopen(f"http://127.0.0.1:{hooks.port}/healthz", timeout=5) as r:
                 assert r.status == 200
         finally:
