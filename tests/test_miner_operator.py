@@ -4,6 +4,7 @@ status. The start-up failures run the real entry point (``neurons/miner.py``) in
 status line runs a real miner against the in-memory chain of tests/test_miner_chain.py.
 """
 
+import argparse
 import json
 import os
 import socket
@@ -134,7 +135,8 @@ def test_every_flag_has_a_variable_and_help_shows_default_and_variable():
     for action in flags:
         if action.dest in table_keys:
             assert "env: " in action.help and "default: " in action.help, action.option_strings
-        elif action.dest not in ("logging.debug", "logging.trace"):  # added beside the table: still a variable
+        elif action.dest not in ("logging.debug", "logging.trace") and action.help != argparse.SUPPRESS:
+            # added beside the table: still a variable
             assert "NATIX_" in action.help, action.option_strings
     assert "[default: 8091; env: NATIX_AXON_PORT]" in " ".join(text.split())
     table = settings_table()
@@ -458,3 +460,19 @@ def test_every_natix_variable_the_repo_uses_is_declared():
             used |= set(re.findall(r"NATIX_[A-Z0-9_]*[A-Z0-9]", open(os.path.join(ROOT, f)).read()))
     used -= {"NATIX_NETUD"}  # the typo the docs show as an example of the warning
     assert sorted(used - set(envs.declared())) == []
+
+
+def test_the_reference_start_command_is_accepted():
+    """natixnetwork/streetvision-subnet's start_miner.sh flags parse; the detector ones are reported as unused."""
+    from natix_miner.miner.args import ignored_flags
+
+    argv = ["--neuron.image_detector", "ViT", "--neuron.image_detector_config", "ViT_roadwork.yaml",
+            "--neuron.image_detector_device", "cuda", "--netuid", "323", "--model_url", "https://hf.co/a/b",
+            "--subtensor.network", "test", "--subtensor.chain_endpoint", "wss://test.finney.opentensor.ai:443/",
+            "--wallet.name", "w", "--wallet.hotkey", "h", "--axon.port", "8091",
+            "--blacklist.force_validator_permit", "True", "--logging.debug", "--profile", "gpu-small"]
+    ns = build_parser().parse_args(argv)
+    cfg = build_config(namespace=ns, env={})
+    assert cfg.chain.netuid == 323 and cfg.logging.level == "DEBUG" and cfg.blacklist.force_validator_permit
+    warned = ignored_flags(ns)
+    assert len(warned) == 3 and warned[0].startswith("--neuron.image_detector ViT (reference-miner flag) is not used")

@@ -46,7 +46,7 @@ def main(args) -> int:
 
 def _run(args) -> int:
     from natix_miner import envs
-    from natix_miner.miner.args import build_config
+    from natix_miner.miner.args import build_config, ignored_flags
     from natix_miner.miner.neuron import Miner
     from natix_miner.ops.logs import setup_logging
 
@@ -56,8 +56,8 @@ def _run(args) -> int:
     apply_download_policy(cfg.allow_downloads)  # offline unless --allow-downloads: never wait on a hub
     env = envs.with_env_file(os.environ)
     setup_logging(cfg.logging)
-    for line in envs.env_warnings(env):
-        log.warning("environment: %s", line)
+    for line in envs.env_warnings(env) + ignored_flags(args):
+        log.warning("configuration: %s", line)
     hooks = None
     try:
         from natix_miner.ops.runtime import build_hooks

@@ -105,6 +105,13 @@ ENV_NAMES: typing.Dict[str, str] = {
     "logging.json_logs": "NATIX_LOG_JSON",
 }
 
+# the reference miner's flags that have no meaning here: accepted (its start command works unchanged), warned
+REFERENCE_IGNORED_FLAGS: typing.Dict[str, str] = {
+    "--neuron.image_detector": "the cascade is --profile / NATIX_PROFILE (gpu-small runs the reference ViT)",
+    "--neuron.image_detector_config": "the cascade is --profile / NATIX_PROFILE",
+    "--neuron.image_detector_device": "devices are set per expert in the profile (docs/engine.md)",
+}
+
 NETWORKS = ("finney", "test", "local")
 _TYPE_NAMES = {int: "an integer", float: "a number", _bool: "true/false", _csv: "a comma-separated list"}
 
@@ -153,6 +160,8 @@ def build_parser(parser: typing.Optional[argparse.ArgumentParser] = None) -> arg
                         help="debug logging and tracebacks on start-up errors (same as --logging.level DEBUG)")
     parser.add_argument("--logging.trace", dest="logging.trace", action="store_true", default=argparse.SUPPRESS,
                         help="most verbose logging")
+    for flag in REFERENCE_IGNORED_FLAGS:
+        parser.add_argument(flag, dest=f"ignored{flag}", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     for flag, key, typ, help_ in FLAGS:
         extra = {"nargs": "?", "const": True} if typ is _bool else {}
         parser.add_argument(flag, dest=key, type=typ, default=argparse.SUPPRESS, help=flag_help(key, help_), **extra)
@@ -202,6 +211,12 @@ def settings_from_env(env: typing.Mapping[str, str]) -> dict:
                               f"{_flag_of(key)}") from None
         _set(out, key, value)
     return out
+
+
+def ignored_flags(ns: argparse.Namespace) -> typing.List[str]:
+    """One warning per reference-miner flag given that natix-miner accepts but does not use."""
+    return [f"{flag} {getattr(ns, f'ignored{flag}')} (reference-miner flag) is not used: {why}"
+            for flag, why in REFERENCE_IGNORED_FLAGS.items() if hasattr(ns, f"ignored{flag}")]
 
 
 def check_network(network: str, endpoint: typing.Optional[str]) -> None:
