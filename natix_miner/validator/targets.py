@@ -129,14 +129,19 @@ class SpawnedMiner:
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise MinerStartError(f"miner exited with code {self.proc.returncode}:\n{self.log_tail()}")
+                tail = self.log_tail()
+                self.stop()
+                shutil.rmtree(self.workdir, ignore_errors=True)  # the tail is in the message: leave no folder
+                raise MinerStartError(f"miner exited with code {self.proc.returncode}:\n{tail}")
             if port_open("127.0.0.1", self.port):
                 self.target = Target("127.0.0.1", self.port, wallet.hotkey.ss58_address, self.name,
                                      wallet.coldkeypub.ss58_address)
                 return self.target
             time.sleep(0.25)
+        tail = self.log_tail()
         self.stop()
-        raise MinerStartError(f"miner did not open port {self.port} in {self.start_timeout:.0f}s:\n{self.log_tail()}")
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        raise MinerStartError(f"miner did not open port {self.port} in {self.start_timeout:.0f}s:\n{tail}")
 
     def log_tail(self, lines: int = 30) -> str:
         try:
