@@ -20,6 +20,7 @@ tier 1 the same behind ``chaos`` fault injection; every image climbs to tier 1.
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import math
@@ -38,6 +39,10 @@ TINY = {"family": "timm", "model": "mobilenetv3_small_050", "device": "cpu",
         "options": {"num_classes": 2, "image_size": 64}}
 
 
+class SoakError(RuntimeError):
+    """The soak cannot run (the miner refused to start); the message says why."""
+
+
 @dataclasses.dataclass
 class SoakConfig:
     seconds: float = 30.0
@@ -54,6 +59,7 @@ class SoakConfig:
     seed: int = 0
     json_path: typing.Optional[str] = None
     verbose: bool = False
+    allow_degraded: bool = False  # serve a profile with a tier that has no loadable expert
 
 
 def default_profile(workdir: str, mode_file: str, fault_rate: float):
@@ -184,8 +190,14 @@ def _serve(conn, profile, mcfg, wallet_args: typing.Tuple[str, str, str]) -> Non
     rec = _Recorder()
     engine = Engine(profile)
     t0 = time.monotonic()
-    with _RSS() as rss, MinerThread(mcfg, engine=engine, hooks=rec.hooks,
-                                    wallet=bt.Wallet(name=name, hotkey=hotkey, path=path)) as m:
+    with _RSS() as rss, contextlib.ExitStack() as stack:
+        try:
+            m = stack.enter_context(MinerThread(mcfg, engine=engine, hooks=rec.hooks,
+                                                wallet=bt.Wallet(name=name, hotkey=hotkey, path=path)))
+        except RuntimeError as exc:  # a refused start (a degraded profile, ...): one line for the parent
+            conn.send(("error", str(exc.__cause__ or exc)))
+            conn.close()
+            return
         conn.send(("ready", m.port, m.hotkey, m.miner.wallet.coldkeypub.ss58_address, time.monotonic() - t0))
         msg = conn.recv()  # ("stop", seconds since the load began)
         load_began = time.monotonic() - msg[1]
@@ -227,7 +239,7 @@ async def run_soak(cfg: SoakConfig) -> dict:
             fh.write(f"- {{hotkey: {w.hotkey.ss58_address}, stake: {stake}, validator_permit: true}}\n")
     os.chmod(mg, 0o600)
     mcfg = MinerConfig.model_validate({
-        "local": True, "local_metagraph": mg, "metrics": {"enabled": False},
+        "local": True, "local_metagraph": mg, "metrics": {"enabled": False}, "allow_degraded": cfg.allow_degraded,
         "axon": {"ip": "127.0.0.1", "port": 0, "max_inflight": cfg.max_inflight, "max_waiting": cfg.max_waiting}})
     ephemeral_wallet("soak-miner", "hk", os.path.join(work, "m"))
     valid_pool = _images(cfg.unique_images, cfg.seed)
@@ -246,7 +258,10 @@ async def run_soak(cfg: SoakConfig) -> dict:
     try:
         if not await loop.run_in_executor(None, parent.poll, 900):
             raise RuntimeError("the miner did not start within 900 s")
-        _, port, hotkey, coldkey, load_s = parent.recv()
+        msg = parent.recv()
+        if msg[0] == "error":
+            raise SoakError(f"the miner did not start: {msg[1]}")
+        _, port, hotkey, coldkey, load_s = msg
         info = axon_info("127.0.0.1", port, hotkey, coldkey)
         dendrites = [loopback_dendrite(w) for w, _ in vals]
         cap = max(64, int(cfg.rate * cfg.timeout * 4))
@@ -369,6 +384,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verbose", action="store_true", help="miner logs at INFO")
     p.add_argument("--allow-downloads", action="store_true",
                    help="let missing models download (default: offline; NATIX_ALLOW_DOWNLOADS=1 too)")
+    p.add_argument("--allow-degraded", action="store_true",
+                   help="serve even when a tier of --profile has no loadable expert (default: refused)")
     from natix_miner.standins import add_arguments as stand_in_arguments
 
     stand_in_arguments(p)  # --stand-ins DIR, --device D (applied where the profile loads)
@@ -399,7 +416,11 @@ def main_args(args) -> int:
     fields = {f.name for f in dataclasses.fields(SoakConfig)}
     cfg = SoakConfig(**{k: v for k, v in vars(args).items() if k in fields})
     logging.basicConfig(level=logging.INFO if cfg.verbose else logging.ERROR, force=True)
-    report = asyncio.run(run_soak(cfg))
+    try:
+        report = asyncio.run(run_soak(cfg))
+    except SoakError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(format_report(report))
     if cfg.json_path:
         with open(cfg.json_path, "w") as fh:
