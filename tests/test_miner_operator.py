@@ -169,6 +169,8 @@ CASES = {
     "bad variable": (["--local"], {"NATIX_AXON_PORT": "80a91"}, errors.CONFIG, ["NATIX_AXON_PORT", "--axon.port"]),
     "bad network": (["--allow-demo", "--subtensor.network", "mainnet"], {}, errors.CONFIG, ["did you mean finney"]),
     "demo on chain": ([], {}, errors.CONFIG, ["--allow-demo", "gpu-small"]),
+    "bad local metagraph": (["--local", "--local.metagraph", "/nonexistent/mg.yaml"], {}, errors.CONFIG,
+                            ["--local.metagraph", "/nonexistent/mg.yaml"]),
     "missing env file": (["--local"], {"NATIX_ENV_FILE": "nope.env"}, errors.CONFIG, ["nope.env", "cp miner.env"]),
     "missing wallet": (["--allow-demo", "--wallet.path", "/nonexistent/w"], {}, errors.WALLET, ["hotkey file", "btcli"]),
     "chain down": (["--allow-demo", "--subtensor.chain_endpoint", "ws://127.0.0.1:9"], {"wallet": True},

@@ -389,6 +389,21 @@ class Miner:
         # refuses key/config files open to others; `natix-miner run` maps InsecurePermissions to exit code 6
         enforce_permissions(self.cfg, self.wallet, self.profile)
 
+    def _load_local_metagraph(self) -> None:
+        """Local mode's metagraph from ``--local.metagraph`` (a bad file is a configuration error)."""
+        import types
+
+        from natix_miner.miner.gate import load_metagraph_file
+
+        try:
+            hotkeys, stakes, permits = load_metagraph_file(self.cfg.local_metagraph)
+        except (OSError, ValueError) as exc:
+            raise StartupError(errors.CONFIG, f"--local.metagraph / NATIX_LOCAL_METAGRAPH: {exc}") from exc
+        self.gate.update(hotkeys, stakes, permits)
+        self.metagraph = types.SimpleNamespace(hotkeys=hotkeys, S=stakes, validator_permit=permits)
+        self.uid = find_uid(self.metagraph, self.wallet.hotkey.ss58_address)
+        log.info("local metagraph: %d hotkeys from %s", self.gate.known, self.cfg.local_metagraph)
+
     async def start(self) -> None:
         """configuration (done) -> wallet -> chain -> registration and UID -> axon port bound -> models
         -> listen -> serve_axon. Each failure is a :class:`StartupError` with its exit code."""
@@ -398,6 +413,8 @@ class Miner:
         self.loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         self._load_wallet()
+        if self.cfg.local and self.cfg.local_metagraph:
+            self._load_local_metagraph()
         if not self.cfg.local:
             await self.loop.run_in_executor(None, self._connect_chain)
         if not self.cfg.local and not self.cfg.axon.external_ip:
@@ -418,16 +435,6 @@ class Miner:
                                               f"{exc}); `natix-miner profile validate {self.profile.name}` and "
                                               f"`natix-miner experts list` show what is missing") from exc
         self._check_degraded()
-        if self.cfg.local and self.cfg.local_metagraph:
-            import types
-
-            from natix_miner.miner.gate import load_metagraph_file
-
-            hotkeys, stakes, permits = load_metagraph_file(self.cfg.local_metagraph)
-            self.gate.update(hotkeys, stakes, permits)
-            self.metagraph = types.SimpleNamespace(hotkeys=hotkeys, S=stakes, validator_permit=permits)
-            self.uid = find_uid(self.metagraph, self.wallet.hotkey.ss58_address)
-            log.info("local metagraph: %d hotkeys from %s", self.gate.known, self.cfg.local_metagraph)
         await self._listen()
         if not self.cfg.local:
             await self.loop.run_in_executor(None, self._serve_on_chain)
