@@ -53,15 +53,18 @@ class DaemonExecutor(concurrent.futures.Executor):
     def _work(self) -> None:
         while True:
             item = self._q.get()
-            if item is None:
+            if item is None or not self._run(*item):
                 return
-            fut, fn, args, kwargs = item
-            if not fut.set_running_or_notify_cancel():
-                continue
-            try:
-                fut.set_result(fn(*args, **kwargs))
-            except BaseException as exc:  # noqa: BLE001 - handed to the waiter
-                fut.set_exception(exc)
+
+    def _run(self, fut, fn, args, kwargs) -> bool:
+        """Run one submitted call into its future; returning False ends this thread."""
+        if not fut.set_running_or_notify_cancel():
+            return True
+        try:
+            fut.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiter
+            fut.set_exception(exc)
+        return True
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False,
                  timeout: typing.Optional[float] = None) -> bool:

@@ -43,28 +43,18 @@ class DecodePool(DaemonExecutor):
         super().__init__(self.workers, name)
         self._spawned = len(self._threads)
 
-    def _work(self) -> None:
+    def _run(self, fut, fn, args, kwargs) -> bool:
         me = threading.get_ident()
-        while True:
-            item = self._q.get()
-            if item is None:
-                return
-            fut, fn, args, kwargs = item
-            if not fut.set_running_or_notify_cancel():
-                continue
+        with self._lock:
+            self._busy[me] = self._clock()
+        try:
+            super()._run(fut, fn, args, kwargs)
+        finally:
             with self._lock:
-                self._busy[me] = self._clock()
-            try:
-                fut.set_result(fn(*args, **kwargs))
-            except BaseException as exc:  # noqa: BLE001 - handed to the waiter
-                fut.set_exception(exc)
-            finally:
-                with self._lock:
-                    self._busy.pop(me, None)
-                    abandoned = me in self._abandoned
-                    self._abandoned.discard(me)
-            if abandoned:  # a replacement took this thread's place
-                return
+                self._busy.pop(me, None)
+                abandoned = me in self._abandoned
+                self._abandoned.discard(me)
+        return not abandoned  # an abandoned thread's replacement already took its place
 
     def _spawn(self) -> None:
         t = threading.Thread(target=self._work, name=f"{self.name}-{self._spawned}", daemon=True)
