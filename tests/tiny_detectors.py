@@ -144,23 +144,10 @@ def hf_detector(directory: Path, kind: str, id2label: typing.Mapping[int, str], 
 # -- open vocabulary -------------------------------------------------------------------------------
 def clip_word_tokenizer(words: str = PROMPT_WORDS, max_length: int = 16):
     """A word-level tokenizer in CLIP's layout: pad "!" = 0, end-of-text is the largest id (OWL pools there)."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
+    from natix_miner.standins.tokenizers import clip_tokenizer
 
-    vocab = {"!": 0, "<|unk|>": 1}
-    for w in sorted(set(words.split())):
-        vocab[w] = len(vocab)
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="<|unk|>"))
-    tk.normalizer = normalizers.Lowercase()
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tk.post_processor = processors.TemplateProcessing(
-        single="<|startoftext|> $A <|endoftext|>",
-        special_tokens=[("<|startoftext|>", vocab["<|startoftext|>"]), ("<|endoftext|>", vocab["<|endoftext|>"])])
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|startoftext|>", eos_token="<|endoftext|>",
-                                  pad_token="!", unk_token="<|unk|>", model_max_length=max_length)
-    return tok, vocab
+    tok = clip_tokenizer(words.split(), max_length=max_length)
+    return tok, tok.get_vocab()
 
 
 def bert_vocab(words: str = PROMPT_WORDS) -> typing.Dict[str, int]:

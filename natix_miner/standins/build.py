@@ -135,16 +135,21 @@ def _classes(spec: ExpertSpec) -> typing.List[str]:
 # -- family builders ----------------------------------------------------------------------------------
 # each: (spec, rec (scaled), scale, out_dir, device) -> (model or None, overrides); out_dir None: model only
 
+def _hf_auto(auto, spec, rec, scale, out, device):
+    """A transformers model of ``rec["config"]`` as ``auto`` builds it; saved with its processor JSON."""
+    config = _hf_config(rec["config"])
+    model = _instantiate(_auto_class(auto, config), config, device, _dtype(spec, scale))
+    if out is not None:
+        _save_hf(model, out)
+        (out / "preprocessor_config.json").write_text(json.dumps(rec["processor"], indent=1))
+    return model, config
+
+
 def _hf_classifier(spec, rec, scale, out, device):
     from transformers import AutoModelForImageClassification
 
-    config = _hf_config(rec["config"])
-    model = _instantiate(_auto_class(AutoModelForImageClassification, config), config, device, _dtype(spec, scale))
-    if out is None:
-        return model, {}
-    _save_hf(model, out)
-    (out / "preprocessor_config.json").write_text(json.dumps(rec["processor"], indent=1))
-    return model, {"model": out.name}
+    model, _ = _hf_auto(AutoModelForImageClassification, spec, rec, scale, out, device)
+    return model, ({} if out is None else {"model": out.name})
 
 
 def _timm(spec, rec, scale, out, device):
@@ -176,12 +181,9 @@ def _dino_head(spec, rec, scale, out, device):
 
     from natix_miner.experts.dino_head import save_head
 
-    config = _hf_config(rec["config"])
-    model = _instantiate(_auto_class(AutoModel, config), config, device, _dtype(spec, scale))
+    model, config = _hf_auto(AutoModel, spec, rec, scale, out, device)
     if out is None:
         return model, {}
-    _save_hf(model, out)
-    (out / "preprocessor_config.json").write_text(json.dumps(rec["processor"], indent=1))
     pooling = str(spec.options.get("pooling") or "cls")
     feats = config.hidden_size * (2 if pooling == "cls+mean" else 1)
     rng = np.random.default_rng(0)
