@@ -56,6 +56,7 @@ setup(
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["natix_miner", "natix_miner.*"]),
     include_package_data=True,
+    package_data={"natix_miner.standins": ["archs/*.json"]},  # architecture records of the stand-in weights
     install_requires=CORE + EXPERTS + TRAINING,
     extras_require={
         "test": TEST,
