@@ -11,6 +11,14 @@
 
 Every image gets an answer line (a bad file is a fallback with its reason, as on the wire); the
 exit status is 2 only when a path cannot be read. ``--deadline`` applies the validator's time limit.
+
+Debugging every tier, before any weights are here (stand-ins: ``natix_miner/standins``)::
+
+    natix-miner models stand-in h100x2 --scale tiny --out stand-ins
+    natix-miner predict bus.jpg --profile h100x2 --stand-ins stand-ins --all-tiers --device cpu
+
+``--all-tiers`` runs every tier whatever the confidence, each tier waiting for all its experts within
+the deadline; ``--json`` then carries ``per_tier``: ``{tier: {expert: P or why it has none}}``.
 """
 
 import asyncio
