@@ -274,3 +274,19 @@ def test_refs_follow_what_each_family_resolves(monkeypatch):
                             ("depth", "org/depth-never")}  # yolo11.yaml ships with ultralytics
     assert "`natix-miner train --data DATA --family timm --arch convnext_tiny --out models/cls-never`" \
         in missing[("cls", "models/cls-never/model.safetensors")].fix
+
+
+def test_a_hub_id_resolves_to_the_store_copy_pull_fetched(tmp_path, monkeypatch):
+    """``models pull NAME`` (the fix the preflight names) puts the files in the store; a profile that
+    names the hub id then finds them offline, without the Hugging Face cache."""
+    from natix_miner.models_store import ModelStore, ModelUnavailable, resolve_model_ref
+
+    monkeypatch.setenv("NATIX_MODEL_DIR", str(tmp_path / "store"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelUnavailable, match="not in the Hugging Face cache"):
+        resolve_model_ref("org/pulled-model")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "config.json").write_text('{"model_type": "vit"}')
+    ModelStore().add("pulled-model", str(src), family="hf_classifier", hub_id="org/pulled-model")
+    assert resolve_model_ref("org/pulled-model") == str(tmp_path / "store" / "weights" / "pulled-model")
