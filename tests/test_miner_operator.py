@@ -478,3 +478,26 @@ def test_the_reference_start_command_is_accepted():
     assert cfg.chain.netuid == 323 and cfg.logging.level == "DEBUG" and cfg.blacklist.force_validator_permit
     warned = ignored_flags(ns)
     assert len(warned) == 3 and warned[0].startswith("--neuron.image_detector ViT (reference-miner flag) is not used")
+
+
+@pytest.mark.slow
+def test_gpu_small_loads_every_expert_and_its_hints_cover_the_weights(tmp_path):
+    """Every expert of gpu-small loads from tiny stand-ins (real families and options) and answers; each
+    GPU expert's memory hint covers its float16 weights at the real size (published parameter counts)."""
+    from natix_miner.config import load_profile
+    from natix_miner.standins.build import arch_for, build_model, build_profile, n_params
+    from tests.test_standins import run_all_tiers
+
+    prof = load_profile("gpu-small", stand_ins=False, device=False)
+    for spec in prof.experts:
+        if spec.device.startswith("cuda"):
+            _, rec = arch_for(spec)
+            counted_m = n_params(build_model(spec, "full", device="meta")) / 1e6  # the real architecture
+            assert abs(counted_m / rec["params_m"] - 1) < 0.05, (spec.name, counted_m)
+            weights_gb = counted_m * 1e6 * 2 / 2**30  # float16
+            assert spec.memory_gb >= 1.25 * weights_gb, (spec.name, spec.memory_gb, weights_gb)
+    build_profile(prof, "tiny", tmp_path / "si")
+    status, errs, res = run_all_tiers(load_profile("gpu-small", stand_ins=str(tmp_path / "si"), device="cpu"))
+    assert errs == {} and set(status.values()) == {"loaded"}, errs
+    assert res.tiers_run == ["fast", "evidence"] and sorted(res.evidence) == sorted(e.name for e in prof.experts)
+    assert not res.fallback and 0.0 <= res.probability <= 1.0
