@@ -163,7 +163,7 @@ def build_parser(parser: typing.Optional[argparse.ArgumentParser] = None) -> arg
     for flag in REFERENCE_IGNORED_FLAGS:
         parser.add_argument(flag, dest=f"ignored{flag}", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     for flag, key, typ, help_ in FLAGS:
-        extra = {"nargs": "?", "const": True} if typ is _bool else {}
+        extra = {"nargs": "?", "const": True, "metavar": "BOOL"} if typ is _bool else {}
         parser.add_argument(flag, dest=key, type=typ, default=argparse.SUPPRESS, help=flag_help(key, help_), **extra)
     from natix_miner.standins import add_arguments
 
