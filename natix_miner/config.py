@@ -149,6 +149,8 @@ class CacheSpec(_Strict):
 class BreakerSpec(_Strict):
     failures: int = pydantic.Field(default=3, ge=1)
     cooldown_s: float = pydantic.Field(default=30.0, gt=0)
+    # probe sooner when the replica has nothing in flight (default: min(1 s, cooldown_s))
+    idle_probe_s: typing.Optional[float] = pydantic.Field(default=None, gt=0)
 
 
 class Profile(_Strict):

@@ -424,10 +424,11 @@ async def test_breaker_tripped_by_a_burst_recovers_on_the_first_request_of_an_id
     _burst_family()
     prof = make_profile(tmp_path, experts=[{"name": "fast", "family": "test_burst", "device": "cpu", "max_batch": 1}],
                         tiers=[{"name": "t0", "experts": ["fast"], "budget_s": 0.3}], cache={"max_entries": 0},
-                        breaker={"failures": 2, "cooldown_s": 30})
+                        breaker={"failures": 2, "cooldown_s": 30, "idle_probe_s": 0.5})
     engine = Engine(prof)
     await engine.start(strict=True)
     try:
+        assert engine.pools["fast"].replicas[0].breaker.idle_probe_s == 0.5
         BurstExpert.delay = 0.8  # a busy host: the only fast expert misses its 0.3 s budget
         burst = await asyncio.gather(*[engine.predict(grey_png(20 + i)) for i in range(3)])
         assert all(r.fallback for r in burst)
@@ -437,7 +438,7 @@ async def test_breaker_tripped_by_a_burst_recovers_on_the_first_request_of_an_id
         end = time.monotonic() + 10
         while pool.replicas[0].load and time.monotonic() < end:  # the late calls drain
             await asyncio.sleep(0.05)
-        await asyncio.sleep(1.1)
+        await asyncio.sleep(0.6)
         t0 = time.monotonic()
         answers = [await engine.predict(grey_png(100 + i)) for i in range(5)]
         assert [r.fallback for r in answers] == [False] * 5, [r.to_dict() for r in answers]

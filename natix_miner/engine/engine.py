@@ -197,7 +197,8 @@ class Engine:
             raise
         nbytes = nbytes or expert.memory_bytes()
         self.placement.record(spec.name, index, device, nbytes)
-        breaker = Breaker(self.profile.breaker.failures, self.profile.breaker.cooldown_s)
+        b = self.profile.breaker
+        breaker = Breaker(b.failures, b.cooldown_s, idle_probe_s=b.idle_probe_s)
         log.info("loaded expert %s (%s) replica %d on %s in %.1fs", spec.name, spec.family, index, device,
                  time.perf_counter() - t0)
         return Replica(expert, device, batcher, breaker, index)
