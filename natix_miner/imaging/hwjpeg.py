@@ -17,8 +17,9 @@ Usage::
 
 ``hw_share`` (0-1] sends that share of each batch to the hardware engines and the rest to nvJPEG's
 CUDA decoder inside nvImageCodec (a hybrid split when the engines alone are the bottleneck).
-Images the hardware refuses (progressive, CMYK, odd subsampling) fall through to the CUDA decoder,
-then to the CPU.
+Images the hardware refuses (CMYK, odd subsampling) fall through to the CUDA decoder, then to the
+CPU; progressive files (more than one scan) go straight to the safe CPU decoder, which refuses scan
+bombs before decoding.
 """
 
 import threading
@@ -120,7 +121,7 @@ def decode_batch(datas: typing.Sequence[bytes], device: str, size: int, hw_share
     """
     import torch
 
-    from natix_miner.imaging.jpeg import _cpu_decode
+    from natix_miner.imaging.jpeg import _cpu_decode, _multi_scan
 
     nv = _module()
     dev = torch.device(device)
@@ -128,6 +129,9 @@ def decode_batch(datas: typing.Sequence[bytes], device: str, size: int, hw_share
     dec = decoder(device, hw_share)
     streams, bad = [], []
     for i, d in enumerate(datas):
+        if _multi_scan(d):  # progressive: the safe CPU decoder bounds its work (too_many_scans)
+            streams.append(None)
+            continue
         try:
             streams.append(nv.CodeStream(bytes(d)))
         except Exception:
