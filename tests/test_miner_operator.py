@@ -228,12 +228,16 @@ class StatusChain(LocalChain):
     """The in-memory chain plus trust / incentive / emission and uids, as a real metagraph has."""
 
     def metagraph(self, netuid):
+        import numpy as np
+
         mg = super().metagraph(netuid)
-        n = len(mg.hotkeys)
-        mg.uids = list(range(n))
-        mg.T = [0.5 + 0.01 * i for i in range(n)]
-        mg.I = [0.001 * i for i in range(n)]
-        mg.E = [0.1 * i for i in range(n)]
+        n = len(mg.hotkeys)  # arrays, as bittensor's metagraph holds them
+        mg.uids = np.arange(n)
+        mg.S = np.asarray(mg.S, dtype=np.float32)
+        mg.validator_permit = np.asarray(mg.validator_permit, dtype=bool)
+        mg.T = np.array([0.5 + 0.01 * i for i in range(n)], dtype=np.float32)
+        mg.I = np.array([0.001 * i for i in range(n)], dtype=np.float32)
+        mg.E = np.array([0.1 * i for i in range(n)], dtype=np.float32)
         return mg
 
 
@@ -268,9 +272,11 @@ async def test_status_line_gauges_request_line_and_readyz(tmp_path, miner_wallet
     assert any(ln.startswith("answered ImageSynapse from " + val.hotkey.ss58_address[:8]) and "p=" in ln
                and "tiers=" in ln and " ms (demo model)" in ln for ln in lines), lines[-20:]
     assert any("serving on 127.0.0.1:" in ln and "uid 2" in ln for ln in lines)
-    for needle in ("natix_miner_uid 2.0", "natix_miner_stake 12.5", "natix_validators_seen 1.0",
-                   "natix_miner_trust 0.52", "natix_miner_emission 0.2"):
-        assert needle in metrics, needle
+    values = {ln.split()[0]: float(ln.split()[1]) for ln in metrics.splitlines() if ln.startswith("natix_")
+              and len(ln.split()) == 2}
+    for name, want in (("natix_miner_uid", 2), ("natix_miner_stake", 12.5), ("natix_validators_seen", 1),
+                       ("natix_miner_trust", 0.52), ("natix_miner_incentive", 0.002), ("natix_miner_emission", 0.2)):
+        assert values[name] == pytest.approx(want, rel=1e-5), name
     assert sock.fileno() == -1  # the axon's own socket is closed with the miner
     assert not m.miner.listening()
 

@@ -260,7 +260,8 @@ class Miner:
         """UID, stake, trust, incentive, emission (from the last metagraph), validators seen (permits),
         and answers since the last status line; what :meth:`report_status` logs and exports."""
         mg, uid = self.metagraph, self.uid
-        permits = list(getattr(mg, "validator_permit", None) or []) if mg is not None else []
+        permits = getattr(mg, "validator_permit", None) if mg is not None else None
+        permits = [] if permits is None else list(permits)  # numpy/torch arrays on a real metagraph
         return {"uid": -1 if uid is None else uid,
                 "stake": _at(getattr(mg, "S", None), uid), "trust": _at(getattr(mg, "T", None), uid),
                 "incentive": _at(getattr(mg, "I", None), uid), "emission": _at(getattr(mg, "E", None), uid),
