@@ -144,27 +144,23 @@ def test_run_refuses_stand_ins_on_chain(stand_ins, monkeypatch):
 
 def test_cli_builds_stand_ins_and_predict_shows_every_tier(tmp_path, capsys, monkeypatch):
     """The commands of the README on the small demo profile: stand-in, then predict --all-tiers --json."""
+    from natix_miner.cli import main
+
+    for var in ("NATIX_STAND_INS", "NATIX_DEVICE"):  # the flags export them; restored after the test
+        monkeypatch.setenv(var, "")
     out = tmp_path / "si"
-    env = {k: v for k, v in os.environ.items() if k not in ("NATIX_STAND_INS", "NATIX_DEVICE")}
-    cli = [sys.executable, "-m", "natix_miner.cli"]
-    p = subprocess.run(cli + ["models", "stand-in", "demo-cpu", "--scale", "tiny", "--out", str(out)],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stderr[-2000:]
-    assert "effnet_lite0" in p.stdout and "wrote" in p.stdout and (out / "stand-ins.json").is_file()
+    assert main(["models", "stand-in", "demo-cpu", "--scale", "tiny", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "effnet_lite0" in printed and "wrote" in printed and (out / "stand-ins.json").is_file()
     img = tmp_path / "x.jpg"
     img.write_bytes(validator_jpeg(1))
-    p = subprocess.run(cli + ["predict", str(img), "--profile", "demo-cpu", "--stand-ins", str(out), "--device", "cpu",
-                              "--all-tiers", "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stderr[-2000:]
-    rec = json.loads(p.stdout.strip().splitlines()[-1])
+    assert main(["predict", str(img), "--profile", "demo-cpu", "--stand-ins", str(out), "--device", "cpu",
+                 "--all-tiers", "--json"]) == 0
+    rec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     prof = load_profile("demo-cpu", stand_ins=False, device=False)
     assert rec["tiers"] == [t.name for t in prof.tiers]
     assert {t: set(v) for t, v in rec["per_tier"].items()} == {t.name: set(t.experts) for t in prof.tiers}
     assert all(isinstance(p_, float) for v in rec["per_tier"].values() for p_ in v.values()), rec["per_tier"]
-    from natix_miner.cli import main
-
-    monkeypatch.setenv("NATIX_STAND_INS", "")
-    capsys.readouterr()
     assert main(["predict", str(img), "--stand-ins", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: no stand-ins.json") and "models stand-in" in err and "Traceback" not in err
