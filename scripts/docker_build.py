@@ -115,6 +115,7 @@ class _Roots:
     def __init__(self) -> None:
         self.roots: typing.List[Path] = []
         self.base = ""
+        self.served: typing.Dict[str, int] = {}
 
     def url(self, path: Path, index: bool) -> str:
         # an index's pages link to ../../files/..., so its parent directory is served too
@@ -153,6 +154,14 @@ def build_pipconf(cfg: typing.Mapping[str, str], roots: _Roots) -> str:
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
     roots: typing.Sequence[Path] = ()
+    served: typing.Dict[str, int] = {}  # per server: {"files": n, "bytes": n} of distributions sent
+
+    def do_GET(self) -> None:
+        super().do_GET()
+        path = urllib.parse.urlparse(self.path).path
+        if path.endswith((".whl", ".tar.gz", ".zip")) and self.translate_path(self.path) != "/nonexistent":
+            self.served["files"] = self.served.get("files", 0) + 1
+            self.served["bytes"] = self.served.get("bytes", 0) + os.path.getsize(self.translate_path(self.path))
 
     def translate_path(self, path: str) -> str:
         p = urllib.parse.unquote(urllib.parse.urlparse(path).path)
@@ -170,7 +179,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 @contextlib.contextmanager
 def serve_roots(roots: _Roots):
     """Serve ``roots`` read-only on 127.0.0.1 (a free port) while the block runs."""
-    handler = type("Handler", (_Handler,), {"roots": tuple(roots.roots)})
+    handler = type("Handler", (_Handler,), {"roots": tuple(roots.roots), "served": roots.served})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory="/"))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -221,7 +230,11 @@ def build(tag: str, base: typing.Optional[str] = None, host_pip: bool = True,
             cmd += [*extra, str(REPO)]
             t0 = time.monotonic()
             subprocess.run(cmd, check=True, env=env)
-            return time.monotonic() - t0
+            seconds = time.monotonic() - t0
+        if roots.served:
+            print(f"docker_build: {roots.served['files']} distributions ({roots.served['bytes'] / 1e9:.2f} GB) "
+                  f"came from this host's local indexes", file=sys.stderr)
+        return seconds
 
 
 def main(argv: typing.Optional[typing.Sequence[str]] = None) -> int:

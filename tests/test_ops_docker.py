@@ -85,6 +85,7 @@ def test_loopback_server_serves_only_its_roots(tmp_path):
             with pytest.raises(urllib.error.HTTPError) as e:
                 urllib.request.urlopen(f"{base}{path}", timeout=5)
             assert e.value.code == 404, path
+    assert roots.served == {"files": 1, "bytes": 5}  # what the build's report counts
 
 
 def test_compose_pins_images_and_keeps_metrics_private():
@@ -209,7 +210,8 @@ def miner(image, wallets):
             os.chown(path, UID, UID)
         user = []
     else:
-        user = ["--user", f"{os.getuid()}:{os.getgid()}"]
+        user = ["--user", f"{os.getuid()}:{os.getgid()}", "-e", "NATIX_WALLET_PATH=/home/natix/.bittensor/wallets",
+                "-e", "NATIX_AXON_STATE_DIR=/tmp/natix-state"]  # that uid cannot write the image user's home
     t0 = time.monotonic()
     _docker("run", "-d", "--name", name, *user,
             "-p", "127.0.0.1::8091", "-p", "127.0.0.1::9100",
