@@ -81,7 +81,7 @@ def docker_client() -> typing.List[str]:
 def engine_ok(cli: typing.Sequence[str]) -> typing.Optional[str]:
     """None when the engine answers, else why not."""
     try:
-        r = _run([*cli, "info", "--format", "{{.ServerVersion}}"])
+        r = _run([*cli, "version", "--format", "{{.Server.Version}}"])
     except (OSError, subprocess.TimeoutExpired) as exc:
         return str(exc)
     return None if r.returncode == 0 and r.stdout.strip() else (r.stderr.strip().splitlines() or ["no answer"])[-1]

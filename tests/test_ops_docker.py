@@ -325,6 +325,17 @@ def test_no_key_or_build_secret_in_any_layer(miner, image, wallets, tmp_path):
 
 @pytest.mark.docker
 @pytest.mark.slow
+def test_sigterm_stops_it_cleanly(miner):
+    """Kept after the other tests of the shared container: ``docker stop`` (SIGTERM through tini) exits 0."""
+    name = miner[0]
+    t0 = time.monotonic()
+    _docker("stop", "-t", "30", name)
+    assert _docker("inspect", "-f", "{{.State.ExitCode}}", name).stdout.strip() == "0"
+    assert time.monotonic() - t0 < 30, "the miner ignored SIGTERM until docker killed it"
+
+
+@pytest.mark.docker
+@pytest.mark.slow
 def test_container_refuses_a_key_other_users_can_read(image, wallets, tmp_path):
     """The image keeps the miner's start-up permission check: a world-readable hotkey is refused."""
     if shutil.which("id") is None or os.geteuid() != 0:
