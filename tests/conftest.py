@@ -40,6 +40,25 @@ def jpeg_b64():
     return encode_jpeg_base64((rng.random((224, 224, 3)) * 255).astype("uint8"))
 
 
+@pytest.fixture(scope="session")
+def stand_ins(tmp_path_factory):
+    """``stand_ins(profile name) -> directory`` of tiny stand-in weights (``natix_miner/standins``), built on
+    first use and shared by every test file of the session (tests/test_standins.py, test_bench_cascade.py)."""
+    from natix_miner.config import load_profile
+    from natix_miner.standins.build import build_profile
+
+    built = {}
+
+    def get(name: str) -> str:
+        if name not in built:
+            out = tmp_path_factory.mktemp(f"stand-ins-{name}")
+            build_profile(load_profile(name, stand_ins=False, device=False), "tiny", out)
+            built[name] = str(out)
+        return built[name]
+
+    return get
+
+
 @pytest.fixture(autouse=True)
 def _restore_expert_registry():
     """Tests may register test-only expert families; each test gets the registry back as it was."""

@@ -22,21 +22,7 @@ from natix_miner.config import ProfileError, load_profile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="session")
-def stand_ins(tmp_path_factory):
-    """``{profile name: stand-ins directory}``, tiny scale, built on first use."""
-    from natix_miner.standins.build import build_profile
-
-    built = {}
-
-    def get(name: str) -> str:
-        if name not in built:
-            out = tmp_path_factory.mktemp(f"stand-ins-{name}")
-            build_profile(load_profile(name, stand_ins=False, device=False), "tiny", out)
-            built[name] = str(out)
-        return built[name]
-
-    return get
+# the ``stand_ins`` fixture (tiny stand-ins per profile, built once per session) is in conftest.py
 
 
 def validator_jpeg(seed: int = 0) -> bytes:

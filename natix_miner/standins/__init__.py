@@ -84,6 +84,30 @@ def _absolute(overrides: dict, root: Path) -> dict:
     return out
 
 
+def vllm_as_hf(spec: dict, dtype: typing.Optional[str] = None, where: str = "on the CPU") -> dict:
+    """One ``vllm`` expert (as a dict) as the transformers backend runs it: family ``hf_vlm`` on the same
+    model directory (same prompt, answer tokens and P(yes)), ``options.engine`` dropped, with a warning.
+    ``dtype`` (e.g. ``bfloat16``) replaces the expert's; without it fp8 / int8 become ``auto`` (the
+    checkpoint's own). Other families are returned unchanged.
+
+        vllm_as_hf({"name": "qwen", "family": "vllm", "dtype": "auto", ...}, dtype="bfloat16", where="on the card")
+    """
+    if spec.get("family") != "vllm":
+        return spec
+    spec = copy.deepcopy(spec)
+    options = dict(spec.get("options") or {})
+    dropped = options.pop("engine", None)
+    spec["options"] = options
+    spec["family"] = "hf_vlm"
+    if dtype:
+        spec["dtype"] = dtype
+    elif spec.get("dtype") in ("fp8", "int8"):
+        spec["dtype"] = "auto"
+    log.warning("expert %s: family vllm %s runs through the transformers backend (hf_vlm, dtype %s)%s",
+                spec.get("name"), where, spec.get("dtype"), "; options.engine dropped" if dropped else "")
+    return spec
+
+
 def on_cpu(spec: dict) -> dict:
     """One expert (as a dict) with every replica on the CPU; ``vllm`` becomes ``hf_vlm`` (see module doc)."""
     spec = copy.deepcopy(spec)
@@ -91,16 +115,7 @@ def on_cpu(spec: dict) -> dict:
     spec["device"] = "cpu"
     spec["devices"] = None
     spec["replicas"] = n
-    if spec.get("family") == "vllm":
-        options = dict(spec.get("options") or {})
-        dropped = options.pop("engine", None)
-        spec["options"] = options
-        spec["family"] = "hf_vlm"
-        if spec.get("dtype") in ("fp8", "int8"):
-            spec["dtype"] = "auto"
-        log.warning("expert %s: family vllm on the CPU runs through the transformers backend (hf_vlm)%s",
-                    spec.get("name"), "; options.engine dropped" if dropped else "")
-    return spec
+    return vllm_as_hf(spec)
 
 
 def on_device(spec: dict, device: str) -> dict:

@@ -1,0 +1,134 @@
+"""The production-cascade measurement (issue 14 part 2, ``scripts/bench_cascade.py``) runs end to end.
+
+h100x2 on its tiny stand-ins (built once per session, ``stand_ins`` in conftest.py), every expert on the
+CPU, small n at concurrency 1 and 4: the JSON names the machine, the date and the command, has a load
+time and hint for every expert, the plan beside it, latencies for every tier in the all-tiers run, the
+VLM tier run through transformers and saying so, and every answer valid. The GPU run is the same
+command on the device (docs/benchmarks.md).
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from natix_miner import cascade_bench as cb
+from natix_miner.config import load_profile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture()
+def no_env(monkeypatch):
+    for var in ("NATIX_STAND_INS", "NATIX_DEVICE"):
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.mark.slow
+def test_h100x2_on_tiny_stand_ins_is_measured_end_to_end_on_the_cpu(stand_ins, tmp_path, no_env, capsys):
+    out = tmp_path / "h100x2.json"
+    argv = ["--profile", "h100x2", "--stand-ins", stand_ins("h100x2"), "--device", "cpu", "--concurrency", "1,4",
+            "--n", "4", "--warmup", "1", "--escalation-share", "0.5,0.25", "--out", str(out)]
+    assert cb.main(argv) == 0, capsys.readouterr().err[-3000:]
+    rep = json.loads(out.read_text())
+    prof = load_profile("h100x2", stand_ins=False, device=False)
+    names = [e.name for e in prof.tiered_experts]
+
+    assert rep["machine"]["card"].startswith("cpu") and rep["machine"]["torch"]
+    assert rep["date"].endswith("Z") and rep["command"].endswith(" ".join(argv))
+    assert "error" not in rep and "stopped" not in rep
+    # load: every expert, every replica, timed; hints beside them; the plan on the profile as written
+    assert rep["load"]["failed"] == {} and set(rep["load"]["experts"]) == set(names)
+    for e in prof.tiered_experts:
+        got = rep["load"]["experts"][e.name]
+        assert got["replicas"] == len(e.replica_devices) and got["load_s"] > 0 and got["status"] == "loaded", got
+        assert got["hint_gb_per_replica"] == e.memory_gb and got["devices"] == ["cpu"] * len(e.replica_devices)
+    assert rep["load"]["total_s"] >= sum(x["load_s"] for x in rep["load"]["replicas"]) * 0.99
+    assert rep["plan"]["error"] is None and set(rep["plan"]["devices"]) == {"cuda:0", "cuda:1"}
+    planned = {r["expert"] for r in rep["plan"]["replicas"]}
+    assert planned == set(names)
+    assert rep["plan"]["devices"]["cuda:1"]["hint_gb"] >= 44  # Qwen3-VL-32B's hint is on cuda:1
+    assert rep["after_load"]["rss_bytes"] > rep["before_load"]["rss_bytes"]
+    # the VLM tier through transformers, said so
+    assert rep["vlm"]["backend"].startswith("hf_vlm") and set(rep["vlm"]["experts"]) == {"qwen3_vl_32b", "internvl3_8b"}
+    assert all(v["profile_family"] == "vllm" and v["run_as"] == "hf_vlm" for v in rep["vlm"]["experts"].values())
+
+    steps = {(s["mode"], s["concurrency"]): s for s in rep["steps"]}
+    assert set(steps) == {(m, c) for m in ("natural", "all_tiers", "calibrated") for c in (1, 4)}
+    tiers = [t.name for t in prof.tiers]
+    for (mode, c), s in steps.items():
+        a = s["answers"]
+        assert s["requests"] == 4 and a["valid"] == 4 and a["invalid"] == 0, (mode, c, a)
+        assert a["inside_deadline"] == 4 and a["deadline_s"] == prof.deadline_s
+        e2e = s["e2e"]
+        assert all(math.isfinite(e2e[k]) and e2e[k] > 0 for k in ("p50_ms", "p99_ms", "max_ms")), e2e
+        assert e2e["p50_ms"] <= e2e["p99_ms"] <= e2e["max_ms"]
+        assert s["tiers"][tiers[0]]["share"] == 1.0 and set(s["escalation"]) == {"fast->detect", "detect->vlm"}
+        assert s["peak_memory"]["rss_peak_gb"] > 0
+    for c in (1, 4):
+        s = steps[("all_tiers", c)]
+        for t in tiers:  # every image through every tier, each timed
+            assert s["tiers"][t]["ran"] == 4 and 0 < s["tiers"][t]["p50_ms"] <= s["tiers"][t]["p99_ms"], (t, s["tiers"][t])
+        assert s["escalation"] == {"fast->detect": 1.0, "detect->vlm": 1.0}
+        answered = {k for k, v in s["experts"].items() if v["answered"] == 4}
+        assert answered == set(names), {k: v for k, v in s["experts"].items() if k not in answered}
+    # calibrated bands come from the all-tiers run and are inside [0, 1]
+    cal = rep["calibration"]
+    assert cal["target_shares"] == [0.5, 0.25] and cal["from_results"] == 8
+    for low, high in cal["bands"].values():
+        assert 0.0 <= low <= high <= 1.0
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_calibrated_bands_let_the_asked_share_through():
+    ps = [i / 100 for i in range(1, 100)]  # 99 stage probabilities
+    (lo1, hi1), (lo2, hi2) = cb.calibrated_bands([ps, ps], [0.3, 0.1])
+    inside1 = sum(lo1 < p < hi1 for p in ps) / len(ps)
+    inside2 = sum(lo2 < p < hi2 for p in ps) / len(ps)
+    assert abs(inside1 - 0.3) < 0.03 and abs(inside2 - 0.1 / 0.3) < 0.03, (lo1, hi1, lo2, hi2)
+    assert cb.calibrated_bands([ps], [1.0]) == [(0.0, 1.0)]  # everything climbs
+    prof = cb.with_bands(load_profile("h100x2", stand_ins=False, device=False), [(0.4, 0.6), (0.45, 0.55)])
+    assert (prof.tiers[0].escalation.low, prof.tiers[1].escalation.high, prof.tiers[2].escalation) == (0.4, 0.55, None)
+
+
+def test_modes_and_the_vlm_backend_choice():
+    assert cb.plan_modes(["natural"], [0.3, 0.1]) == ["natural", "all_tiers", "calibrated"]
+    assert cb.plan_modes(["calibrated", "all_tiers"], [0.3]) == ["all_tiers", "calibrated"]
+    assert cb.plan_modes(["natural", "all_tiers"], None) == ["natural", "all_tiers"]
+    with pytest.raises(cb.BenchError, match="--escalation-share"):
+        cb.plan_modes(["calibrated"], None)
+    assert cb.vlm_backend("auto", "cpu")[0] == "hf" and cb.vlm_backend("hf", None)[0] == "hf"
+    assert cb.vlm_backend("vllm", None)[0] == "vllm"
+
+
+def test_vllm_experts_run_through_transformers_on_a_card_in_bfloat16(stand_ins, no_env):
+    written, prof, vlm = cb.prepare_profile("h100x2", stand_ins("h100x2"), None, "hf", "bfloat16")
+    q = prof.expert("qwen3_vl_32b")
+    assert q.family == "hf_vlm" and q.dtype == "bfloat16" and q.replica_devices == ["cuda:1"]
+    assert "engine" not in q.options and prof.cache.max_entries == 0
+    assert vlm["qwen3_vl_32b"] == {"profile_family": "vllm", "profile_dtype": "auto", "run_as": "hf_vlm",
+                                   "dtype": "bfloat16"}
+    assert written.expert("qwen3_vl_32b").family == "vllm"
+    _, keep, _ = cb.prepare_profile("h100x2", stand_ins("h100x2"), None, "vllm", "bfloat16")
+    assert keep.expert("qwen3_vl_32b").family == "vllm"
+
+
+def test_operator_mistakes_are_one_error_line(tmp_path, no_env):
+    script = os.path.join(ROOT, "scripts", "bench_cascade.py")
+    cases = [
+        (["--profile", "h100x2", "--stand-ins", str(tmp_path / "none"), "--out", str(tmp_path / "o.json")],
+         "models stand-in"),
+        (["--profile", "h100x2", "--out", str(tmp_path / "no" / "o.json")], "does not exist"),
+        (["--profile", "h100x2", "--modes", "calibrated", "--out", str(tmp_path / "o.json")], "--escalation-share"),
+        (["--profile", "h100x2", "--build-stand-ins", "--out", str(tmp_path / "o.json")], "--stand-ins DIR"),
+        (["--profile", "nope", "--out", str(tmp_path / "o.json")], "nope"),
+    ]
+    for argv, fix in cases:
+        p = subprocess.run([sys.executable, script, *argv], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert p.returncode == 2, (argv, p.stdout, p.stderr)
+        lines = p.stderr.strip().splitlines()
+        assert lines[-1].startswith("error: ") and fix in lines[-1], (argv, p.stderr)
+        assert "Traceback" not in p.stderr, p.stderr
