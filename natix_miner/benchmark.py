@@ -218,7 +218,10 @@ def axon(profile: Profile, datas, concurrency: int, requests: int) -> dict:
 
     wallet_root = tempfile.mkdtemp(prefix="bench-wallet-")
     vw = ephemeral_wallet("bench-validator", "default", wallet_root)
-    cfg = MinerConfig.model_validate({"local": True, "axon": {"ip": "127.0.0.1", "port": 0, "max_workers": 64},
+    # one client hotkey from one address at ``concurrency``: lift the per-hotkey and per-address caps
+    axon_cfg = {"ip": "127.0.0.1", "port": 0, "max_workers": 64, "max_requests_per_hotkey": max(32, concurrency),
+                "max_connections_per_peer": max(32, 2 * concurrency)}
+    cfg = MinerConfig.model_validate({"local": True, "axon": axon_cfg,
                                       "blacklist": {"allowed_hotkeys": [vw.hotkey.ss58_address]},
                                       "metrics": {"enabled": False}})
     b64 = [base64.b64encode(d).decode() for d in datas[:256]]
