@@ -165,7 +165,8 @@ def _timm(spec, rec, scale, out, device):
     out.mkdir(parents=True, exist_ok=True)
     from safetensors.torch import save_file
 
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
+    dtype = _dtype(spec, scale)  # full: the precision the card holds (the family casts on load)
+    save_file({k: v.to(dtype).contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
     over: typing.Dict[str, typing.Any] = {"model": rec["arch"], "options": {"weights": f"{out.name}/model.safetensors"}}
     if head:  # a random linear head over the pooled features, the layout the timm family reads
         rng = np.random.default_rng(0)
