@@ -192,3 +192,33 @@ def test_full_scale_has_the_published_parameter_count(key):
     assert abs(n / PUBLISHED[key] - 1) < 0.05, (key, n)
     if spec.family != "ultralytics":
         assert all(p.is_meta for p in model.parameters())  # nothing allocated
+
+
+def test_all_tiers_runs_past_a_confident_answer_and_waits_for_slow_experts(tmp_path):
+    """Engine.predict(all_tiers=True): the same cascade, every tier, each tier waiting for all its experts
+    up to the deadline less the later tiers' min_budget_s; normal predict stops and times out as before."""
+    from natix_miner.engine import Engine
+    from tests.engine_experts import grey_png, make_profile
+
+    prof = make_profile(tmp_path, deadline_s=5.0, experts=[
+        {"name": "bright", "family": "engine_test_brightness"},
+        {"name": "slow", "family": "engine_test_slow", "options": {"seconds": 0.6}},
+        {"name": "last", "family": "engine_test_brightness", "options": {"invert": True}}],
+        tiers=[{"name": "t0", "experts": ["bright"]},
+               {"name": "t1", "experts": ["slow"], "budget_s": 0.2},
+               {"name": "t2", "experts": ["last"], "min_budget_s": 0.5}])
+    image = grey_png(250)  # P = 0.98: confident after the first tier
+
+    async def go():
+        async with Engine(prof) as engine:
+            normal = await engine.predict(image)
+            full = await engine.predict(image, all_tiers=True)
+            again = await engine.predict(image)
+            return normal, full, again
+
+    normal, full, again = asyncio.run(go())
+    assert normal.tiers_run == ["t0"] and set(normal.evidence) == {"bright"}
+    assert full.tiers_run == ["t0", "t1", "t2"] and set(full.evidence) == {"bright", "slow", "last"}
+    assert not full.cached and full.timings["total"] < 5.0
+    assert full.evidence["slow"].probability == pytest.approx(250 / 255, abs=1e-3)  # waited past budget_s 0.2
+    assert again.cached and again.tiers_run == ["t0"]  # the full run did not replace the cached answer
