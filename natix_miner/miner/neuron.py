@@ -170,24 +170,12 @@ class Miner:
         async def forward_image(synapse: ImageSynapse) -> ImageSynapse:
             return await miner._answer(synapse, "ImageSynapse")
 
-        async def blacklist_image(synapse: ImageSynapse) -> typing.Tuple[bool, str]:
-            return miner._blacklist(synapse, "ImageSynapse")
-
-        async def priority_image(synapse: ImageSynapse) -> float:
-            return miner.gate.priority(getattr(synapse.dendrite, "hotkey", None))
-
         async def forward_extended(synapse: ExtendedImageSynapse) -> ExtendedImageSynapse:
             return await miner._answer(synapse, "ExtendedImageSynapse")
 
-        async def blacklist_extended(synapse: ExtendedImageSynapse) -> typing.Tuple[bool, str]:
-            return miner._blacklist(synapse, "ExtendedImageSynapse")
-
-        async def priority_extended(synapse: ExtendedImageSynapse) -> float:
-            return miner.gate.priority(getattr(synapse.dendrite, "hotkey", None))
-
-        axon.attach(forward_fn=forward_image, blacklist_fn=blacklist_image, priority_fn=priority_image)
-        axon.attach(forward_fn=forward_extended, blacklist_fn=blacklist_extended, priority_fn=priority_extended)
-        self._guard_routes(axon)
+        axon.attach(forward_fn=forward_image)
+        axon.attach(forward_fn=forward_extended)
+        self._guard_routes(axon)  # blacklist, verify and priority of every route, the built-in one included
 
     def _guard_routes(self, axon) -> None:
         """Every synapse route, bittensor's built-in ``/Synapse`` included (it has no blacklist of its
@@ -214,8 +202,7 @@ class Miner:
             return miner.gate.priority(getattr(synapse.dendrite, "hotkey", None))
 
         for name in list(axon.forward_class_types):
-            if axon.blacklist_fns.get(name) is None:
-                axon.blacklist_fns[name] = blacklist_for(name)
+            axon.blacklist_fns[name] = blacklist_for(name)
             axon.verify_fns[name] = verify
             axon.priority_fns[name] = priority
 
@@ -336,12 +323,10 @@ class Miner:
         from natix_miner.miner.limits import install_body_limit, tune_server
 
         from natix_miner.miner.limits import ConnectionGovernor, install_caller_context
-        from natix_miner.miner.nonces import ReplayGuard
 
         self.governor = ConnectionGovernor(a.max_connections, a.max_connections_per_peer,
                                            min(a.reserved_connections, a.max_connections // 4), a.max_requests_per_hotkey)
-        self.replay = ReplayGuard(os.path.join(self._state_dir(), f"nonces-{self.wallet.hotkey.ss58_address}.log"),
-                                  window_s=a.nonce_window_s)
+        self.replay = self._replay_guard()
         install_body_limit(axon.app, a.max_body_bytes)
         tune_server(axon, a.max_connections, header_timeout_s=a.header_timeout_s, body_timeout_s=a.body_timeout_s,
                     governor=self.governor)  # caps per peer and in all, validators keep room; keep-alive > aiohttp's
@@ -349,14 +334,31 @@ class Miner:
         self._attach(axon)
         return axon
 
-    def _state_dir(self) -> str:
-        """``axon.state_dir``, else ``natix-state/`` next to the wallet, else ``~/.natix-miner/state``."""
-        if self.cfg.axon.state_dir:
-            return os.path.expanduser(self.cfg.axon.state_dir)
+    def _replay_guard(self):
+        """The replay guard, its nonce file in ``axon.state_dir`` (not writable: a configuration
+        error), else in ``natix-state/`` next to the wallet, else ``~/.natix-miner/state`` (a wallet
+        mounted read-only is normal), else in memory only, with a warning."""
+        from natix_miner.miner.errors import ConfigError
+        from natix_miner.miner.nonces import ReplayGuard
+
+        a = self.cfg.axon
+        name = f"nonces-{self.wallet.hotkey.ss58_address}.log"
+        if a.state_dir:
+            try:
+                return ReplayGuard(os.path.join(os.path.expanduser(a.state_dir), name), window_s=a.nonce_window_s)
+            except OSError as exc:
+                raise ConfigError(f"axon.state_dir {a.state_dir} is not a writable directory ({exc.strerror or exc}); "
+                                  f"point --axon.state_dir / NATIX_AXON_STATE_DIR at one") from None
         wallet_path = getattr(self.wallet, "path", None)
-        if isinstance(wallet_path, str) and wallet_path:
-            return os.path.join(os.path.expanduser(wallet_path), "natix-state")
-        return os.path.expanduser("~/.natix-miner/state")
+        dirs = [os.path.join(os.path.expanduser(wallet_path), "natix-state")] if isinstance(wallet_path, str) else []
+        for d in dirs + [os.path.expanduser("~/.natix-miner/state")]:
+            try:
+                return ReplayGuard(os.path.join(d, name), window_s=a.nonce_window_s)
+            except OSError as exc:
+                log.warning("replay guard: cannot use %s (%s)", d, exc.strerror or exc)
+        log.warning("replay guard: no writable state directory; nonces kept in memory only (a restart reopens "
+                    "the %.0f s window); set --axon.state_dir / NATIX_AXON_STATE_DIR", a.nonce_window_s)
+        return ReplayGuard(None, window_s=a.nonce_window_s)
 
     def _bind_axon(self) -> None:
         """Bind the axon's socket now (fails at once, naming the port, when another process holds it);
