@@ -576,3 +576,17 @@ def test_governor_sheds_the_busiest_address_and_keeps_verified_connections():
     for c in [val, newcomer, extra] + attackers + others:
         gov.closed(c)
     assert gov.open == 0 and gov.untrusted == 0 and gov.shed["per_peer"] == 1 and gov.shed["stranger_idle"] == 1
+
+
+def test_unwritable_state_dir_is_a_configuration_error(tmp_path):
+    from natix_miner.miner.errors import ConfigError
+
+    vals = validators(tmp_path, [1000])
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    w = ephemeral_wallet("m", "m", str(tmp_path / "miner"))
+    with pytest.raises(RuntimeError) as info:
+        with _start(tmp_path, vals, w, blocker / "state"):
+            pass
+    assert isinstance(info.value.__cause__, ConfigError), info.value
+    assert "--axon.state_dir" in str(info.value.__cause__)
