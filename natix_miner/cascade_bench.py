@@ -491,6 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="write stand-ins into --stand-ins DIR first (kept when DIR already holds this profile "
                          "at --scale)")
     ap.add_argument("--scale", choices=["tiny", "full"], default="full", help="stand-in scale for --build-stand-ins")
+    ap.add_argument("--build-only", action="store_true",
+                    help="with --build-stand-ins: stop after building (a short call of its own on a lent machine)")
     ap.add_argument("--device", default=None, metavar="DEVICE",
                     help="every expert and replica on DEVICE (cpu, cuda:N); default: the profile's placement")
     ap.add_argument("--vlm-backend", choices=["auto", "vllm", "hf"], default="auto",
@@ -630,6 +632,8 @@ def main(argv: typing.Optional[typing.Sequence[str]] = None) -> int:
             raise BenchError(f"--device {args.device!r}: expected cpu, cuda or cuda:N")
         if args.build_stand_ins and not args.stand_ins:
             raise BenchError("--build-stand-ins needs --stand-ins DIR (where to write them)")
+        if args.build_only and not args.build_stand_ins:
+            raise BenchError("--build-only needs --build-stand-ins --stand-ins DIR")
         plan_modes(args.modes, args.escalation_share)
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -647,6 +651,10 @@ def main(argv: typing.Optional[typing.Sequence[str]] = None) -> int:
         report.save()
         if args.build_stand_ins:
             _build_stand_ins(args, report)
+            if args.build_only:
+                report.save()
+                print(f"wrote {out} (stand-ins: {json.dumps(report.data['stand_ins'])})")
+                return 0
         elif args.stand_ins:
             from natix_miner.standins import read_manifest
 
