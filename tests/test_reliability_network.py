@@ -22,6 +22,7 @@ from natix_miner.engine import Engine
 from natix_miner.imaging.hostile import cases
 from natix_miner.miner.local import MinerThread, loopback_dendrite
 from natix_miner.miner.wallet import ephemeral_wallet
+from natix_miner.ops.health import OpsServer
 from natix_miner.protocol import ImageSynapse
 from tests.engine_experts import make_profile
 from tests.reliability_support import RecordingHooks, miner_config, query, valid, validators
@@ -412,7 +413,7 @@ async def test_slow_bodies_of_a_low_stake_validator_do_not_starve_the_top_one(tm
 
 _OPS_CHILD = r"""
 import logging, resource, sys, time
-resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
+resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), int(sys.argv[1])))
 logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s %(message)s")
 from natix_miner.ops.health import OpsServer
 srv = OpsServer("127.0.0.1", 0, render=lambda: (b"up 1\n", "text/plain"), health=lambda: {"status": "ok"},
@@ -424,10 +425,12 @@ srv.stop()
 
 
 @pytest.mark.slow
-def test_metrics_server_survives_a_thousand_idle_connections_under_a_low_file_limit():
-    """The ops server runs in a process limited to 128 open files; 1,000 idle connections are opened
-    to it (and 300 more reopened as it closes them). ``/healthz`` still answers every time, fast,
-    and the server logs that it shed connections."""
+@pytest.mark.parametrize("nofile", [128, 40])
+def test_metrics_server_survives_a_thousand_idle_connections_under_a_low_file_limit(nofile):
+    """The ops server runs in a process limited to ``nofile`` open files (40: fewer than its own
+    connection cap, so accepting fails with EMFILE); 1,000 idle connections are opened to it (and
+    300 more between the probes). ``/healthz`` still answers every time, fast, and the server logs
+    that it shed connections."""
     import resource
     import subprocess
     import sys
@@ -437,7 +440,7 @@ def test_metrics_server_survives_a_thousand_idle_connections_under_a_low_file_li
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < 1400:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
-    child = subprocess.Popen([sys.executable, "-c", _OPS_CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    child = subprocess.Popen([sys.executable, "-c", _OPS_CHILD, str(nofile)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
     idle = []
     try:
@@ -470,8 +473,11 @@ def test_metrics_server_survives_a_thousand_idle_connections_under_a_low_file_li
         except subprocess.TimeoutExpired:
             child.kill()
     log = child.stderr.read()
-    print(f"\nmetrics server: /healthz {max(took):.3f}s worst with {len(idle)} idle connections opened")
+    print(f"\nmetrics server (files {nofile}): /healthz {max(took):.3f}s worst with {len(idle)} idle connections "
+          f"opened; {log.strip().splitlines()[-1] if log.strip() else ''}")
     assert "shed" in log, log[-2000:]
+    if nofile < OpsServer.MAX_CONNECTIONS:
+        assert "out_of_files" in log, log[-2000:]
 
 
 # -- the pieces on their own (no network) -------------------------------------------------------
