@@ -7,8 +7,9 @@ configuration (a TLS-intercepting proxy's CA bundle, package indexes on local di
 * the CA bundle pip uses here is passed as a BuildKit secret (``--secret id=ca``), never a layer;
 * pip's configured indexes and find-links (``pip config list``, ``PIP_*``) go in as a second secret
   (``id=pipconf``); the ones that are local directories (``file://...``) are served read-only over
-  HTTP on 127.0.0.1 for the length of the build (``docker build --network host``), listed first so
-  that a file on local disk wins over the same file on a remote index.
+  HTTP on 127.0.0.1 for the length of the build (``docker build --network host``), listed after the
+  remote ones: when one file is on several indexes, pip's resolver takes the last index's copy
+  (checked with pip 26.3), so the multi-GB torch/CUDA wheels come from local disk, not the proxy.
 
 Usage::
 
@@ -126,7 +127,8 @@ class _Roots:
 
 
 def build_pipconf(cfg: typing.Mapping[str, str], roots: _Roots) -> str:
-    """A pip.conf for the build: local indexes and find-links as loopback URLs, listed first."""
+    """A pip.conf for the build: local indexes and find-links as loopback URLs, local indexes last
+    (pip takes a file that several indexes hold from the last one)."""
     local_idx, remote_idx, links = [], [], []
     for key in ("index-url", "extra-index-url"):
         for entry in cfg.get(key, PYPI if key == "index-url" else "").split():
@@ -141,7 +143,7 @@ def build_pipconf(cfg: typing.Mapping[str, str], roots: _Roots) -> str:
             links.append(entry)
         elif d.is_dir():
             links.append(roots.url(d, index=False))
-    indexes = local_idx + remote_idx
+    indexes = remote_idx + local_idx
     lines = ["[global]", f"index-url = {indexes[0]}"]
     if indexes[1:]:
         lines.append("extra-index-url = " + " ".join(indexes[1:]))

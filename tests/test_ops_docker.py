@@ -50,7 +50,7 @@ db = _load_build_helper()
 
 # ---- without Docker ---------------------------------------------------------------------------------
 
-def test_pipconf_serves_local_indexes_first(tmp_path):
+def test_pipconf_serves_local_indexes_last(tmp_path):
     idx = tmp_path / "pypi" / "simple"
     (idx / "demo").mkdir(parents=True)
     (tmp_path / "pypi" / "files").mkdir()
@@ -62,9 +62,9 @@ def test_pipconf_serves_local_indexes_first(tmp_path):
     roots.base = "http://127.0.0.1:{port}"
     conf = db.build_pipconf(cfg, roots)
     lines = dict(line.split(" = ", 1) for line in conf.splitlines()[1:])
-    # the local index comes first (a file on disk wins a tie), the default index is kept after it
-    assert lines["index-url"] == f"http://127.0.0.1:{{port}}/fs{idx}/"
-    assert lines["extra-index-url"].split() == [db.PYPI]
+    # the default index is kept; the local one comes last (pip takes a file several indexes hold from the last)
+    assert lines["index-url"] == db.PYPI
+    assert lines["extra-index-url"].split() == [f"http://127.0.0.1:{{port}}/fs{idx}/"]
     assert lines["find-links"].split() == [f"http://127.0.0.1:{{port}}/fs{links}/", "https://example.org/l"]
     assert "cert" not in lines  # the CA travels as its own secret, never inside the config
     assert roots.roots == [tmp_path / "pypi", links]  # the index's parent: its pages link ../../files/
