@@ -329,13 +329,20 @@ def signed_hotkey() -> typing.Optional[str]:
     return caller.hotkey if caller is not None else None
 
 
-def install_caller_context(app, governor: typing.Optional[ConnectionGovernor] = None) -> None:
+def install_caller_context(app, governor: typing.Optional[ConnectionGovernor] = None,
+                           routes: typing.Optional[typing.Container[str]] = None) -> None:
     """Outermost middleware: a :class:`Caller` per request (read by the verify fn and the forward),
     its hotkey's request slot freed when the response is done. A refused caller's connection is not
     closed at once (closing with its body unread would reset it before it reads the status); it
-    turns idle and untrusted, the first the governor sheds."""
+    turns idle and untrusted, the first the governor sheds.
+
+    ``routes``: the synapse names served (the axon's ``forward_class_types``, read per request);
+    any other path (FastAPI's ``/docs``, ``/openapi.json``...) gets 404 here, before bittensor's
+    middleware logs an error for it."""
 
     async def caller_context(inner, scope, receive, send):
+        if routes is not None and scope.get("path", "/").lstrip("/").split("/", 1)[0] not in routes:
+            return await _reject(send, 404, b"no such synapse")
         caller = Caller(scope.get("natix.conn"), governor)
         token = CALLER.set(caller)
         try:
