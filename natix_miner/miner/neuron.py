@@ -330,7 +330,8 @@ class Miner:
         install_body_limit(axon.app, a.max_body_bytes)
         tune_server(axon, a.max_connections, header_timeout_s=a.header_timeout_s, body_timeout_s=a.body_timeout_s,
                     governor=self.governor)  # caps per peer and in all, validators keep room; keep-alive > aiohttp's
-        install_caller_context(axon.app, self.governor)  # outermost: the signed caller of each request
+        # outermost: the signed caller of each request; paths that are no synapse get 404 at once
+        install_caller_context(axon.app, self.governor, routes=axon.forward_class_types)
         self._attach(axon)
         return axon
 
