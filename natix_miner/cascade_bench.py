@@ -10,7 +10,7 @@ cut short keeps what it measured:
 * ``load``: every replica's load time (load + warm-up) in load order, with the memory it added
   (``torch.cuda.memory_allocated`` of its card, the card's used memory, the process RSS) beside its
   hint, then per expert and in total; ``after_load``: memory per card and RSS once everything is up;
-* ``steps``: one per mode and concurrency: ``natural`` (the profile's escalation bands) and
+* ``steps``: one per concurrency and mode (every mode at the first concurrency first): ``natural`` (the profile's escalation bands) and
   ``all_tiers`` (every image through every tier, ``Engine.predict(all_tiers=True)``), each at every
   ``--concurrency``: end-to-end latency p50/p99 from a closed loop of clients
   (:func:`natix_miner.benchmark.closed_loop`), per-tier and per-expert latency p50/p99, counts of
@@ -578,21 +578,20 @@ async def _measure(args, report: Report, t_start: float) -> None:
         steps = data.setdefault("steps", [])
         all_results: typing.List[typing.Any] = []
         base = engine.profile
-        for mode in modes:
-            if mode == "calibrated":
-                if not all_results:
-                    data["calibration"] = {"error": "no all-tiers results to calibrate from"}
-                    break
-                bands = calibrated_bands(stage_probabilities(all_results, engine), args.escalation_share)
-                engine.profile = with_bands(base, bands)  # read per request: the loaded experts stay
-                data["calibration"] = {"target_shares": args.escalation_share,
-                                       "bands": {t.name: list(b) for t, b in zip(base.tiers, bands)},
-                                       "from_results": len(all_results)}
-            for c in args.concurrency:
+        calibrated = None
+        for c in args.concurrency:  # concurrency outermost: a run cut short has every mode at the first one
+            for mode in modes:
                 if args.time_limit is not None and time.perf_counter() - t_start > args.time_limit:
                     data["stopped"] = f"--time-limit {args.time_limit:g} s reached before {mode} at {c}"
                     report.save()
                     return
+                if mode == "calibrated" and calibrated is None:  # bands from the all-tiers results so far
+                    bands = calibrated_bands(stage_probabilities(all_results, engine), args.escalation_share)
+                    calibrated = with_bands(base, bands)
+                    data["calibration"] = {"target_shares": args.escalation_share,
+                                           "bands": {t.name: list(b) for t, b in zip(base.tiers, bands)},
+                                           "from_results": len(all_results)}
+                engine.profile = calibrated if mode == "calibrated" else base  # read per request
                 n = max(args.n, c)
                 results: typing.List[typing.Any] = []
                 step = await run_step(engine, datas, c, n, mode == "all_tiers", results)

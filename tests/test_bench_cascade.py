@@ -56,6 +56,8 @@ def test_h100x2_on_tiny_stand_ins_is_measured_end_to_end_on_the_cpu(stand_ins, t
     assert rep["vlm"]["backend"].startswith("hf_vlm") and set(rep["vlm"]["experts"]) == {"qwen3_vl_32b", "internvl3_8b"}
     assert all(v["profile_family"] == "vllm" and v["run_as"] == "hf_vlm" for v in rep["vlm"]["experts"].values())
 
+    order = [(s["concurrency"], s["mode"]) for s in rep["steps"]]
+    assert order == [(c, m) for c in (1, 4) for m in ("natural", "all_tiers", "calibrated")]
     steps = {(s["mode"], s["concurrency"]): s for s in rep["steps"]}
     assert set(steps) == {(m, c) for m in ("natural", "all_tiers", "calibrated") for c in (1, 4)}
     tiers = [t.name for t in prof.tiers]
@@ -79,7 +81,7 @@ def test_h100x2_on_tiny_stand_ins_is_measured_end_to_end_on_the_cpu(stand_ins, t
     assert answered == set(names), {k: v for k, v in s["experts"].items() if k not in answered}
     # calibrated bands come from the all-tiers run and are inside [0, 1]
     cal = rep["calibration"]
-    assert cal["target_shares"] == [0.5, 0.25] and cal["from_results"] == 8
+    assert cal["target_shares"] == [0.5, 0.25] and cal["from_results"] == 4  # the all-tiers step at 1
     for low, high in cal["bands"].values():
         assert 0.0 <= low <= high <= 1.0
     assert "wrote" in capsys.readouterr().out
