@@ -222,3 +222,31 @@ def test_all_tiers_runs_past_a_confident_answer_and_waits_for_slow_experts(tmp_p
     assert not full.cached and full.timings["total"] < 5.0
     assert full.evidence["slow"].probability == pytest.approx(250 / 255, abs=1e-3)  # waited past budget_s 0.2
     assert again.cached and again.tiers_run == ["t0"]  # the full run did not replace the cached answer
+
+
+@pytest.mark.slow
+def test_full_scale_stand_ins_are_written_and_load_through_their_families(tmp_path):
+    """Two 86 M experts of h100x2 at their real size: written in the expert's precision (float16 /
+    bfloat16), loaded by their families on the CPU through stand-ins.json, answering."""
+    import yaml
+
+    from natix_miner.standins.build import build_profile
+
+    h = load_profile("h100x2", stand_ins=False, device=False)
+    experts = [h.expert("natix_vit").model_dump(exclude_none=True), h.expert("eva02").model_dump(exclude_none=True)]
+    path = tmp_path / "two.yaml"
+    path.write_text(yaml.safe_dump({"name": "two", "experts": experts,
+                                    "tiers": [{"name": "fast", "experts": ["natix_vit", "eva02"], "budget_s": 5.0}]}))
+    out = tmp_path / "si"
+    build_profile(load_profile(path, stand_ins=False, device=False), "full", out)
+    manifest = json.loads((out / "stand-ins.json").read_text())
+    assert manifest["scale"] == "full"
+    assert abs(manifest["experts"]["natix_vit"]["params"] / 85.8e6 - 1) < 0.05
+    assert manifest["experts"]["eva02"]["overrides"]["model"] == "eva02_base_patch14_224"
+    from safetensors import safe_open
+
+    with safe_open(str(out / "eva02" / "model.safetensors"), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
+    status, errors, res = run_all_tiers(load_profile(path, stand_ins=str(out), device="cpu"))
+    assert errors == {} and set(res.evidence) == {"natix_vit", "eva02"}
+    assert all(0.0 < ev.probability < 1.0 for ev in res.evidence.values())
