@@ -267,6 +267,19 @@ def plan(written, gpus: typing.Optional[int], gpu_gb: float) -> dict:
                          for r in p.placed]}
 
 
+def plan_vs_measured(planned: dict, after: dict, before: dict) -> typing.Dict[str, dict]:
+    """Per card: the plan's hinted total beside what torch allocated and what the card had in use after
+    load (less what was in use before it), in GB; empty on the CPU."""
+    out = {}
+    for d, row in planned["devices"].items():
+        if d in after and d in before:
+            used = (after[d]["used_bytes"] - before[d]["used_bytes"]) / GiB
+            out[d] = {"hint_gb": row["hint_gb"], "allocated_gb": _gb(after[d]["allocated_bytes"]),
+                      "used_gb": round(used, 3),
+                      "used_over_hint": round(used / row["hint_gb"], 2) if row["hint_gb"] else None}
+    return out
+
+
 # -- the measured engine -------------------------------------------------------------------------------
 def measured_engine(profile, on_load: typing.Callable[[dict], None]):
     """An :class:`~natix_miner.engine.Engine` whose every replica load is timed and its memory measured
@@ -568,6 +581,7 @@ async def _measure(args, report: Report, t_start: float) -> None:
         data["load"].update(load_summary(engine, rows, time.perf_counter() - t))
         data["load"]["placement_table"] = engine.placement_table()
         data["after_load"] = memory()
+        data["plan_vs_measured"] = plan_vs_measured(data["plan"], data["after_load"], data["before_load"])
         report.save()
         print(f"[load] {len(rows)} replicas in {data['load']['total_s']:.1f}s; failed: "
               f"{sorted(data['load']['failed']) or 'none'}", flush=True)

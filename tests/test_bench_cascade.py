@@ -52,6 +52,7 @@ def test_h100x2_on_tiny_stand_ins_is_measured_end_to_end_on_the_cpu(stand_ins, t
     assert planned == set(names)
     assert rep["plan"]["devices"]["cuda:1"]["hint_gb"] >= 44  # Qwen3-VL-32B's hint is on cuda:1
     assert rep["after_load"]["rss_bytes"] > rep["before_load"]["rss_bytes"]
+    assert rep["plan_vs_measured"] == {}  # no card here
     # the VLM tier through transformers, said so
     assert rep["vlm"]["backend"].startswith("hf_vlm") and set(rep["vlm"]["experts"]) == {"qwen3_vl_32b", "internvl3_8b"}
     assert all(v["profile_family"] == "vllm" and v["run_as"] == "hf_vlm" for v in rep["vlm"]["experts"].values())
@@ -149,3 +150,35 @@ def test_build_only_writes_stand_ins_once(tmp_path, no_env):
     assert json.loads((si / "stand-ins.json").read_text())["profile"] == "demo-cpu"
     assert cb.main(argv) == 0
     assert json.loads(out.read_text())["stand_ins"]["built"] is False
+
+
+def test_card_figures_beside_the_hints():
+    """What a GPU run reports, from figures as a card gives them (CI has no card): per expert the engine's
+    measured bytes over its hint, per card the used memory after load over the plan's hinted total."""
+    import types
+
+    from natix_miner.engine.placement import GiB, Placed
+
+    placed = [Placed("vlm", 0, "cuda:1", 66 * GiB, 141 * GiB, measured=True),
+              Placed("fast", 0, "cuda:0", GiB, 141 * GiB, measured=True),
+              Placed("fast", 1, "cuda:1", GiB, 141 * GiB, measured=True)]
+    engine = types.SimpleNamespace(placement=types.SimpleNamespace(placed=placed), load_errors={},
+                                   load_status={"vlm": "loaded", "fast": "loaded"})
+    rows = [{"expert": "vlm", "family": "hf_vlm", "replica": 0, "device": "cuda:1", "hint_gb": 44.0, "load_s": 90.0,
+             "added": {"rss_gb": 0.5, "allocated_gb": 65.9, "card_used_gb": 66.4}},
+            {"expert": "fast", "family": "timm", "replica": 0, "device": "cuda:0", "hint_gb": 1.5, "load_s": 2.0,
+             "added": {"rss_gb": 0.1, "allocated_gb": 0.9, "card_used_gb": 1.4}},
+            {"expert": "fast", "family": "timm", "replica": 1, "device": "cuda:1", "hint_gb": 1.5, "load_s": 1.0,
+             "added": {"rss_gb": 0.0, "allocated_gb": 0.9, "card_used_gb": 1.0}}]
+    got = cb.load_summary(engine, rows, 95.0)
+    assert got["total_s"] == 95.0 and got["failed"] == {}
+    assert got["experts"]["vlm"]["measured_over_hint"] == 1.5 and got["experts"]["vlm"]["card_added_gb"] == 66.4
+    assert got["experts"]["fast"] == {**got["experts"]["fast"], "replicas": 2, "load_s": 3.0, "hint_gb": 3.0,
+                                      "measured_gb": 2.0, "measured_over_hint": 0.67, "card_added_gb": 2.4}
+    planned = {"devices": {"cuda:0": {"hint_gb": 20.0}, "cuda:1": {"hint_gb": 50.0}}}
+    before = {d: {"used_bytes": GiB, "allocated_bytes": 0} for d in ("cuda:0", "cuda:1")}
+    after = {"cuda:0": {"used_bytes": 31 * GiB, "allocated_bytes": 28 * GiB},
+             "cuda:1": {"used_bytes": 76 * GiB, "allocated_bytes": 70 * GiB}}
+    assert cb.plan_vs_measured(planned, after, before) == {
+        "cuda:0": {"hint_gb": 20.0, "allocated_gb": 28.0, "used_gb": 30.0, "used_over_hint": 1.5},
+        "cuda:1": {"hint_gb": 50.0, "allocated_gb": 70.0, "used_gb": 75.0, "used_over_hint": 1.5}}
