@@ -261,6 +261,16 @@ def _rfdetr(spec, rec, scale, out, device):
     return model, {"model": f"{out.name}/checkpoint.pth"}
 
 
+def _write_hf(cls, cfg: dict, spec, scale, out, device, processor: typing.Callable):
+    """``cls`` built from the config mapping ``cfg``; with ``out``, saved with ``processor()`` beside it."""
+    model = _instantiate(cls, _hf_config(cfg), device, _dtype(spec, scale))
+    if out is None:
+        return model, {}
+    _save_hf(model, out)
+    processor().save_pretrained(out)
+    return model, {"model": out.name}
+
+
 def _grounding_dino(spec, rec, scale, out, device):
     import transformers as T
 
@@ -271,14 +281,8 @@ def _grounding_dino(spec, rec, scale, out, device):
     cfg["text_config"] = _text_ids(cfg["text_config"], tok, scale, pad=tok.pad_token_id)
     if scale == "tiny":
         cfg["text_config"]["vocab_size"] = max(cfg["text_config"]["vocab_size"], len(tok))
-    config = _hf_config(cfg)
-    model = _instantiate(T.GroundingDinoForObjectDetection, config, device, _dtype(spec, scale))
-    if out is None:
-        return model, {}
-    _save_hf(model, out)
-    ip = T.GroundingDinoImageProcessor(**rec.get("processor", {}))
-    T.GroundingDinoProcessor(image_processor=ip, tokenizer=tok).save_pretrained(out)
-    return model, {"model": out.name}
+    return _write_hf(T.GroundingDinoForObjectDetection, cfg, spec, scale, out, device, lambda: T.GroundingDinoProcessor(
+        image_processor=T.GroundingDinoImageProcessor(**rec.get("processor", {})), tokenizer=tok))
 
 
 def _clip_text(cfg: dict, tok, scale: str) -> dict:
@@ -294,12 +298,8 @@ def _owlv2(spec, rec, scale, out, device):
     cfg = dict(rec["config"])
     tok = clip_tokenizer(prompt_words(spec.options), max_length=int(cfg["text_config"].get("max_position_embeddings", 16)))
     cfg["text_config"] = _clip_text(cfg["text_config"], tok, scale)
-    model = _instantiate(T.Owlv2ForObjectDetection, _hf_config(cfg), device, _dtype(spec, scale))
-    if out is None:
-        return model, {}
-    _save_hf(model, out)
-    T.Owlv2Processor(image_processor=T.Owlv2ImageProcessor(**rec.get("processor", {})), tokenizer=tok).save_pretrained(out)
-    return model, {"model": out.name}
+    return _write_hf(T.Owlv2ForObjectDetection, cfg, spec, scale, out, device, lambda: T.Owlv2Processor(
+        image_processor=T.Owlv2ImageProcessor(**rec.get("processor", {})), tokenizer=tok))
 
 
 def _sam3(spec, rec, scale, out, device):
@@ -313,13 +313,8 @@ def _sam3(spec, rec, scale, out, device):
     text = {k: v for k, v in text.items() if k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                                                    "num_attention_heads", "max_position_embeddings", "projection_dim")}
     cfg["text_config"] = _clip_text(_merge(text, cfg.get("text_config") or {}), tok, scale)
-    model = _instantiate(T.Sam3Model, _hf_config(cfg), device, _dtype(spec, scale))
-    if out is None:
-        return model, {}
-    _save_hf(model, out)
-    ip = T.Sam3ImageProcessor(**rec.get("processor", {}))
-    T.Sam3Processor(image_processor=ip, tokenizer=tok).save_pretrained(out)
-    return model, {"model": out.name}
+    return _write_hf(T.Sam3Model, cfg, spec, scale, out, device, lambda: T.Sam3Processor(
+        image_processor=T.Sam3ImageProcessor(**rec.get("processor", {})), tokenizer=tok))
 
 
 def _clip_zeroshot(spec, rec, scale, out, device):
@@ -333,31 +328,20 @@ def _clip_zeroshot(spec, rec, scale, out, device):
     if cfg["model_type"] == "siglip":
         tok = siglip_tokenizer(words, max_length=max_len)
         cfg["text_config"] = _text_ids(cfg["text_config"], tok, scale, pad=0, bos=1, eos=1)
-        cls, ip = T.SiglipModel, T.SiglipImageProcessor(**rec.get("processor", {}))
-        proc = lambda: T.SiglipProcessor(image_processor=ip, tokenizer=tok)  # noqa: E731
-    else:
-        tok = clip_tokenizer(words, max_length=max_len)
-        cfg["text_config"] = _clip_text(cfg["text_config"], tok, scale)
-        cls, ip = T.CLIPModel, T.CLIPImageProcessor(**rec.get("processor", {}))
-        proc = lambda: T.CLIPProcessor(image_processor=ip, tokenizer=tok)  # noqa: E731
-    model = _instantiate(cls, _hf_config(cfg), device, _dtype(spec, scale))
-    if out is None:
-        return model, {}
-    _save_hf(model, out)
-    proc().save_pretrained(out)
-    return model, {"model": out.name}
+        return _write_hf(T.SiglipModel, cfg, spec, scale, out, device, lambda: T.SiglipProcessor(
+            image_processor=T.SiglipImageProcessor(**rec.get("processor", {})), tokenizer=tok))
+    tok = clip_tokenizer(words, max_length=max_len)
+    cfg["text_config"] = _clip_text(cfg["text_config"], tok, scale)
+    return _write_hf(T.CLIPModel, cfg, spec, scale, out, device, lambda: T.CLIPProcessor(
+        image_processor=T.CLIPImageProcessor(**rec.get("processor", {})), tokenizer=tok))
 
 
 def _depth(spec, rec, scale, out, device):
     import transformers as T
 
-    model = _instantiate(T.DepthAnythingForDepthEstimation, _hf_config(rec["config"]), device, _dtype(spec, scale))
-    if out is None:
-        return model, {}
-    _save_hf(model, out)
-    T.DPTImageProcessor(image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
-                        **rec.get("processor", {})).save_pretrained(out)
-    return model, {"model": out.name}
+    return _write_hf(T.DepthAnythingForDepthEstimation, rec["config"], spec, scale, out, device,
+                     lambda: T.DPTImageProcessor(image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
+                                                 **rec.get("processor", {})))
 
 
 def _vlm(spec, rec, scale, out, device):
