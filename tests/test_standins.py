@@ -250,3 +250,19 @@ def test_full_scale_stand_ins_are_written_and_load_through_their_families(tmp_pa
     status, errors, res = run_all_tiers(load_profile(path, stand_ins=str(out), device="cpu"))
     assert errors == {} and set(res.evidence) == {"natix_vit", "eva02"}
     assert all(0.0 < ev.probability < 1.0 for ev in res.evidence.values())
+
+
+def test_full_scale_size_is_estimated_and_a_small_disk_is_refused_before_writing(tmp_path, monkeypatch):
+    import collections
+
+    from natix_miner.standins import StandInError, build
+
+    prof = load_profile("h100x2", stand_ins=False, device=False)
+    need = build.estimate_bytes(prof, "full")
+    assert 85e9 < need < 105e9  # 47 B parameters, nearly all in half precision
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(build.shutil, "disk_usage", lambda path: usage(200e9, 199.99e9, 0.01e9))
+    demo = load_profile("demo-cpu", stand_ins=False, device=False)  # 19 MB of weights (cheap if not refused)
+    with pytest.raises(StandInError, match=r"need about 19 MB, .* has 10 MB free; choose another --out"):
+        build.build_profile(demo, "full", tmp_path / "si")
+    assert list((tmp_path / "si").iterdir()) == []

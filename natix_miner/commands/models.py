@@ -71,6 +71,11 @@ def _stand_in(args) -> int:
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
         profile = load_profile(args.profile, stand_ins=False, device=False)  # the profile as written
+        if args.scale == "full":
+            from natix_miner.standins.build import estimate_bytes, size_text
+
+            print(f"full-size stand-ins of {profile.name}: about {size_text(estimate_bytes(profile, 'full'))} "
+                  f"to write under {args.out}", flush=True)
         path = build_profile(profile, args.scale, args.out, device=args.device, progress=_stand_in_row)
     except (ProfileError, StandInError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -19,6 +19,7 @@ import importlib.resources
 import json
 import logging
 import os
+import shutil
 import time
 import typing
 from pathlib import Path
@@ -405,18 +406,42 @@ def build_expert(spec: ExpertSpec, scale: str, out_dir: typing.Union[str, Path],
     return entry
 
 
+def size_text(n: float) -> str:
+    """``94.5 GB`` / ``19 MB``."""
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
+
+
+def estimate_bytes(profile: Profile, scale: str) -> int:
+    """Bytes the stand-ins of ``profile`` take on disk, from the records' published sizes (``full``: 2 bytes
+    per parameter in half precision, 4 in float32; ``tiny``: 20 MB per expert, a generous mean). Raises
+    :class:`StandInError` for an expert without a builder or record."""
+    total = 0
+    for spec in profile.experts:
+        if spec.family in PACKAGED:
+            continue
+        if spec.family not in BUILDERS:
+            raise StandInError(f"expert {spec.name}: family {spec.family!r} has no stand-in builder")
+        _, rec = arch_for(spec)
+        if scale == "tiny":
+            total += 20_000_000
+        else:
+            per = 4 if spec.family in ("ultralytics", "rfdetr") or _dtype(spec, scale).itemsize == 4 else 2
+            total += int(float(rec.get("params_m", 0)) * 1e6 * per)
+    return total
+
+
 def build_profile(profile: Profile, scale: str, out_dir: typing.Union[str, Path], device: str = "cpu",
                   progress: typing.Optional[typing.Callable[[str, dict], None]] = None) -> Path:
     """Stand-ins for every expert of ``profile`` (tiered or referenced) and ``out_dir/stand-ins.json``."""
     if scale not in SCALES:
         raise StandInError(f"scale must be one of {SCALES}, not {scale!r}")
-    for spec in profile.experts:  # fail before writing anything
-        if spec.family not in PACKAGED:
-            if spec.family not in BUILDERS:
-                raise StandInError(f"expert {spec.name}: family {spec.family!r} has no stand-in builder")
-            arch_for(spec)
+    need = estimate_bytes(profile, scale)  # fails before writing anything when an expert has no record
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(out).free
+    if need > free:
+        raise StandInError(f"{scale} stand-ins of {profile.name} need about {size_text(need)}, {out} has "
+                           f"{size_text(free)} free; choose another --out")
     experts = {}
     for spec in profile.experts:
         experts[spec.name] = build_expert(spec, scale, out, device)
