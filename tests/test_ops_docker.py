@@ -7,7 +7,10 @@ by the mock validator (0 invalid, every challenge answered). Then: the processes
 user, the health check goes healthy, the metrics port is published on 127.0.0.1 only, and no key
 (the wallet's mnemonic, seed or private key) and no build secret (the proxy's CA, the build's pip
 configuration) is in any layer (``docker save`` through ``grep``), in ``docker history`` or in the
-image's environment. Skipped, with the reason, only when no Docker engine answers
+image's environment. A second container takes its hotkey from a real OpenBao instead (AppRole ids in
+an ``--env-file``): served hotkey checked, no mnemonic or secret id in its writable layer or log.
+``docker stop`` exits 0; a world-readable key is refused. Skipped, with the reason, only when no
+Docker engine answers
 (``sudo bash scripts/docker_setup.sh`` installs and starts one; ``.ci/run`` calls it).
 
 Without the marker: the compose file, Prometheus config and Grafana provisioning, and the build
@@ -332,6 +335,62 @@ def test_sigterm_stops_it_cleanly(miner):
     _docker("stop", "-t", "30", name)
     assert _docker("inspect", "-f", "{{.State.ExitCode}}", name).stdout.strip() == "0"
     assert time.monotonic() - t0 < 30, "the miner ignored SIGTERM until docker killed it"
+
+
+def _writable_layer_bytes(container: str) -> bytes:
+    """Every file the container added or changed (``docker diff``), copied out as tar streams."""
+    changed = sorted({line.split(" ", 1)[1] for line in _docker("diff", container).stdout.splitlines()
+                      if line[:1] in "AC"})
+    leaves = [p for p in changed if not any(q.startswith(p.rstrip("/") + "/") for q in changed)]
+    out = b""
+    for path in leaves:
+        r = subprocess.run([*DOCKER, "cp", f"{container}:{path}", "-"], capture_output=True, timeout=120)
+        out += r.stdout
+    return out
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_vault_hotkey_stays_in_memory(image, tmp_path):
+    """No wallet mounted: the hotkey comes from a real OpenBao (AppRole ids in an --env-file given at run
+    time); the served hotkey is the secret's, and neither the mnemonic nor the secret id reaches the
+    container's writable layer or its log."""
+    from bittensor_wallet import Keypair
+
+    from tests.ops_support import free_port, start_bao
+
+    mnemonic = Keypair.generate_mnemonic(12)
+    hotkey = Keypair.create_from_mnemonic(mnemonic).ss58_address
+    bao = start_bao()
+    name = f"natix-test-vault-{uuid.uuid4().hex[:8]}"
+    try:
+        bao.put("natix/miner-hotkey", {"mnemonic": mnemonic})
+        role_id, secret_id = bao.approle("natix-miner", ["secret/data/natix/miner-hotkey"])
+        env_file = tmp_path / "miner-vault.env"
+        env_file.write_text(f"VAULT_ADDR={bao.addr}\nNATIX_VAULT_PATH=natix/miner-hotkey\n"
+                            f"VAULT_ROLE_ID={role_id}\nVAULT_SECRET_ID={secret_id}\n")
+        env_file.chmod(0o600)
+        axon, metrics = free_port(), free_port()
+        # host network: the dev server listens on the host's loopback; so must the metrics then
+        _docker("run", "-d", "--name", name, "--network", "host", "--env-file", str(env_file),
+                "-e", "NATIX_LOCAL=1", "-e", f"NATIX_AXON_PORT={axon}", "-e", "NATIX_METRICS_HOST=127.0.0.1",
+                "-e", f"NATIX_METRICS_PORT={metrics}", image)
+        try:
+            ready = _wait_http(f"http://127.0.0.1:{metrics}/readyz", 300)
+        except AssertionError:
+            logs = _docker("logs", "--tail", "60", name, check=False)
+            raise AssertionError(f"the container never got ready; its log:\n{logs.stdout}{logs.stderr}") from None
+        assert ready["hotkey"] == hotkey and ready["checks"]["vault"]["ok"] is True, ready
+        _docker("stop", "-t", "30", name)
+        layer = _writable_layer_bytes(name)
+        assert f"nonces-{hotkey}.log".encode() in layer  # control: the copy holds the axon's state file
+        logs = _docker("logs", name)
+        for what, value in (("mnemonic", mnemonic), ("secret id", secret_id)):
+            assert value.encode() not in layer, f"the {what} is in the container's writable layer"
+            assert value not in logs.stdout + logs.stderr, f"the {what} is in the container's log"
+    finally:
+        _docker("rm", "-f", name, check=False)
+        bao.stop()
 
 
 @pytest.mark.docker
