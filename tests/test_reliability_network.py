@@ -583,6 +583,27 @@ def test_governor_sheds_the_busiest_address_and_keeps_verified_connections():
     assert gov.open == 0 and gov.untrusted == 0 and gov.shed["per_peer"] == 1 and gov.shed["stranger_idle"] == 1
 
 
+def test_governor_spares_a_lone_fresh_connection_when_strangers_are_mid_request():
+    """Every stranger socket is running a request (its 401/403 not sent yet); the only idle one is a
+    validator's fresh connection from its own address: a newcomer does not shed it within the grace
+    time (the newcomer takes a reserved slot instead), but does once it has idled past it."""
+    from natix_miner.miner.limits import ConnectionGovernor
+
+    now = [100.0]
+    gov = ConnectionGovernor(max_connections=6, max_per_peer=4, reserved=2, max_per_hotkey=2, clock=lambda: now[0])
+    busy = [_Conn("10.0.0.9") for _ in range(3)]
+    for c in busy:
+        assert gov.opened(c)
+        gov.busy(c)
+    val = _Conn("10.0.0.1")
+    assert gov.opened(val)  # untrusted now 4 = the cap (6 - 2)
+    late = _Conn("10.0.0.9")
+    assert gov.opened(late) and not val.transport.closed
+    now[0] += 2.0  # the validator never sent a head: now it is fair game like any idle socket
+    gov.busy(late)
+    assert gov.opened(_Conn("10.0.0.7")) and val.transport.closed
+
+
 def test_unwritable_state_dir_is_a_configuration_error(tmp_path):
     from natix_miner.miner.errors import ConfigError
 

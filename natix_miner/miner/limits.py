@@ -134,6 +134,7 @@ class ConnectionGovernor:
     """
 
     LOG_EVERY_S = 5.0
+    GRACE_S = 1.0  # a lone fresh connection of an address is not shed before its head had this long
 
     def __init__(self, max_connections: int = 512, max_per_peer: int = 32, reserved: int = 64,
                  max_per_hotkey: int = 32, clock: typing.Callable[[], float] = time.monotonic):
@@ -190,6 +191,7 @@ class ConnectionGovernor:
         if not getattr(conn, "_gov_open", False):
             return
         self._unidle(conn)
+        conn._gov_idle_at = self._clock()
         if conn._gov_trusted:
             self._idle_trusted[conn] = None
         else:
@@ -239,12 +241,19 @@ class ConnectionGovernor:
     # -- internals ----------------------------------------------------------------------------
     def _heaviest_idle(self):
         """The oldest idle untrusted connection of the address holding the most untrusted ones: a
-        client reopening many sockets sheds its own, not a validator's fresh connection."""
+        client reopening many sockets sheds its own, not a validator's fresh connection. An address
+        with a single connection idle for less than ``GRACE_S`` is skipped: that is what a
+        validator's new connection looks like before its head arrives, and the only idle one when
+        every stranger's socket is mid-request."""
         best, most = None, 0
+        now = self._clock()
         for peer, idle in self._idle_peer.items():
             n = self._peer.get(peer, 0)
-            if idle and n > most:
-                best, most = idle, n
+            if not idle or n <= most:
+                continue
+            if n == 1 and now - next(iter(idle))._gov_idle_at < self.GRACE_S:
+                continue
+            best, most = idle, n
         return next(iter(best)) if best else None
 
     def _unidle(self, conn) -> None:
