@@ -233,7 +233,7 @@ def miner(image, wallets):
         assert ready["ready"] is True and ready["hotkey"] == wallets["miner"], ready
         yield name, axon, metrics
     finally:
-        _docker("rm", "-f", name, check=False)
+        _docker("rm", "-f", "-v", name, check=False)
 
 
 @pytest.mark.docker
@@ -389,7 +389,7 @@ def test_vault_hotkey_stays_in_memory(image, tmp_path):
             assert value.encode() not in layer, f"the {what} is in the container's writable layer"
             assert value not in logs.stdout + logs.stderr, f"the {what} is in the container's log"
     finally:
-        _docker("rm", "-f", name, check=False)
+        _docker("rm", "-f", "-v", name, check=False)
         bao.stop()
 
 
