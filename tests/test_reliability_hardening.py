@@ -166,7 +166,9 @@ def test_miner_process_cannot_dump_core():
     assert r.returncode == 0, r.stderr[-3000:]
     line = [ln for ln in r.stdout.splitlines() if ln.startswith("BEFORE")][0]
     before, after = line.split("AFTER")
-    assert "((0, 0), 1)" not in before  # the test really started from a dumpable process
+    # the test really started from a dumpable process (and with core files allowed where the hard
+    # limit permits: on hosts whose hard RLIMIT_CORE is already 0, only the dumpable flag can differ)
+    assert before.strip().endswith(", 1)"), line
     assert after.strip() == "((0, 0), 0)", line  # RLIMIT_CORE 0/0, PR_GET_DUMPABLE 0
 
 
