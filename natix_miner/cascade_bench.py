@@ -77,11 +77,9 @@ def machine() -> dict:
     out = {"host": platform.node(), "cpu": cpu, "cpu_cores": os.cpu_count(),
            "cpu_cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
            "python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda, "gpus": []}
-    try:
-        import psutil
-
-        out["ram_gb"] = round(psutil.virtual_memory().total / GiB, 1)
-    except ImportError:  # pragma: no cover
+    try:  # MemTotal as read now (a lent machine's grows as memory is used)
+        out["ram_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GiB, 1)
+    except (ValueError, OSError):  # pragma: no cover - not Linux
         pass
     from importlib import metadata
 
@@ -99,9 +97,10 @@ def machine() -> dict:
 
 
 def _rss() -> int:
-    import psutil
+    """This process's resident memory in bytes (the soak test's reading)."""
+    from natix_miner.soak import _RSS
 
-    return int(psutil.Process().memory_info().rss)
+    return int(_RSS.now_mb() * 1024 * 1024)
 
 
 def memory() -> dict:
