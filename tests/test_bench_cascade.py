@@ -12,6 +12,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -186,3 +187,31 @@ def test_card_figures_beside_the_hints():
     assert cb.plan_vs_measured(planned, after, before) == {
         "cuda:0": {"hint_gb": 20.0, "allocated_gb": 28.0, "used_gb": 30.0, "used_over_hint": 1.5},
         "cuda:1": {"hint_gb": 50.0, "allocated_gb": 70.0, "used_gb": 75.0, "used_over_hint": 1.5}}
+
+
+def test_card_memory_readings_with_two_cards(monkeypatch):
+    """The CUDA branches of memory() and PeakSampler, on torch.cuda's answers for two cards (CI has none)."""
+    import torch
+
+    from natix_miner.engine.placement import GiB
+
+    used = {0: 10 * GiB, 1: 20 * GiB}
+    peaks = {0: 0, 1: 0}
+    fake = {"is_available": lambda: True, "device_count": lambda: 2,
+            "mem_get_info": lambda i: (141 * GiB - used[i], 141 * GiB),
+            "memory_allocated": lambda i: used[i] - GiB, "memory_reserved": lambda i: used[i],
+            "max_memory_allocated": lambda i: peaks[i], "reset_peak_memory_stats": lambda i: peaks.update({i: 0})}
+    for name, fn in fake.items():
+        monkeypatch.setattr(torch.cuda, name, fn)
+    m = cb.memory()
+    assert m["cuda:1"] == {"allocated_bytes": 19 * GiB, "max_allocated_bytes": 0, "reserved_bytes": 20 * GiB,
+                           "used_bytes": 20 * GiB, "total_bytes": 141 * GiB} and m["rss_bytes"] > 0
+    with cb.PeakSampler(every_s=0.001) as peak:
+        used[1] = 60 * GiB  # a step that fills cuda:1, then gives it back
+        peaks[1] = 55 * GiB
+        time.sleep(0.05)
+        used[1] = 20 * GiB
+    assert peak.result["cuda:1"] == {"max_allocated_gb": 55.0, "used_peak_gb": 60.0}
+    assert peak.result["cuda:0"] == {"max_allocated_gb": 0.0, "used_peak_gb": 10.0}
+    assert cb._delta({**m, "cuda:1": {**m["cuda:1"], "allocated_bytes": 30 * GiB, "used_bytes": 32 * GiB}}, m,
+                     "cuda:1") == {"rss_gb": 0.0, "allocated_gb": 11.0, "card_used_gb": 12.0}
