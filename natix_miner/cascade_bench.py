@@ -308,9 +308,11 @@ def load_summary(engine, rows: typing.List[dict], total_s: float) -> dict:
     """Per expert: load seconds (all replicas), hint vs measured memory (the engine's own per-replica
     figure on a card, RSS added on the CPU)."""
     measured = collections.defaultdict(int)
+    largest = collections.defaultdict(int)  # the largest replica: what the per-replica memory_gb hint should cover
     for p in engine.placement.placed:
         if p.measured:
             measured[p.expert] += p.bytes
+            largest[p.expert] = max(largest[p.expert], p.bytes)
     experts = {}
     for row in rows:
         e = experts.setdefault(row["expert"], {"family": row["family"], "replicas": 0, "load_s": 0.0,
@@ -329,6 +331,7 @@ def load_summary(engine, rows: typing.List[dict], total_s: float) -> dict:
         e["hint_gb"] = round(hint, 3)
         # the engine's own figure (its placement table): card memory the load took, or the weights on the CPU
         e["measured_gb"] = _gb(measured[name]) if measured.get(name) else None
+        e["measured_gb_per_replica"] = _gb(largest[name]) if largest.get(name) else None
         got = e["measured_gb"]
         on_card = all(d.startswith("cuda") for d in e["devices"])  # hints are card memory
         e["measured_over_hint"] = round(got / hint, 2) if on_card and got is not None and hint > 0 else None

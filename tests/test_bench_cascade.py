@@ -179,7 +179,8 @@ def test_card_figures_beside_the_hints():
     assert got["total_s"] == 95.0 and got["failed"] == {}
     assert got["experts"]["vlm"]["measured_over_hint"] == 1.5 and got["experts"]["vlm"]["card_added_gb"] == 66.4
     assert got["experts"]["fast"] == {**got["experts"]["fast"], "replicas": 2, "load_s": 3.0, "hint_gb": 3.0,
-                                      "measured_gb": 2.0, "measured_over_hint": 0.67, "card_added_gb": 2.4}
+                                      "measured_gb": 2.0, "measured_gb_per_replica": 1.0,
+                                      "measured_over_hint": 0.67, "card_added_gb": 2.4}
     planned = {"devices": {"cuda:0": {"hint_gb": 20.0}, "cuda:1": {"hint_gb": 50.0}}}
     before = {d: {"used_bytes": GiB, "allocated_bytes": 0} for d in ("cuda:0", "cuda:1")}
     after = {"cuda:0": {"used_bytes": 31 * GiB, "allocated_bytes": 28 * GiB},
