@@ -496,9 +496,11 @@ def _modes(s: str) -> typing.List[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from natix_miner.cli import DefaultsHelpFormatter  # "(default: X)" only where there is one
+
     ap = argparse.ArgumentParser(prog="bench_cascade.py", description=__doc__.split("\n\n")[0],
                                  epilog="Every flag: natix_miner/cascade_bench.py; docs/benchmarks.md",
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                 formatter_class=DefaultsHelpFormatter)
     ap.add_argument("--profile", required=True, help="profile name or path (h100x1, h100x2, ...)")
     ap.add_argument("--stand-ins", dest="stand_ins", default=None, metavar="DIR",
                     help="stand-in weights (natix-miner models stand-in); without it the profile's own models")
@@ -514,9 +516,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="hf: the vllm family through transformers (hf_vlm); auto: hf when vllm is not installed")
     ap.add_argument("--hf-vlm-dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
                     help="dtype of vllm experts run through hf_vlm on a card")
-    ap.add_argument("--concurrency", type=_ints, default=[1, 10, 64], help="closed-loop clients per step")
+    ap.add_argument("--concurrency", type=_ints, default="1,10,64", metavar="C1,C2", help="closed-loop clients per step")
     ap.add_argument("--n", type=int, default=128, help="requests per step (at least the concurrency)")
-    ap.add_argument("--modes", type=_modes, default=["natural", "all_tiers"],
+    ap.add_argument("--modes", type=_modes, default="natural,all_tiers", metavar="M1,M2",
                     help="natural (profile bands), all_tiers, calibrated (needs --escalation-share)")
     ap.add_argument("--escalation-share", type=_shares, default=None, metavar="S1,S2",
                     help="adds the calibrated mode: bands set so about S1 of images reach tier 2, S2 tier 3")
