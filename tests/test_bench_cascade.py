@@ -216,3 +216,24 @@ def test_card_memory_readings_with_two_cards(monkeypatch):
     assert peak.result["cuda:0"] == {"max_allocated_gb": 0.0, "used_peak_gb": 10.0}
     assert cb._delta({**m, "cuda:1": {**m["cuda:1"], "allocated_bytes": 30 * GiB, "used_bytes": 32 * GiB}}, m,
                      "cuda:1") == {"rss_gb": 0.0, "allocated_gb": 11.0, "card_used_gb": 12.0}
+
+
+def test_device_script_wheels_are_pinned_and_its_mistakes_named(tmp_path):
+    """scripts/bench_cascade_device.sh: every wheel it carries to the H200 is pinned in requirements.lock
+    (it downloads the lock's version), and a call without arguments or without .whl says what to do."""
+    import re
+
+    script = os.path.join(ROOT, "scripts", "bench_cascade_device.sh")
+    text = open(script).read()
+    names = re.search(r'WHEELS="([^"]+)"', text).group(1).split()
+    norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()  # noqa: E731
+    pinned = {norm(line.split("==")[0]) for line in open(os.path.join(ROOT, "requirements.lock")) if "==" in line}
+    assert len(names) == 16 and {norm(n) for n in names} <= pinned, sorted({norm(n) for n in names} - pinned)
+    p = subprocess.run(["bash", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "measure h100x2" in p.stdout, p.stdout + p.stderr
+    copy = tmp_path / "repo"
+    (copy / "scripts").mkdir(parents=True)
+    (copy / "scripts" / "bench_cascade_device.sh").write_text(text)
+    p = subprocess.run(["bash", "scripts/bench_cascade_device.sh", "measure", "h100x2", "o.json"], cwd=copy,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and p.stderr.startswith("error: no .whl here") and "wheels" in p.stderr, p.stderr
