@@ -583,3 +583,34 @@ def test_vault_hotkey_text_is_wiped_after_the_key_is_built_and_still_redacted(tm
     finally:
         bao.stop()
         logs.forget_secrets()
+
+
+def test_readyz_connections_check_follows_the_governor():
+    """Validators locked out at the HTTP layer: every slot open and busy with a request means a
+    validator's new connection would be refused ``full``; /readyz says so, and recovers."""
+    import types
+
+    from natix_miner.miner.limits import ConnectionGovernor
+    from natix_miner.ops.readiness import connection_room
+
+    class Conn:  # what the governor needs of a uvicorn protocol: a peer address, hashable
+        def __init__(self, peer):
+            self.peer, self.closed_by_governor = peer, False
+            self.transport = types.SimpleNamespace(close=lambda: setattr(self, "closed_by_governor", True))
+
+    gov = ConnectionGovernor(max_connections=4, max_per_peer=4, reserved=1, max_per_hotkey=2)
+    ctx = types.SimpleNamespace(miner=types.SimpleNamespace(governor=gov))
+    conns = [Conn(f"10.0.0.{i}") for i in range(4)]
+    for c in conns:
+        assert gov.opened(c)
+        gov.trust(c, f"hk{c.peer}")
+        gov.busy(c)
+    assert connection_room(ctx)["ok"] is False and connection_room(ctx)["open"] == 4
+    late = Conn("10.0.0.9")
+    assert not gov.opened(late) and late.closed_by_governor  # the check's claim: a newcomer is refused
+    gov.idle(conns[0])  # one request ends, its keep-alive connection can be shed for a newcomer
+    assert connection_room(ctx)["ok"] is True
+    gov.busy(conns[0])
+    gov.closed(conns[1])
+    assert connection_room(ctx) == {"ok": True, "open": 3, "idle": 0, "max_connections": 4,
+                                    "shed": gov.snapshot()["shed"]}

@@ -11,6 +11,9 @@ fallback or worse than the profile promises:
 * ``admission``: the engine's slots and its waiting queue are not both full (validators would be
   shed);
 * ``axon``: the axon serves and its socket accepts;
+* ``connections``: the axon's connection governor (``natix_miner.miner.limits``) can still take a
+  validator's new connection: not every slot is open and busy with a request (a newcomer would be
+  refused ``full``);
 * ``tiers``: every tier has a loaded expert (``status: degraded`` names the empty tiers; a miner
   only serves so with ``--allow-degraded``).
 
@@ -94,6 +97,17 @@ def axon_serving(ctx: Context) -> dict:
             "port": getattr(m, "port", 0) if m is not None else 0}
 
 
+def connection_room(ctx: Context) -> dict:
+    gov = getattr(ctx.miner, "governor", None)
+    if gov is None:
+        return {"ok": True, "detail": "no governor (axon not built yet)"}
+    snap = gov.snapshot()
+    idle = snap["idle_untrusted"] + snap["idle_trusted"]
+    full = snap["open"] >= gov.max_connections and idle == 0
+    return {"ok": not full, "open": snap["open"], "idle": idle, "max_connections": gov.max_connections,
+            "shed": snap["shed"]}
+
+
 def tiers_served(ctx: Context) -> dict:
     empty = ctx.status.get("empty_tiers") or {}
     return {"ok": not empty, "status": "degraded" if empty else "ok", "empty_tiers": empty,
@@ -108,6 +122,7 @@ CHECKS: typing.List[typing.Tuple[str, Check]] = [
     ("decode", decode_pool),
     ("admission", admission),
     ("axon", axon_serving),
+    ("connections", connection_room),
     ("tiers", tiers_served),
 ]
 
