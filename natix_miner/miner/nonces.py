@@ -132,16 +132,15 @@ class ReplayGuard:
         log.info("replay guard: %d nonces still in the %.0fs window from %s", len(self._seen),
                  self.window_ns / NS, self.path)
 
-    def _open(self, mode: str):
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if mode == "a" else os.O_TRUNC), 0o600)
+    def _open(self, mode: str, path: typing.Optional[str] = None):
+        """``path`` (default: the nonce file) for writing, created and kept 0600."""
+        fd = os.open(path or self.path, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if mode == "a" else os.O_TRUNC), 0o600)
         os.fchmod(fd, 0o600)
         return os.fdopen(fd, mode)
 
     def _rewrite(self) -> None:
         tmp = self.path + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as f:
+        with self._open("w", tmp) as f:
             f.writelines(f"{h} {u} {n}\n" for h, u, n in self._seen)
         os.replace(tmp, self.path)
         if self._fh is not None:
