@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A Docker engine for the container test (tests/test_ops_docker.py): installs Debian's docker.io and
+# A Docker engine for the container test (tests/ops/test_docker.py): installs Debian's docker.io and
 # debootstrap (apt), starts dockerd when none answers, and makes the local base image the test
 # builds on (no image registry is needed: debootstrap from the configured Debian mirror, then
 # `docker import`). Idempotent; .ci/run calls it before the two quick-start commands.

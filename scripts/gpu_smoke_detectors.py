@@ -1,6 +1,6 @@
 """GPU smoke check of the detector / open-vocabulary / depth families in every dtype.
 
-Builds the tiny random-weight models of ``tests/tiny_detectors.py``, loads each family through an
+Builds the tiny random-weight models of ``tests/support/tiny_detectors.py``, loads each family through an
 expert spec on ``--device`` in float32, float16 and bfloat16, runs a batch and compares the
 probabilities with float32 (they must agree roughly; random weights, so only plumbing is checked).
 Families whose package is missing are reported and skipped.
@@ -88,7 +88,7 @@ def main() -> int:
                     "hf_detector:rt_detr_v2,hf_detector:rf_detr,grounding_dino,owlv2,sam3,depth")
     ap.add_argument("--batch", type=int, default=4)
     args = ap.parse_args()
-    from tests.tiny_detectors import decoded, scenes
+    from tests.support.tiny_detectors import decoded, scenes
 
     images = decoded(scenes(args.batch))
     report = {}

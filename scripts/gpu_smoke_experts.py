@@ -1,6 +1,6 @@
 """GPU smoke check of the transformers expert families in half precision.
 
-Builds the tiny random-weight models the tests use (``tests/tiny_hf.py``), loads each through its
+Builds the tiny random-weight models the tests use (``tests/support/tiny_hf.py``), loads each through its
 expert on the CPU in float32 and on ``cuda`` in float16 and bfloat16, and prints the largest
 probability difference, the device, the dtype the weights really have and ``memory_bytes``. Exit 1
 when a half-precision answer strays from float32 by more than ``--tol``.

@@ -43,7 +43,7 @@ def jpeg_b64():
 @pytest.fixture(scope="session")
 def stand_ins(tmp_path_factory):
     """``stand_ins(profile name) -> directory`` of tiny stand-in weights (``natix_miner/standins``), built on
-    first use and shared by every test file of the session (tests/test_standins.py, test_bench_cascade.py)."""
+    first use and shared by every test file of the session (tests/standins/test_standins.py, test_bench_cascade.py)."""
     from natix_miner.config import load_profile
     from natix_miner.standins.build import build_profile
 

@@ -8,7 +8,7 @@ If the child dies (segfault, CUDA fatal error, OOM killer, ``kill -9``), calls f
 supervisor thread starts a new child (exponential back-off from ``restart_backoff_s`` to
 ``max_backoff_s``) and the breaker's next probe finds it healthy again. A call that outlives
 ``call_timeout_s`` kills the child (a wedged engine is treated as a dead one). This is also how a
-VLM engine process is modelled in tests (``tests/test_reliability_faults.py``).
+VLM engine process is modelled in tests (``tests/reliability/test_faults.py``).
 
 Every send and every receive has a deadline (the call's ``call_timeout_s``, waiting for the lock
 included): a child that is stopped (SIGSTOP) or hung cannot block the parent. Before, one large

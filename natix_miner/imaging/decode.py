@@ -21,7 +21,7 @@ Validators send base64 JPEG, normally 224x224, but anything can arrive. The rule
 Every failure is an :class:`ImageError` with a short ``reason`` tag (``bad_base64``, ``empty``,
 ``too_large``, ``too_many_pixels``, ``too_many_scans``, ``unsupported_format``, ``not_an_image``,
 ``corrupt``); no other
-exception type leaves this module for any input (``tests/test_reliability_decode.py`` holds this
+exception type leaves this module for any input (``tests/reliability/test_decode.py`` holds this
 with hypothesis). No global PIL state is changed and no warnings filter is touched, so decoding is
 safe from several threads at once.
 
