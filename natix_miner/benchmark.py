@@ -53,7 +53,7 @@ def make_jpegs(n: int, unique: int = 256, seed: int = 0, size: int = 224) -> typ
     rng = np.random.default_rng(seed)
     base: typing.List[bytes] = []
     try:
-        from natix_miner.imaging.scenes import render_scene  # type: ignore
+        from natix_miner.synth.scenes import render_scene  # type: ignore
 
         for i in range(unique):
             scene = render_scene(label=i % 2, seed=seed * 100003 + i, size=(size, size))

@@ -2,7 +2,7 @@
 
 Many validators (throw-away wallets with log-normal stakes, a local metagraph) send requests at a
 Poisson rate for ``seconds``: mostly valid 224x224 JPEGs (repeats included, as one challenge goes
-to many miners), a fraction of hostile inputs from :mod:`natix_miner.imaging.hostile`, optionally
+to many miners), a fraction of hostile inputs from :mod:`natix_miner.synth.hostile`, optionally
 with faults injected into tier 1 (the ``chaos`` family). Reported: requests, outcomes (answered,
 fallback, shed, error), invalid or late answers, latency p50/p90/p99/max, peak and trend of the
 miner process's RSS, admission and engine counters. The miner runs in its own process (as in
@@ -163,7 +163,7 @@ def _pct(values: typing.Sequence[float], q: float) -> float:
 def _images(n: int, seed: int) -> typing.List[str]:
     from PIL import Image
 
-    from natix_miner.imaging.hostile import b64, encode, scene
+    from natix_miner.synth.hostile import b64, encode, scene
 
     return [b64(encode(Image.fromarray(scene(224, 224, seed=seed * 1000 + i)), "JPEG", quality=75)) for i in range(n)]
 
@@ -220,7 +220,7 @@ async def run_soak(cfg: SoakConfig) -> dict:
     import multiprocessing
 
     from natix_miner.config import MinerConfig, load_profile
-    from natix_miner.imaging.hostile import cases
+    from natix_miner.synth.hostile import cases
     from natix_miner.miner.local import axon_info, loopback_dendrite
     from natix_miner.miner.wallet import ephemeral_wallet
     from natix_miner.protocol import ImageSynapse

@@ -35,8 +35,8 @@ def _render(job):
     """Worker: one scene -> validator augmentation -> wire JPEG bytes (+ metadata)."""
     import torch
 
-    from natix_miner.imaging.augment import augment
-    from natix_miner.imaging.scenes import render_scene
+    from natix_miner.synth.augment import augment
+    from natix_miner.synth.scenes import render_scene
 
     torch.set_num_threads(1)
     label, synthetic, scene_seed, aug_seed = job
@@ -164,8 +164,8 @@ def main(argv=None) -> int:
         "keys": {"w": "(1280,) float32", "b": "() float32", "mu": "(1280,) feature mean", "sigma": "(1280,) feature std"},
         "backbone": {"timm_arch": ARCH, "weights": WEIGHTS, "preprocess": "RGB 224x224, mean 0.5, std 0.5"},
         "data": {
-            "generator": "natix_miner.imaging.scenes (procedural dashcam scenes)",
-            "augmentation": "natix_miner.imaging.augment (the validator's levels 0-3, JPEG q75 base64)",
+            "generator": "natix_miner.synth.scenes (procedural dashcam scenes)",
+            "augmentation": "natix_miner.synth.augment (the validator's levels 0-3, JPEG q75 base64)",
             "mix": "labels 50/50; real/synthetic style 50/50",
             "seed": args.seed, "n_train": args.n, "n_heldout": args.n_test,
         },

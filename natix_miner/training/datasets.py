@@ -12,7 +12,7 @@ A *data spec* is one string:
 
 Every source yields :class:`Sample` objects whose pixels are read only when needed (parquet rows
 through a small per-process row-group cache), so a 10 GB dataset is indexed, not loaded. The folder
-and label conventions are the mock validator's (:mod:`natix_miner.imaging.sources`); unlike its
+and label conventions are the mock validator's (:mod:`natix_miner.synth.sources`); unlike its
 sampling streams, training needs every image exactly once, unlabelled folders, and splits.
 
 Usage::
@@ -32,7 +32,7 @@ import random
 import typing
 from pathlib import Path
 
-from natix_miner.imaging import sources as _sources  # the mock validator's conventions, shared
+from natix_miner.synth import sources as _sources  # the mock validator's conventions, shared
 
 IMAGE_EXTENSIONS = tuple(sorted(_sources.IMAGE_EXTS))
 POSITIVE_DIRS = tuple(dict.fromkeys(d.lower() for d in _sources.POSITIVE_DIRS))
@@ -215,7 +215,7 @@ def procedural_size(index: int, synthetic: bool, long_side: typing.Optional[int]
     """``None`` (the generator's own sizes) or the long side scaled down, aspect kept."""
     if long_side is None:
         return None
-    from natix_miner.imaging import scenes
+    from natix_miner.synth import scenes
 
     w, h = scenes.SYNTHETIC_SIZE if synthetic else scenes.REAL_SIZES[index % len(scenes.REAL_SIZES)]
     k = long_side / max(w, h)
@@ -224,7 +224,7 @@ def procedural_size(index: int, synthetic: bool, long_side: typing.Optional[int]
 
 def _render_one(job) -> "Sample":
     """One procedural scene as a Sample (top level: picklable for worker processes)."""
-    from natix_miner.imaging import scenes
+    from natix_miner.synth import scenes
 
     i, seed, long_side = job
     label = 1 - (i % 2)
@@ -241,7 +241,7 @@ def _render_one(job) -> "Sample":
 
 def from_procedural(n: int = DEFAULT_PROCEDURAL, seed: int = 0, long_side: typing.Optional[int] = None,
                     progress: bool = False, workers: int = 0) -> typing.List[Sample]:
-    """``n`` seeded procedural scenes (:mod:`natix_miner.imaging.scenes`), labels alternating, half of
+    """``n`` seeded procedural scenes (:mod:`natix_miner.synth.scenes`), labels alternating, half of
     each label in the "synthetic" style (SDXL-like, square) and half in the dashcam ("real") style,
     like the validator's mix. Stored as JPEG quality 95; boxes of roadwork objects in ``meta``.
     ``workers`` > 0 renders in that many processes (same scenes, same order)."""

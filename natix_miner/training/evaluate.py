@@ -1,7 +1,7 @@
 """``natix-miner evaluate``: a profile (or several, side by side) on the validator's own challenges.
 
 Each labelled image becomes a challenge exactly as a validator makes one
-(:mod:`natix_miner.imaging.augment`: level 0..3, rotation, resized crop, distortions, JPEG
+(:mod:`natix_miner.synth.augment`: level 0..3, rotation, resized crop, distortions, JPEG
 quality 75). Levels are balanced within each label (after a seeded shuffle, the k-th image of a
 label gets level ``k mod 4``) or,
 with ``all_levels``, every image is sent at every level. The same JPEG bytes go to every profile,
@@ -50,7 +50,7 @@ def make_challenges(samples, seed: int = 0, all_levels: bool = False,
     """The validator's augmentation applied to each sample (seeded: same seed, same bytes)."""
     from tqdm import tqdm
 
-    from natix_miner.imaging.augment import augment
+    from natix_miner.synth.augment import augment
 
     order = list(range(len(samples)))
     np.random.default_rng(seed).shuffle(order)

@@ -142,7 +142,7 @@ def export_fiftyone(rows: typing.Sequence[dict], names: typing.Sequence[str], da
 def level0_views(samples):
     """The validator's level-0 view (centre crop, 224, JPEG q75) of each readable sample, decoded;
     returns ``(views, samples_kept)`` (corrupt samples are skipped: `data validate` reports them)."""
-    from natix_miner.imaging.augment import augment
+    from natix_miner.synth.augment import augment
     from natix_miner.imaging.decode import decode_bytes
 
     views, kept = [], []

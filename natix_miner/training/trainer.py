@@ -1,6 +1,6 @@
 """Fine-tune a classifier expert (timm or transformers) for the validator's reward.
 
-Every training image goes through the validator's own augmentation (:mod:`natix_miner.imaging.augment`,
+Every training image goes through the validator's own augmentation (:mod:`natix_miner.synth.augment`,
 a level drawn uniformly from 0..3 per image and epoch), an optional horizontal flip, and the JPEG
 quality-75 round trip the miner will see, then the expert's own resize and normalisation. The
 loss is class-weighted cross-entropy; mixed precision (bf16, or fp16 with a grad scaler) runs on
@@ -218,7 +218,7 @@ def challenge_view(sample, rng: np.random.Generator, level: int, hflip: bool = F
 
     from PIL import Image, ImageOps
 
-    from natix_miner.imaging.augment import augment
+    from natix_miner.synth.augment import augment
 
     img = sample.image()
     if hflip:

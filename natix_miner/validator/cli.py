@@ -98,7 +98,7 @@ def run(args) -> int:
         torch.set_num_threads(1)  # augmentation tensors are small; leave the cores to the miner
     except ImportError:  # pragma: no cover
         pass
-    from natix_miner.imaging.sources import ChallengeStream, SourceError, open_source
+    from natix_miner.synth.sources import ChallengeStream, SourceError, open_source
     from natix_miner.validator.mock import MockValidator
     from natix_miner.validator.report import build_report, format_report, write_json, write_plot
     from natix_miner.validator.targets import MinerStartError, SpawnedMiner, parse_target

@@ -81,7 +81,7 @@ class MockValidator:
                  timeout: float = TIMEOUT_S, concurrency: int = 1, route: str = "image",
                  rotation_interpolation: str = "nearest", fallback_values=FALLBACK_VALUES,
                  prefetch: int = 64):
-        from natix_miner.imaging.augment import ValidatorAugmenter
+        from natix_miner.synth.augment import ValidatorAugmenter
 
         if route not in ("image", "extended", "both"):
             raise ValueError("route must be image, extended or both")
@@ -231,8 +231,8 @@ class MockValidator:
 
 def _probe_challenge() -> Prepared:
     """A fixed procedural scene for the readiness probe (never scored)."""
-    from natix_miner.imaging.augment import augment
-    from natix_miner.imaging.scenes import render_scene
+    from natix_miner.synth.augment import augment
+    from natix_miner.synth.scenes import render_scene
 
     out = augment(render_scene(1, 12345, size=(640, 360)).image, np.random.default_rng(0), level=0)
     return Prepared(-1, 1, False, 0, out.b64(), "probe", {})

@@ -190,7 +190,7 @@ def setup(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def images():
-    from natix_miner.imaging.scenes import render_scene
+    from natix_miner.synth.scenes import render_scene
 
     return {"clear_road": validator_image(render_scene(0, seed=3).image),
             "roadwork": validator_image(render_scene(1, seed=4).image),

@@ -12,7 +12,7 @@ import requests
 
 from natix_miner.engine import Engine
 from natix_miner.imaging import decode
-from natix_miner.imaging.hostile import cases, png_bomb
+from natix_miner.synth.hostile import cases, png_bomb
 from natix_miner.miner.local import MinerThread, loopback_dendrite
 from natix_miner.miner.wallet import ephemeral_wallet
 from natix_miner.protocol import ImageSynapse

@@ -1,6 +1,6 @@
 """Hostile input on the decoding path: every case is decoded to RGB or cleanly rejected.
 
-Covers the catalogue in ``natix_miner/imaging/hostile.py`` case by case, then hypothesis property
+Covers the catalogue in ``natix_miner/synth/hostile.py`` case by case, then hypothesis property
 tests: arbitrary bytes, arbitrary text, corrupted real images and randomly generated images in
 every format/mode never raise anything but :class:`ImageError`, and what decodes is (H, W, 3)
 uint8. Memory stays bounded: the bombs are decoded in a fresh process whose peak RSS is measured.
@@ -22,7 +22,7 @@ from PIL import Image
 
 from natix_miner.imaging.decode import (ALLOWED_FORMATS, ImageError, b64decode_strict, decode_base64, decode_bytes,
                                         probe)
-from natix_miner.imaging.hostile import cases, encode, png_bomb, scene
+from natix_miner.synth.hostile import cases, encode, png_bomb, scene
 
 pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # bombs on purpose
 
@@ -118,7 +118,7 @@ BOMB_SCRIPT = r"""
 import json, resource, sys
 sys.path.insert(0, sys.argv[1])
 from natix_miner.imaging.decode import ImageError, decode_base64
-from natix_miner.imaging.hostile import cases
+from natix_miner.synth.hostile import cases
 
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 outcomes = {}

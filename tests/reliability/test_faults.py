@@ -15,7 +15,7 @@ import time
 import pytest
 
 from natix_miner.engine import Engine
-from natix_miner.imaging.hostile import b64, encode, scene
+from natix_miner.synth.hostile import b64, encode, scene
 from natix_miner.miner.local import MinerThread
 from natix_miner.protocol import ImageSynapse
 from tests.support.engine_experts import BrightnessExpert, make_profile, tiny_timm

@@ -20,7 +20,7 @@ import time
 import pytest
 
 from natix_miner.engine import Engine
-from natix_miner.imaging.hostile import cases
+from natix_miner.synth.hostile import cases
 from natix_miner.miner.local import MinerThread, loopback_dendrite
 from natix_miner.miner.wallet import ephemeral_wallet
 from natix_miner.ops.health import OpsServer

@@ -14,7 +14,7 @@ import pytest
 
 from natix_miner.config import MinerConfig
 from natix_miner.engine import Engine
-from natix_miner.imaging.hostile import cases
+from natix_miner.synth.hostile import cases
 from natix_miner.miner.local import MinerThread
 from natix_miner.miner.wallet import ephemeral_wallet
 from natix_miner.ops.startup_checks import InsecurePermissions, check_permissions, enforce_permissions

@@ -58,7 +58,7 @@ def test_training_views_are_the_validators_challenges(scenes):
 
     from PIL import Image
 
-    from natix_miner.imaging.augment import augment
+    from natix_miner.synth.augment import augment
     from natix_miner.training.trainer import challenge_view
 
     for level in range(4):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from natix_miner.config import MinerConfig
-from natix_miner.imaging.sources import ChallengeStream, ProceduralSource
+from natix_miner.synth.sources import ChallengeStream, ProceduralSource
 from natix_miner.miner.local import MinerThread
 from natix_miner.validator.mock import MockValidator, categorise
 from natix_miner.validator.report import build_report, format_report, write_json, write_plot
@@ -25,7 +25,7 @@ class SmallProcedural(ProceduralSource):
     """Procedural scenes at a small size (the generator is the real one), to keep tests fast."""
 
     def load(self, keys):
-        from natix_miner.imaging.scenes import render_scene
+        from natix_miner.synth.scenes import render_scene
 
         return [(render_scene(label, seed, size=(256, 256) if syn else (320, 180), synthetic=syn).image,
                  f"procedural:{seed}", "") for label, seed, syn in keys]

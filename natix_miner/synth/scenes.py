@@ -16,7 +16,7 @@ is square 1024x1024 and smoother, like the validator's SDXL images.
 
 Usage::
 
-    from natix_miner.imaging.scenes import render_scene, SceneGenerator
+    from natix_miner.synth.scenes import render_scene, SceneGenerator
     scene = render_scene(label=1, seed=7)          # Scene
     scene.image, scene.label, scene.description
     [o.kind for o in scene.objects if o.roadwork]  # ['cone', 'cone', 'excavator', 'worker', ...]
@@ -32,7 +32,7 @@ import typing
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from natix_miner.imaging import scene_props as P
+from natix_miner.synth import scene_props as P
 
 REAL_SIZES = ((960, 540), (1280, 720), (1024, 576))
 SYNTHETIC_SIZE = (1024, 1024)

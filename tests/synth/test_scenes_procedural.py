@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from natix_miner.imaging import scenes as S
+from natix_miner.synth import scenes as S
 
 SMALL = (384, 216)
 

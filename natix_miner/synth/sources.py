@@ -8,7 +8,7 @@ source with ``synthetic_source="same"``.
 
 Sources:
 
-* ``procedural`` - :mod:`natix_miner.imaging.scenes`, unlimited and offline;
+* ``procedural`` - :mod:`natix_miner.synth.scenes`, unlimited and offline;
 * a directory with ``roadwork/`` and ``none/`` subfolders (``1/``/``0/`` also work), or a directory
   with a labels CSV (columns ``path`` (or ``file``/``filename``/``image``) and ``label``);
 * a parquet file (or a directory of them) in the NATIX dataset schema: ``image`` as bytes or
@@ -17,7 +17,7 @@ Sources:
 
 Usage::
 
-    from natix_miner.imaging.sources import ChallengeStream, open_source
+    from natix_miner.synth.sources import ChallengeStream, open_source
     stream = ChallengeStream(open_source("procedural"), seed=0)
     for ch in stream.take(10):
         ch.image, ch.label, ch.synthetic, ch.origin
@@ -85,7 +85,7 @@ class ProceduralSource(ImageSource):
         return (label, int(rng.integers(0, 2 ** 31 - 1)), bool(synthetic))
 
     def load(self, keys):
-        from natix_miner.imaging.scenes import render_scene
+        from natix_miner.synth.scenes import render_scene
 
         out = []
         for label, seed, synthetic in keys:

@@ -7,7 +7,7 @@ reason, so the engine answers the fallback probability). Nothing here touches th
 
 Usage::
 
-    from natix_miner.imaging.hostile import cases, png_bomb
+    from natix_miner.synth.hostile import cases, png_bomb
     for case in cases():
         print(case.name, case.expect, case.reason, len(case.text))
 """

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from natix_miner.imaging.sources import ChallengeStream, ProceduralSource, SourceError, open_source
+from natix_miner.synth.sources import ChallengeStream, ProceduralSource, SourceError, open_source
 
 
 def _jpeg(colour, size=(64, 48)) -> bytes:

@@ -3,12 +3,12 @@
 Every prop is drawn at its ground contact point ``(x, y)`` in pixels with ``s`` pixels per metre
 (the perspective scale at its depth ``z``) and returns its bounding box. Colours go through
 :meth:`Light.shade` (ambient light, night, fog and haze by depth), so the same prop looks right at
-noon, at dusk, at night or in fog. :mod:`natix_miner.imaging.scenes` composes them.
+noon, at dusk, at night or in fog. :mod:`natix_miner.synth.scenes` composes them.
 
 Usage::
 
     from PIL import Image, ImageDraw
-    from natix_miner.imaging.scene_props import Light, Painter, cone
+    from natix_miner.synth.scene_props import Light, Painter, cone
     im = Image.new("RGB", (640, 360)); p = Painter(ImageDraw.Draw(im, "RGBA"), Light(), rng)
     box = cone(p, 320, 300, s=40.0, z=20.0)
 """

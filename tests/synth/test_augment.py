@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from natix_miner.imaging import augment as A
+from natix_miner.synth import augment as A
 
 
 @pytest.fixture(autouse=True, scope="module")

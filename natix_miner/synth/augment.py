@@ -21,7 +21,7 @@ that; ``"bilinear"`` is what the constructor (and the spec's wording) names.
 
 Usage::
 
-    from natix_miner.imaging.augment import ValidatorAugmenter
+    from natix_miner.synth.augment import ValidatorAugmenter
     aug = ValidatorAugmenter(seed=0)
     out = aug(pil_image)            # Augmented
     out.level, out.params           # 0..3, {"angle": ..., "crop": (i, j, h, w), "CS": 1, ...}
