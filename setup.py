@@ -63,6 +63,8 @@ setup(
         # vLLM for the VLM tier; nvImageCodec + nvJPEG for the card's hardware JPEG engines
         # (decode: hw); cu13 matches the CUDA 13 builds of torch that vllm 0.33 pins
         "gpu": ["vllm==0.33.0", "nvidia-nvimgcodec-cu13>=0.9,<0.10", "nvidia-nvjpeg>=13,<14"],
+        # the cascade on a Ray cluster: `natix-miner engine serve --ray ADDRESS`, `--engine.ray` (docs/scaling.md)
+        "ray": ["ray[serve]==2.60.0"],
     },
     entry_points={"console_scripts": ["natix-miner=natix_miner.cli:main"]},
 )
