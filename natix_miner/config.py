@@ -7,14 +7,17 @@ Two halves, both pydantic models validated at start:
   ``<profile>.consensus.json``.
 * :class:`MinerConfig` - how the neuron runs: chain, wallet, axon, blacklist, ops. Built from
   CLI flags (bittensor style: ``--wallet.name``, ``--axon.port``), environment and the profile's
-  optional ``miner:`` section, in that order of precedence.
+  optional ``miner:`` section, in that order of precedence, by ``natix_miner.miner.args.build_config``
+  (this module imports nothing of ``natix_miner.miner``); it holds the parsed profile (``cascade``).
 
 Usage::
 
     from natix_miner.config import load_profile, MinerConfig
     profile = load_profile("configs/demo-cpu.yaml")
     profile.tiers[0].experts              # -> ["effnet_lite0"]
-    cfg = MinerConfig.from_args(["--local", "--axon.port", "8091"])
+    from natix_miner.miner.args import build_config       # flags / env -> MinerConfig (+ the parsed profile)
+    cfg = build_config(["--local", "--axon.port", "8091"])
+    cfg.cascade                           # the Profile, parsed once
 
 Errors say which key is wrong: ``ProfileError: configs/x.yaml: tiers.0.budget_s: Input should
 be greater than 0``.
@@ -463,9 +466,13 @@ class MinerConfig(_Strict):
     tracing: TracingConfig = pydantic.Field(default_factory=TracingConfig)
     logging: LoggingConfig = pydantic.Field(default_factory=LoggingConfig)
 
-    @classmethod
-    def from_args(cls, argv: typing.Optional[typing.Sequence[str]] = None,
-                  env: typing.Optional[typing.Mapping[str, str]] = None) -> "MinerConfig":
-        from natix_miner.miner.args import build_config
+    cascade: typing.Optional[Profile] = pydantic.Field(default=None, exclude=True, repr=False)
+    """The parsed :attr:`profile`: ``natix_miner.miner.args.build_config`` parses it once (its ``miner:``
+    section is merged below the flags) and keeps it here; the neuron and the engine use this object and
+    never read the file again. ``None`` only for a config built by hand: :meth:`load_cascade` fills it."""
 
-        return build_config(argv, env=os.environ if env is None else env)
+    def load_cascade(self) -> Profile:
+        """The parsed profile: :attr:`cascade`, loaded from :attr:`profile` (once) when unset."""
+        if self.cascade is None:
+            self.cascade = load_profile(self.profile)
+        return self.cascade

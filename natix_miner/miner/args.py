@@ -9,6 +9,7 @@ Usage::
     from natix_miner.miner.args import build_config, build_parser
     cfg = build_config(["--local", "--axon.port", "0"])
     cfg = build_config([], env={"NATIX_ENV_FILE": "miner.env"})   # + the file, CRLF and quotes handled
+    cfg.cascade                                                    # the parsed Profile (read once, here)
     print(settings_table())                                        # markdown: flag | variable | default
 """
 
@@ -243,7 +244,8 @@ def _where(loc: str) -> str:
 def build_config(argv: typing.Optional[typing.Sequence[str]] = None,
                  env: typing.Optional[typing.Mapping[str, str]] = None,
                  namespace: typing.Optional[argparse.Namespace] = None, serving: bool = True) -> MinerConfig:
-    """CLI > environment > NATIX_ENV_FILE > profile ``miner:`` section > defaults. Raises
+    """CLI > environment > NATIX_ENV_FILE > profile ``miner:`` section > defaults; the profile is parsed
+    here, once, and kept in ``cfg.cascade`` (the neuron and the engine never read its file again). Raises
     :class:`ConfigError` (one line naming the flag or variable) on any bad value. ``serving=False``
     (``card``, ``register``: nothing is served) skips the demo-profile refusal."""
     ns = namespace if namespace is not None else build_parser().parse_args(list(argv or []))
@@ -273,6 +275,7 @@ def build_config(argv: typing.Optional[typing.Sequence[str]] = None,
         raise ConfigError(f"{exc} (--profile / NATIX_PROFILE)") from None
     merged["profile"] = profile.path
     final = _merge(profile.miner, merged)
+    final["cascade"] = profile  # parsed once: the neuron and the engine use this object
     try:
         cfg = MinerConfig.model_validate(final)
     except pydantic.ValidationError as exc:

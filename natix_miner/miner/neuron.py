@@ -7,8 +7,9 @@ the axon (uvicorn) runs on its own thread and loop, and hands work over with
 
 Usage::
 
-    cfg = MinerConfig.from_args(["--local", "--axon.port", "8091"])
-    asyncio.run(Miner(cfg).run())
+    cfg = build_config(["--local", "--axon.port", "8091"])     # natix_miner.miner.args; parses the profile once
+    asyncio.run(Miner(cfg).run())                               # the engine: local_engine(cfg.cascade)
+    asyncio.run(Miner(cfg, engine=my_client).run())             # any EngineClient (natix_miner/engine/client.py)
 """
 
 import asyncio
@@ -19,7 +20,8 @@ import threading
 import time
 import typing
 
-from natix_miner.config import MinerConfig, load_profile
+from natix_miner.config import MinerConfig
+from natix_miner.engine.client import EngineClient, EngineFactory, local_engine
 from natix_miner.engine.result import safe_probability
 from natix_miner.miner import errors
 from natix_miner.miner.admission import Admission, Overloaded
@@ -93,13 +95,18 @@ def _short(hotkey: typing.Optional[str]) -> str:
 
 
 class Miner:
-    def __init__(self, cfg: MinerConfig, engine=None, hooks: typing.Optional[MinerHooks] = None, wallet=None,
-                 subtensor=None):
-        """``subtensor``: a chain client to use instead of ``bt.Subtensor(network)`` (anything with
-        ``metagraph(netuid)`` and ``serve_axon(netuid=, axon=)``; tests pass a local chain)."""
+    def __init__(self, cfg: MinerConfig, engine: typing.Optional[EngineClient] = None,
+                 hooks: typing.Optional[MinerHooks] = None, wallet=None, subtensor=None,
+                 engine_factory: typing.Optional[EngineFactory] = None):
+        """``engine``: any :class:`EngineClient` (started at :meth:`start` unless already ``ready``); without
+        one, ``engine_factory(profile)`` builds it at start (default :func:`local_engine`, the in-process
+        cascade, imported only then). ``subtensor``: a chain client to use instead of
+        ``bt.Subtensor(network)`` (anything with ``metagraph(netuid)`` and ``serve_axon(netuid=, axon=)``;
+        tests pass a local chain)."""
         self.cfg = cfg
-        self.profile = engine.profile if engine is not None else load_profile(cfg.profile)
-        self.engine = engine
+        self.profile = engine.profile if engine is not None else cfg.load_cascade()  # parsed once, in the config
+        self.engine: typing.Optional[EngineClient] = engine
+        self.engine_factory: EngineFactory = engine_factory or local_engine
         self.hooks = hooks or MinerHooks()
         self.wallet = wallet
         self.gate = Gate(cfg.blacklist, local=cfg.local)
@@ -427,9 +434,7 @@ class Miner:
         self._bind_axon()  # before minutes of model loading: a taken port fails now
         try:
             if self.engine is None:
-                from natix_miner.engine import Engine
-
-                self.engine = Engine(self.profile)
+                self.engine = self.engine_factory(self.profile)
             if not self.engine.ready:
                 await self.engine.start()
         except StartupError:
