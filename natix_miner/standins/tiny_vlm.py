@@ -2,15 +2,16 @@
 
 Real architectures (Qwen2-VL, Qwen2.5-VL, Qwen3-VL) shrunk to about a million parameters, saved with
 ``save_pretrained`` so that transformers (``AutoModelForImageTextToText``) and vLLM (``LLM`` /
-``AsyncLLM``) load the directory exactly as they would a hub checkpoint. Used by the VLM tests and
-by anyone who wants to try the VLM tier on a laptop. Random weights answer near P(yes) = 0.5.
+``AsyncLLM``) load the directory exactly as they would a hub checkpoint. Used by
+``natix-miner models stand-in`` (the Qwen3-VL stand-in at ``tiny`` scale, :mod:`natix_miner.standins.vlm`),
+by ``natix-miner train-vlm``'s tests and by anyone who wants to try the VLM tier on a laptop. Random weights answer near P(yes) = 0.5.
 
 Usage::
 
-    from natix_miner.experts.vlm.tiny import build_tiny_vlm
+    from natix_miner.standins.tiny_vlm import build_tiny_vlm
     path = build_tiny_vlm("/tmp/tiny-qwen2vl", arch="qwen2_vl")   # or qwen2_5_vl / qwen3_vl
 
-    python -m natix_miner.experts.vlm.tiny /tmp/tiny-qwen2vl --arch qwen2_5_vl
+    python -m natix_miner.standins.tiny_vlm /tmp/tiny-qwen2vl --arch qwen2_5_vl
 
 Facts that matter (see docs/vlm.md): M-RoPE sections go in ``rope_parameters`` and sum to
 head_dim / 2 (else vLLM silently uses plain RoPE); the vision tower's output size equals the text

@@ -1,7 +1,7 @@
 """Stand-ins of the VLM tier: Qwen3-VL and InternVL directories that transformers (``hf_vlm``) and vLLM
 (``vllm``) load like the hub checkpoints.
 
-* ``qwen3_vl``: ``tiny`` is :func:`natix_miner.experts.vlm.tiny.build_tiny_vlm` (the real Qwen3-VL code,
+* ``qwen3_vl``: ``tiny`` is :func:`natix_miner.standins.tiny_vlm.build_tiny_vlm` (the real Qwen3-VL code,
   128 wide, 2 layers); ``full`` is the record's config (e.g. Qwen3-VL-32B: 64 x 5120, ViT 27 x 1152) with
   random weights, the same locally trained tokenizer and processor, the config's token ids wired to it.
 * ``internvl``: transformers' native InternVL (``InternVLForConditionalGeneration``: InternViT, pixel-shuffle
@@ -43,7 +43,7 @@ def _ids(tok, names: typing.Iterable[str]) -> typing.Dict[str, int]:
 def _qwen3_vl(spec, rec, scale, out, device, dtype):
     import transformers as tf
 
-    from natix_miner.experts.vlm import tiny
+    from natix_miner.standins import tiny_vlm as tiny
     from natix_miner.standins.build import _instantiate
 
     tok = tiny.train_tokenizer()
@@ -76,7 +76,7 @@ def internvl_tokenizer():
     InternVL processor reads (``start_image_token``, ``context_image_token``, ...)."""
     from transformers import PreTrainedTokenizerFast
 
-    from natix_miner.experts.vlm import tiny
+    from natix_miner.standins import tiny_vlm as tiny
 
     base = tiny.train_tokenizer()
     backend = base.backend_tokenizer

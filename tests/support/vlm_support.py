@@ -26,7 +26,7 @@ def tiny_vlm(arch: str = "qwen2_vl") -> str:
     """A tiny checkpoint directory of ``arch`` (built on first use, removed at exit)."""
     global _ROOT
     if arch not in _BUILT:
-        from natix_miner.experts.vlm.tiny import build_tiny_vlm
+        from natix_miner.standins.tiny_vlm import build_tiny_vlm
 
         if _ROOT is None:
             _ROOT = tempfile.mkdtemp(prefix="natix-tiny-vlm-")

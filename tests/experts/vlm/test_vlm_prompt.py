@@ -12,7 +12,7 @@ from natix_miner.experts.vlm.vllm_engine import VLLMEngineOptions, engine_argume
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from natix_miner.experts.vlm.tiny import train_tokenizer
+    from natix_miner.standins.tiny_vlm import train_tokenizer
 
     return train_tokenizer()
 
