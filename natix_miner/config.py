@@ -33,6 +33,8 @@ from pathlib import Path
 import pydantic
 import yaml
 
+from natix_miner.schema import StrictModel
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
 DEFAULT_PROFILE = CONFIG_DIR / "demo-cpu.yaml"
@@ -42,15 +44,13 @@ class ProfileError(ValueError):
     """A profile file is missing, unreadable or invalid; the message names the key."""
 
 
-class _Strict(pydantic.BaseModel):
-    # NaN / Infinity are never a valid setting (a NaN consensus weight made every answer 0.49)
-    model_config = pydantic.ConfigDict(extra="forbid", allow_inf_nan=False)
-
-
 DEVICE_PATTERN = r"^(auto|cpu|cuda|cuda:[0-9]+)$"
+# an expert's ``dtype:``; which ones a family runs, and what ``auto`` means for it: experts/dtypes.py
+Dtype = typing.Literal["float32", "float16", "bfloat16", "fp8", "int8", "auto"]
+DTYPES: typing.Tuple[str, ...] = typing.get_args(Dtype)
 
 
-class ExpertSpec(_Strict):
+class ExpertSpec(StrictModel):
     """One expert: a model of one family, on one or more devices, with its own batching.
 
     ``devices: [cuda:0, cuda:1]`` (or ``replicas: 2`` with ``device: auto``) runs one instance per
@@ -64,7 +64,7 @@ class ExpertSpec(_Strict):
     devices: typing.Optional[typing.List[typing.Annotated[str, pydantic.Field(pattern=DEVICE_PATTERN)]]] = \
         pydantic.Field(default=None, min_length=1, max_length=64)  # one replica per entry
     replicas: int = pydantic.Field(default=1, ge=1, le=64)  # instances when ``devices`` is not given
-    dtype: str = pydantic.Field(default="float32", pattern=r"^(float32|float16|bfloat16|fp8|int8|auto)$")
+    dtype: Dtype = "float32"  # what each family runs: natix_miner/experts/dtypes.py, docs/experts.md
     max_batch: int = pydantic.Field(default=16, ge=1, le=4096)
     max_wait_ms: float = pydantic.Field(default=2.0, ge=0, le=1000)
     concurrency: int = pydantic.Field(default=1, ge=1, le=256)  # batches in flight per replica
@@ -88,7 +88,7 @@ class ExpertSpec(_Strict):
         return list(self.devices) if self.devices else [self.device] * self.replicas
 
 
-class EscalationSpec(_Strict):
+class EscalationSpec(StrictModel):
     """An image climbs to the next tier only while ``low < p < high``."""
 
     low: float = pydantic.Field(default=0.2, ge=0, le=1)
@@ -101,7 +101,7 @@ class EscalationSpec(_Strict):
         return self
 
 
-class TierSpec(_Strict):
+class TierSpec(StrictModel):
     name: str = pydantic.Field(pattern=r"^[A-Za-z0-9_.-]+$")
     experts: typing.List[str] = pydantic.Field(min_length=1)
     budget_s: float = pydantic.Field(default=1.0, gt=0, le=60)
@@ -109,7 +109,7 @@ class TierSpec(_Strict):
     escalation: typing.Optional[EscalationSpec] = None  # band after this tier (default: the profile's)
 
 
-class IsotonicMap(_Strict):
+class IsotonicMap(StrictModel):
     """A monotone piecewise-linear map from the pooled logit (before bias) to a probability."""
 
     x: typing.List[float] = pydantic.Field(min_length=2)
@@ -126,7 +126,7 @@ class IsotonicMap(_Strict):
         return self
 
 
-class ConsensusStage(_Strict):
+class ConsensusStage(StrictModel):
     """One pooling rule: ``p = sigmoid((bias + sum_i w_i * logit(p_i) [/ sum_i |w_i|]) / temperature)``,
     or, when ``isotonic`` is fitted, ``p = isotonic(sum_i w_i * logit(p_i) [/ sum_i |w_i|])``."""
 
@@ -144,19 +144,19 @@ class ConsensusSpec(ConsensusStage):
     stages: typing.Dict[str, ConsensusStage] = pydantic.Field(default_factory=dict)
 
 
-class CacheSpec(_Strict):
+class CacheSpec(StrictModel):
     max_entries: int = pydantic.Field(default=4096, ge=0)
     ttl_s: float = pydantic.Field(default=600.0, gt=0)
 
 
-class BreakerSpec(_Strict):
+class BreakerSpec(StrictModel):
     failures: int = pydantic.Field(default=3, ge=1)
     cooldown_s: float = pydantic.Field(default=30.0, gt=0)
     # probe sooner when the replica has nothing in flight (default: min(1 s, cooldown_s))
     idle_probe_s: typing.Optional[float] = pydantic.Field(default=None, gt=0)
 
 
-class Profile(_Strict):
+class Profile(StrictModel):
     """The cascade as data (see ``configs/demo-cpu.yaml`` for an annotated example)."""
 
     name: str
@@ -374,19 +374,19 @@ def load_profile(name_or_path: typing.Union[str, Path, None] = None,
 # The neuron's configuration
 
 
-class ChainConfig(_Strict):
+class ChainConfig(StrictModel):
     netuid: int = 72
     network: str = "finney"
     chain_endpoint: typing.Optional[str] = None
 
 
-class WalletConfig(_Strict):
+class WalletConfig(StrictModel):
     name: str = "default"
     hotkey: str = "default"
     path: str = "~/.bittensor/wallets"
 
 
-class AxonConfig(_Strict):
+class AxonConfig(StrictModel):
     ip: str = "0.0.0.0"
     port: int = pydantic.Field(default=8091, ge=0, le=65535)
     external_ip: typing.Optional[str] = None
@@ -405,14 +405,14 @@ class AxonConfig(_Strict):
     state_dir: typing.Optional[str] = None  # replay nonces (0600); default: natix-state/ in the wallet dir
 
 
-class BlacklistConfig(_Strict):
+class BlacklistConfig(StrictModel):
     force_validator_permit: bool = True
     allow_non_registered: bool = False
     min_stake: float = 0.0
     allowed_hotkeys: typing.List[str] = pydantic.Field(default_factory=list)  # local mode admits these
 
 
-class VaultConfig(_Strict):
+class VaultConfig(StrictModel):
     addr: typing.Optional[str] = None
     token: typing.Optional[str] = pydantic.Field(default=None, repr=False)
     path: typing.Optional[str] = None  # KV v2 path, e.g. "natix/miner-hotkey"
@@ -427,18 +427,18 @@ class VaultConfig(_Strict):
         return bool(self.path)
 
 
-class MetricsConfig(_Strict):
+class MetricsConfig(StrictModel):
     port: int = pydantic.Field(default=9100, ge=0, le=65535)
     host: str = "127.0.0.1"  # loopback only unless --metrics.host says otherwise
     enabled: bool = True
 
 
-class TracingConfig(_Strict):
+class TracingConfig(StrictModel):
     endpoint: typing.Optional[str] = None  # OTLP/HTTP endpoint; off when None
     service_name: str = "natix-miner"
 
 
-class LoggingConfig(_Strict):
+class LoggingConfig(StrictModel):
     level: str = "INFO"
     dir: typing.Optional[str] = None
     rotation: str = "100 MB"
@@ -446,7 +446,7 @@ class LoggingConfig(_Strict):
     json_logs: bool = False
 
 
-class MinerConfig(_Strict):
+class MinerConfig(StrictModel):
     """Everything the neuron needs; ``profile`` names the cascade."""
 
     profile: str = str(DEFAULT_PROFILE)
