@@ -61,7 +61,7 @@ def test_valid_profile_loads(tmp_path):
     ({"tiers__0__budget_s": 0}, "tiers.0(fast).budget_s", "greater than 0"),
     ({"tiers__0__budget_s": "soon"}, "tiers.0(fast).budget_s", "valid number"),
     ({"experts__1__device": "gpu0"}, "experts.1(b).device", "pattern"),
-    ({"experts__0__dtype": "float64"}, "experts.0(a).dtype", "pattern"),
+    ({"experts__0__dtype": "float64"}, "experts.0(a).dtype", "Input should be 'float32', 'float16'"),
     ({"experts__0__max_batch": 0}, "experts.0(a).max_batch", "greater than or equal to 1"),
     ({"experts__0__colour": "red"}, "experts.0(a).colour", "Extra inputs are not permitted"),
     ({"experts__0__family": KeyError}, "experts.0(a).family", "Field required"),
