@@ -97,12 +97,14 @@ def _short(hotkey: typing.Optional[str]) -> str:
 class Miner:
     def __init__(self, cfg: MinerConfig, engine: typing.Optional[EngineClient] = None,
                  hooks: typing.Optional[MinerHooks] = None, wallet=None, subtensor=None,
-                 engine_factory: typing.Optional[EngineFactory] = None):
+                 engine_factory: typing.Optional[EngineFactory] = None,
+                 admission: typing.Optional[Admission] = None):
         """``engine``: any :class:`EngineClient` (started at :meth:`start` unless already ``ready``); without
         one, ``engine_factory(profile)`` builds it at start (default :func:`local_engine`, the in-process
         cascade, imported only then). ``subtensor``: a chain client to use instead of
         ``bt.Subtensor(network)`` (anything with ``metagraph(netuid)`` and ``serve_axon(netuid=, axon=)``;
-        tests pass a local chain)."""
+        tests pass a local chain). ``admission``: an :class:`Admission` shared with other miners of one
+        engine (``natix_miner.miner.hotkeys.MinerGroup``; default: this miner's own)."""
         self.cfg = cfg
         self.profile = engine.profile if engine is not None else cfg.load_cascade()  # parsed once, in the config
         self.engine: typing.Optional[EngineClient] = engine
@@ -110,7 +112,7 @@ class Miner:
         self.hooks = hooks or MinerHooks()
         self.wallet = wallet
         self.gate = Gate(cfg.blacklist, local=cfg.local)
-        self.admission = Admission(cfg.axon.max_inflight, cfg.axon.max_waiting)  # runs on self.loop
+        self.admission = admission or Admission(cfg.axon.max_inflight, cfg.axon.max_waiting)  # runs on self.loop
         self.axon = None
         self.governor = None  # miner/limits.py ConnectionGovernor, built with the axon
         self.replay = None  # miner/nonces.py ReplayGuard, built with the axon
@@ -236,6 +238,11 @@ class Miner:
                                                  f"{chain_endpoint(self.cfg)} ({type(exc).__name__}: {exc}); check "
                                                  f"--subtensor.chain_endpoint / NATIX_CHAIN_ENDPOINT") from exc
             raise
+        self.apply_metagraph(mg, first=first)
+
+    def apply_metagraph(self, mg, first: bool = False) -> None:
+        """A fetched metagraph: the gate's stakes and permits, this hotkey's UID (not registered: a
+        :class:`NotRegisteredError` at start, an error line later), then the status line."""
         stakes = [float(s) for s in mg.S]
         self.gate.update(list(mg.hotkeys), stakes, [bool(p) for p in mg.validator_permit])
         self.metagraph = mg
@@ -417,7 +424,15 @@ class Miner:
 
     async def start(self) -> None:
         """configuration (done) -> wallet -> chain -> registration and UID -> axon port bound -> models
-        -> listen -> serve_axon. Each failure is a :class:`StartupError` with its exit code."""
+        -> listen -> serve_axon. Each failure is a :class:`StartupError` with its exit code. The three
+        phases are separate so that ``natix_miner.miner.hotkeys.MinerGroup`` can prepare N miners, load
+        one shared engine, then put every axon live."""
+        await self.prepare()
+        await self.load_engine()
+        await self.go_live()
+
+    async def prepare(self) -> None:
+        """Wallet -> chain -> registration and UID -> public IP -> axon built and its port bound."""
         from natix_miner.ops.secrets import disable_core_dumps
 
         disable_core_dumps()  # before any key is read: a crash must not write the hotkey to a core file
@@ -428,10 +443,13 @@ class Miner:
             self._load_local_metagraph()
         if not self.cfg.local:
             await self.loop.run_in_executor(None, self._connect_chain)
-        if not self.cfg.local and not self.cfg.axon.external_ip:
+        if not self.cfg.local and not self.cfg.axon.external_ip and not self._external_ip:
             self._external_ip = await self.loop.run_in_executor(None, _public_ip)
         self.axon = self.build_axon()
         self._bind_axon()  # before minutes of model loading: a taken port fails now
+
+    async def load_engine(self) -> None:
+        """Build and start the engine unless it is already ``ready`` (a shared one), then the degraded check."""
         try:
             if self.engine is None:
                 self.engine = self.engine_factory(self.profile)
@@ -444,6 +462,9 @@ class Miner:
                                               f"{exc}); `natix-miner profile validate {self.profile.name}` and "
                                               f"`natix-miner experts list` show what is missing") from exc
         self._check_degraded()
+
+    async def go_live(self) -> None:
+        """Listen on the bound socket, announce the axon on chain (``serve_axon``), first status line."""
         await self._listen()
         if not self.cfg.local:
             await self.loop.run_in_executor(None, self._serve_on_chain)
@@ -477,6 +498,14 @@ class Miner:
         return self.axon.port if self.axon else 0
 
     async def stop(self) -> None:
+        self.close_axon()
+        if self.engine is not None:
+            await self.engine.close()
+        self.hooks.stopped()
+
+    def close_axon(self) -> None:
+        """Stop serving this hotkey: the axon, its socket and its nonce file (not the engine, which a
+        ``MinerGroup`` shares)."""
         self.serving = False
         if self.axon is not None:
             try:
@@ -486,11 +515,8 @@ class Miner:
         server = getattr(self.axon, "fast_server", None)
         if self._axon_socket is not None and not getattr(server, "started", False):
             self._axon_socket.close()  # never handed to uvicorn (which closes it itself on shutdown)
-        if self.engine is not None:
-            await self.engine.close()
         if self.replay is not None:
             self.replay.close()
-        self.hooks.stopped()
 
     def request_stop(self) -> None:
         if self.loop and self._stop:
