@@ -34,6 +34,7 @@ import pydantic
 import yaml
 
 from natix_miner.schema import StrictModel
+from natix_miner.training.recipe import BuildSpec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
@@ -176,6 +177,8 @@ class Profile(StrictModel):
     max_image_bytes: int = pydantic.Field(default=8 * 1024 * 1024, gt=0)
     max_pixels: int = pydantic.Field(default=4096 * 4096, gt=0)
     miner: typing.Dict[str, typing.Any] = pydantic.Field(default_factory=dict)
+    # how `natix-miner build` trains the checkpoints this profile names (natix_miner/training/recipe.py)
+    build: BuildSpec = pydantic.Field(default_factory=BuildSpec)
     path: typing.Optional[str] = pydantic.Field(default=None, exclude=True)
 
     @pydantic.model_validator(mode="after")
@@ -205,6 +208,9 @@ class Profile(StrictModel):
             for name in rule.weights:
                 if name not in names:
                     raise ValueError(f"consensus.stages.{stage}.weights: unknown expert {name!r}")
+        for name in self.build.experts:
+            if name not in names:
+                raise ValueError(f"build.experts: unknown expert {name!r} (known: {names})")
         return self
 
     @property
@@ -455,6 +461,10 @@ class MinerConfig(StrictModel):
     allow_degraded: bool = False  # serve when a tier has no loadable expert (refused without it)
     allow_downloads: bool = False  # models may download from their hub (offline without it)
     local_metagraph: typing.Optional[str] = None  # YAML/JSON list of {hotkey, stake, validator_permit}
+    hotkeys: typing.Optional[str] = None
+    """YAML file listing several hotkeys served by this one process, one axon each, one shared engine
+    (``natix_miner.miner.hotkeys``); when set, each entry's wallet, port and Vault path replace
+    ``wallet.name`` / ``wallet.hotkey`` / ``axon.port`` / ``vault.path``."""
     model_url: str = ""
     sync_interval_s: float = 600.0
     chain: ChainConfig = pydantic.Field(default_factory=ChainConfig)

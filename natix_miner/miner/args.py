@@ -48,6 +48,9 @@ FLAGS: typing.List[typing.Tuple[str, str, typing.Callable, str]] = [
      "let missing models download from their hub (default: offline, a missing model fails at once)"),
     ("--model_url", "model_url", str, "model repository URL (legacy route)"),
     ("--local.metagraph", "local_metagraph", str, "local mode: YAML/JSON list of {hotkey, stake, validator_permit}"),
+    ("--hotkeys", "hotkeys", str,
+     "YAML list of {name, wallet_name, wallet_hotkey, port, vault_path?}: one axon per hotkey, one shared engine "
+     "(docs/scaling.md)"),
     ("--neuron.sync_interval_s", "sync_interval_s", float, "seconds between metagraph resyncs (and status lines)"),
     ("--netuid", "chain.netuid", int, "subnet uid (72 mainnet, 323 testnet)"),
     ("--subtensor.network", "chain.network", str, "finney | test | local | ws(s)://host:port"),
