@@ -345,7 +345,8 @@ async def run_soak(cfg: SoakConfig) -> dict:
     return report
 
 
-def format_report(r: dict) -> str:
+def format_soak(r: dict) -> str:
+    """A soak report as text: traffic, outcomes, latency, memory, admission, verdict."""
     lat, rss = r["latency_s"], r["rss"]
     lines = [
         f"soak {r['profile']}: {r['duration_s']}s, {r['sent']} sent, {r['completed']} completed, "
@@ -421,7 +422,7 @@ def main_args(args) -> int:
     except SoakError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(format_report(report))
+    print(format_soak(report))
     if cfg.json_path:
         with open(cfg.json_path, "w") as fh:
             json.dump(report, fh, indent=2)

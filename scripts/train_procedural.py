@@ -56,7 +56,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     from natix_miner.training.calibrate import calibrate_profile
     from natix_miner.training.datasets import from_procedural
-    from natix_miner.training.evaluate import evaluate_profiles, format_report, write_json
+    from natix_miner.training.evaluate import evaluate_profiles, format_evaluation, write_json
     from natix_miner.training.trainer import TrainConfig, train
 
     out = Path(args.out)
@@ -91,8 +91,8 @@ def main(argv=None) -> int:
         cal = {"skipped": str(exc)}
     after = evaluate_profiles([str(prof_path)], "procedural", samples=te, all_levels=True, seed=3,
                               plots=str(out / "plots"))
-    print("before calibration:\n" + format_report(before))
-    print("after calibration:\n" + format_report(after))
+    print("before calibration:\n" + format_evaluation(before))
+    print("after calibration:\n" + format_evaluation(after))
     a = after["profiles"]["procedural"]
     report = {
         "config": vars(args), "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),

@@ -218,7 +218,7 @@ def cmd_pull(args) -> int:
 
 def cmd_validate(args) -> int:
     from natix_miner.training.datasets import DataError, load_samples
-    from natix_miner.training.validate import format_report, validate_samples
+    from natix_miner.training.validate import format_validation, validate_samples
 
     try:
         samples = load_samples(args.data, limit=args.n)
@@ -228,7 +228,7 @@ def cmd_validate(args) -> int:
                          min_side=args.min_side, labelled=not args.unlabelled, progress=not args.quiet)
     if args.strict and r["warnings"]:
         r["ok"] = False
-    print(format_report(r))
+    print(format_validation(r))
     if args.json:
         _dump(r, args.json)
     return 0 if r["ok"] else 1
@@ -340,7 +340,7 @@ def cmd_evaluate(args) -> int:
     from natix_miner.training.datasets import DataError
     from natix_miner.offline import apply_download_policy
     from natix_miner.preflight import DegradedStart, degraded_message
-    from natix_miner.training.evaluate import evaluate_profiles, format_report, write_json
+    from natix_miner.training.evaluate import evaluate_profiles, format_evaluation, write_json
 
     _setup(args)
     apply_download_policy(args.allow_downloads)
@@ -357,7 +357,7 @@ def cmd_evaluate(args) -> int:
         return 2
     except (ProfileError, DataError, ValueError) as exc:
         return _err(str(exc))
-    print(format_report(rep))
+    print(format_evaluation(rep))
     if args.json:
         write_json(rep, args.json)
         print(f"wrote {args.json}")

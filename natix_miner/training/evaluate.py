@@ -180,7 +180,9 @@ def compare(series) -> dict:
     return out
 
 
-def format_report(report: dict) -> str:
+def format_evaluation(report: dict) -> str:
+    """An evaluation report as a text table: one row per profile (MCC, per augmentation level, latency),
+    then confusion, exits and per-source scores."""
     lines = [f"data {report['data']}: {report['images']} images, {report['n']} challenges, labels {report['labels']}"]
     head = (f"{'profile':<22}{'MCC':>7}{'acc':>7}{'reward':>8}{'best_t':>8}{'ECE':>7}"
             + "".join(f"{'L' + str(k) + ' MCC':>9}" for k in LEVELS) + f"{'fallback':>9}{'p50 ms':>8}")

@@ -175,7 +175,8 @@ def validate_samples(samples: typing.Sequence[Sample], max_distance: int = 4, mi
     }
 
 
-def format_report(r: dict) -> str:
+def format_validation(r: dict) -> str:
+    """The dataset check of :func:`validate_samples` as text: counts, sizes, duplicates, errors, verdict."""
     lines = [f"images: {r['n']} (decoded {r['decoded']}), labels: {r['labels']}, sources: {r['sources']}"]
     sz = r["sizes"]
     if sz.get("width"):

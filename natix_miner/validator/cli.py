@@ -100,7 +100,7 @@ def run(args) -> int:
         pass
     from natix_miner.synth.sources import ChallengeStream, SourceError, open_source
     from natix_miner.validator.mock import MockValidator
-    from natix_miner.validator.report import build_report, format_report, write_json, write_plot
+    from natix_miner.validator.report import build_report, format_scoreboard, write_json, write_plot
     from natix_miner.validator.targets import MinerStartError, SpawnedMiner, parse_target
 
     try:
@@ -161,7 +161,7 @@ def run(args) -> int:
               "profiles": args.profile or ([None] if args.spawn_miner else []),
               "validator_hotkey": vhk}
     rep = build_report(outcomes, targets, config=config, duration_s=duration)
-    print(format_report(rep))
+    print(format_scoreboard(rep))
     if args.json:
         write_json(rep, args.json)
         print(f"\nJSON report: {args.json}")

@@ -4,7 +4,7 @@ synthetic, a printed table, JSON and a plot.
 Usage::
 
     rep = build_report(outcomes, targets, config={"seed": 0})
-    print(format_report(rep))
+    print(format_scoreboard(rep))
     write_json(rep, "out.json"); write_plot(outcomes, targets, "out.png")
 
 JSON: the top-level ``n``, ``answered``, ``timeouts``, ``invalid``, ``mcc``, ``accuracy``,
@@ -93,7 +93,8 @@ def _table(header, rows) -> typing.List[str]:
     return lines + [_row(r, widths) for r in rows]
 
 
-def format_report(rep: dict) -> str:
+def format_scoreboard(rep: dict) -> str:
+    """The mock validator's scoreboard: one row per miner, then each miner by augmentation level and source."""
     cfg = rep.get("config", {})
     lines = [f"Mock validator: {cfg.get('n', rep['n'])} challenges, source {cfg.get('source', '?')}, seed {cfg.get('seed')}, "
              f"timeout {cfg.get('timeout', 9.0)} s, concurrency {cfg.get('concurrency', 1)}"

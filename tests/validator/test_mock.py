@@ -14,7 +14,7 @@ from natix_miner.config import MinerConfig
 from natix_miner.synth.sources import ChallengeStream, ProceduralSource
 from natix_miner.miner.local import MinerThread
 from natix_miner.validator.mock import MockValidator, categorise
-from natix_miner.validator.report import build_report, format_report, write_json, write_plot
+from natix_miner.validator.report import build_report, format_scoreboard, write_json, write_plot
 from natix_miner.validator.reward import Scorer
 from natix_miner.validator.targets import Target, parse_target
 from tests.support.helpers import HangingExpert, MeanColourExpert, make_engine, profile_with
@@ -133,7 +133,7 @@ def test_side_by_side_run_scores_like_the_validator(miners, validator_wallet, tm
     assert m["fallback"]["fallback"] == 6 and m["fallback"]["answered"] == 6
     assert sum(v["n"] for v in m["colour"]["by_level"].values()) == 6
     assert m["colour"]["by_source"]["real"]["n"] + m["colour"]["by_source"]["synthetic"]["n"] == 6
-    text = format_report(rep)
+    text = format_scoreboard(rep)
     assert "colour" in text and "silent" in text and "level 3" in text and "synthetic" in text
     write_json(rep, str(tmp_path / "r.json"))
     assert json.loads((tmp_path / "r.json").read_text())["miners"][0]["name"] == "colour"
