@@ -31,7 +31,7 @@ EXPERTS = [
     "polars>=1.0",
     "rapidocr-onnxruntime>=1.4",
     "onnxruntime>=1.20",
-    "rfdetr>=1.11,<2",
+    "rfdetr[train]>=1.11,<2",  # [train]: rfdetr's own trainer for `train-detector --family rfdetr`
     "aiohttp>=3.9",  # openai_vlm client and the VLM server (natix_miner/experts/vlm)
 ]
 TRAINING = [
