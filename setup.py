@@ -41,6 +41,7 @@ TRAINING = [
     "matplotlib>=3.9",
     "imagehash>=4.3",
     "huggingface-hub>=0.30",
+    "peft>=0.17,<1",  # LoRA adapters for `natix-miner train-vlm` (VLM fine-tuning)
 ]
 TEST = [
     "pytest>=8",
