@@ -5,8 +5,11 @@
     natix-miner profile show|validate [P]        # the cascade as data
     natix-miner evaluate / train / calibrate / data / hard-examples / bench / card / register
 
-Each subcommand lives in its own module that exposes ``add_parser(subparsers)``; the module is
-imported to build the parser, so those modules import nothing heavy at top level.
+:data:`COMMANDS` is the one registry of subcommands: a row per command, naming the module whose
+``add_parser(subparsers)`` defines it (one module may define several). :func:`build_parser` imports
+each module when the parser is built (so those modules import nothing heavy at top level), hands it a
+registrar that refuses any command its rows do not name and checks that it defined every one they
+do, and lists the commands in the table's order. A new command is a new row here.
 """
 
 import argparse
@@ -16,20 +19,48 @@ import os
 import sys
 import typing
 
-# subcommand -> module exposing add_parser(subparsers) which sets func=callable(args) -> int
+# subcommand -> module whose add_parser(subparsers) defines it (sets func=callable(args) -> int).
+# The only list of commands: `natix-miner --help` shows exactly these, in this order.
 COMMANDS: typing.List[typing.Tuple[str, str]] = [
     ("run", "natix_miner.commands.run"),
-    ("soak", "natix_miner.soak"),
     ("predict", "natix_miner.commands.predict"),
     ("profile", "natix_miner.commands.profile"),
     ("models", "natix_miner.commands.models"),
     ("experts", "natix_miner.commands.experts"),
+    ("mock-validator", "natix_miner.validator.cli"),
+    ("data", "natix_miner.training.commands"),
+    ("train", "natix_miner.training.commands"),
+    ("train-detector", "natix_miner.training.commands"),
+    ("calibrate", "natix_miner.training.commands"),
     ("evaluate", "natix_miner.training.commands"),
+    ("hard-examples", "natix_miner.training.commands"),
+    ("distill", "natix_miner.training.commands"),
     ("bench", "natix_miner.commands.bench"),
+    ("soak", "natix_miner.soak"),
     ("card", "natix_miner.ops.commands"),
     ("register", "natix_miner.ops.commands"),
-    ("mock-validator", "natix_miner.validator.cli"),
 ]
+
+
+class CommandTableError(RuntimeError):
+    """A command module and :data:`COMMANDS` disagree (a command not in the table, or one missing)."""
+
+
+class _Registrar:
+    """The subparsers action as one module sees it: ``add_parser`` only for the names its rows give."""
+
+    def __init__(self, sub, module: str, names: typing.Sequence[str]):
+        self._sub, self._module, self._names, self.added = sub, module, list(names), []
+
+    def add_parser(self, name: str, **kwargs):
+        if name not in self._names:
+            raise CommandTableError(f"{self._module} defines the command {name!r}, which is not in "
+                                    f"natix_miner.cli.COMMANDS; add a row ({name!r}, {self._module!r}) there")
+        self.added.append(name)
+        return self._sub.add_parser(name, **kwargs)
+
+    def __getattr__(self, attr):  # anything else argparse offers (metavar, required, ...)
+        return getattr(self._sub, attr)
 
 
 class DefaultsHelpFormatter(argparse.HelpFormatter):
@@ -52,18 +83,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     # every subcommand's --help shows its defaults (run's flags also show their environment variable)
     sub.add_parser = functools.partial(sub.add_parser, formatter_class=DefaultsHelpFormatter)
-    seen = set()
-    for _, module in COMMANDS:
-        if module in seen:
-            continue
-        seen.add(module)
+    modules: typing.Dict[str, typing.List[str]] = {}
+    for name, module in COMMANDS:
+        modules.setdefault(module, []).append(name)
+    for module, names in modules.items():
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:
-            if exc.name and exc.name.startswith("natix_miner"):
-                continue  # a command module not present in this build
+            if exc.name == module:
+                continue  # a command module left out of this build (its commands are not offered)
             raise
-        mod.add_parser(sub)
+        registrar = _Registrar(sub, module, names)
+        mod.add_parser(registrar)
+        missing = [n for n in names if n not in registrar.added]
+        if missing:
+            raise CommandTableError(f"natix_miner.cli.COMMANDS names {missing} in {module}, whose add_parser "
+                                    f"does not define them; remove the rows or define the commands")
+    order = [name for name, _ in COMMANDS]
+    sub._choices_actions.sort(key=lambda a: order.index(a.dest))  # --help lists the table's order
     return parser
 
 
