@@ -36,6 +36,7 @@ COMMANDS: typing.List[typing.Tuple[str, str]] = [
     ("hard-examples", "natix_miner.training.commands"),
     ("distill", "natix_miner.training.commands"),
     ("bench", "natix_miner.commands.bench"),
+    ("engine", "natix_miner.commands.engine"),
     ("soak", "natix_miner.soak"),
     ("card", "natix_miner.ops.commands"),
     ("register", "natix_miner.ops.commands"),

@@ -256,13 +256,17 @@ class AugmentedDataset:
             return int(self.levels[rng.integers(0, len(self.levels))])
         return int(self.fixed_levels[i])  # validation: balanced per label, fixed
 
-    def __getitem__(self, i: int):
+    def view(self, i: int):
+        """``(PIL view as the miner receives it, label, level)`` of image ``i`` this epoch."""
         s = self.samples[i]
         rng = np.random.default_rng([self.seed, self.epoch if self.train else 10_000, i])
         level = self.level_of(i, rng)
         flip = bool(self.train and rng.random() < self.hflip)
-        view = challenge_view(s, rng, level, flip)
-        return _prepare(view, self.size, self.mean, self.std), int(s.label), level
+        return challenge_view(s, rng, level, flip), int(s.label), level
+
+    def __getitem__(self, i: int):
+        view, label, level = self.view(i)
+        return _prepare(view, self.size, self.mean, self.std), label, level
 
 
 def _collate(batch):
