@@ -1,6 +1,40 @@
 """natix-miner: a production miner for NATIX StreetVision (Bittensor subnet 72)."""
 
+import importlib.util
+import os
+import shutil
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+
+def _resources():
+    """natix_miner/resources.py on its own (it imports only the standard library at top level)."""
+    spec = importlib.util.spec_from_file_location("_natix_resources", os.path.join("natix_miner", "resources.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+class BuildWithShipped(build_py):
+    """Also copies the shipped read-only files (profiles, manifests, cards, the demo head; the globs of
+    natix_miner.resources.SHIPPED_GLOBS) into natix_miner/_shipped/ of the build, so that an installed
+    (not editable) package finds them. An editable install reads them from the checkout instead."""
+
+    def run(self):
+        super().run()
+        if getattr(self, "editable_mode", False):
+            return
+        from pathlib import Path
+
+        res = _resources()
+        target = Path(self.build_lib) / "natix_miner" / "_shipped"
+        if target.exists():
+            shutil.rmtree(target)
+        for rel in res.shipped_files(Path(".").resolve()):
+            (target / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(rel, target / rel)
+
 
 # Pins: bittensor 10.5.0 is the newest classic stack (Axon/Dendrite/Synapse) that installs beside
 # torch >= 2.13 (9.12.2 pins setuptools~=70); its axon answers 9.12.2 dendrites (tests prove it).
@@ -68,4 +102,5 @@ setup(
         "ray": ["ray[serve]==2.60.0"],
     },
     entry_points={"console_scripts": ["natix-miner=natix_miner.cli:main"]},
+    cmdclass={"build_py": BuildWithShipped},  # configs/ and models/ manifests into the package (resources.py)
 )

@@ -128,6 +128,13 @@ def main(argv: typing.Optional[typing.Sequence[str]] = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from natix_miner import resources
+
+    try:
+        resources.root()  # a wrong NATIX_ROOT is one line here, not a traceback in whichever command reads it
+    except resources.RootError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return int(args.func(args) or 0)
 
 

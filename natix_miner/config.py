@@ -25,7 +25,6 @@ be greater than 0``.
 
 import json
 import math
-import os
 import re
 import typing
 from pathlib import Path
@@ -36,9 +35,18 @@ import yaml
 from natix_miner.schema import StrictModel
 from natix_miner.training.recipe import BuildSpec
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CONFIG_DIR = REPO_ROOT / "configs"
-DEFAULT_PROFILE = CONFIG_DIR / "demo-cpu.yaml"
+from natix_miner import resources
+
+# Where profiles live: natix_miner/resources.py (NATIX_ROOT > the checkout > the installed package's copy).
+# REPO_ROOT (the shipped files' root), CONFIG_DIR and DEFAULT_PROFILE are read on access, not at import.
+_ROOT_NAMES = {"REPO_ROOT": resources.root, "CONFIG_DIR": resources.config_dir,
+               "DEFAULT_PROFILE": resources.default_profile}
+
+
+def __getattr__(name: str):
+    if name in _ROOT_NAMES:
+        return _ROOT_NAMES[name]()
+    raise AttributeError(f"module 'natix_miner.config' has no attribute {name!r}")
 
 
 class ProfileError(ValueError):
@@ -227,10 +235,11 @@ class Profile(StrictModel):
         raise KeyError(name)
 
     def resolve_path(self, value: str) -> str:
-        """A model path relative to the repo root if it exists there, else as given (hub id)."""
+        """A model path relative to the shipped files' root (``resources.root()``) if it exists there,
+        else as given (hub id)."""
         p = Path(value)
-        if not p.is_absolute() and (REPO_ROOT / p).exists():
-            return str(REPO_ROOT / p)
+        if not p.is_absolute() and (resources.root() / p).exists():
+            return str(resources.root() / p)
         return value
 
     @property
@@ -323,18 +332,23 @@ def _fitted_consensus(fitted: Path, data: dict) -> dict:
 
 
 def resolve_profile_path(name_or_path: typing.Union[str, Path, None]) -> Path:
-    """``None`` -> the embedded default; ``h100x2`` -> ``configs/h100x2.yaml``; else a path."""
+    """``None`` -> the embedded default; ``h100x2`` -> ``configs/h100x2.yaml`` (of ``resources.root()``:
+    ``$NATIX_ROOT``, the checkout or the installed package); else a path."""
+    try:
+        config_dir = resources.config_dir()
+    except resources.RootError as exc:
+        raise ProfileError(str(exc)) from None
     if name_or_path is None:
-        return DEFAULT_PROFILE
+        return config_dir / "demo-cpu.yaml"
     p = Path(name_or_path)
     if p.exists():
         return p
-    cand = CONFIG_DIR / f"{name_or_path}.yaml"
+    cand = config_dir / f"{name_or_path}.yaml"
     if cand.exists():
         return cand
-    known = ", ".join(sorted(x.stem for x in CONFIG_DIR.glob("*.yaml"))) or "none"
+    known = ", ".join(sorted(x.stem for x in config_dir.glob("*.yaml"))) or "none"
     raise ProfileError(f"profile not found: {name_or_path} (looked at {p} and {cand}); profiles in "
-                       f"{CONFIG_DIR}: {known}")
+                       f"{config_dir}: {known}")
 
 
 def load_profile(name_or_path: typing.Union[str, Path, None] = None,
@@ -455,7 +469,7 @@ class LoggingConfig(StrictModel):
 class MinerConfig(StrictModel):
     """Everything the neuron needs; ``profile`` names the cascade."""
 
-    profile: str = str(DEFAULT_PROFILE)
+    profile: str = "demo-cpu"  # a name in configs/ or a path; build_config stores the resolved path
     local: bool = False
     allow_demo: bool = False  # chain mode with a demo profile (Profile.demo) is refused without it
     allow_degraded: bool = False  # serve when a tier has no loadable expert (refused without it)

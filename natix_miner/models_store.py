@@ -1,6 +1,7 @@
 """The local model store: one manifest per model (committed), the weights beside it (git-ignored).
 
-Layout (root = ``$NATIX_MODEL_DIR`` or ``<repo>/models``)::
+Layout (root = ``natix_miner.resources.model_store_dir()``: ``$NATIX_MODEL_DIR``, else ``models/`` of the
+checkout, else ``./models`` for an installed package)::
 
     models/manifests/<name>.json   name, family, hub id + revision, sha256 + size of every file, licence
     models/cards/<name>.md         a short human card (optional, committed)
@@ -9,11 +10,13 @@ Layout (root = ``$NATIX_MODEL_DIR`` or ``<repo>/models``)::
 A manifest may instead point at files elsewhere: ``"path": "package:rapidocr_onnxruntime/models"``
 (files shipped inside a pip wheel) or an absolute / repo-relative directory (``models add --mode
 in-place``). Manifests are read from ``<root>/manifests`` and, when the root is elsewhere, also from
-the repo's ``models/manifests`` (so committed manifests stay visible with weights on another disk).
+the shipped ``models/manifests`` (read-only: the checkout's, or the installed package's copy; see
+:mod:`natix_miner.resources`), so committed manifests stay visible with weights on another disk.
 
 How a profile's ``model:`` (or a head / weights option) is resolved, first match wins:
 
-1. an existing local path (absolute, relative to the working directory or to the repo root);
+1. an existing local path (absolute, relative to the working directory, to the profile's directory or
+   to the shipped files' root, ``resources.root()``);
 2. ``store:NAME`` or a bare ``NAME`` that has a manifest -> the store directory (or its ``entry`` file);
    a manifest whose files are absent is a clear :class:`ModelUnavailable`, never a download;
 3. a hub id (``org/name``): a present store model pulled from that id (``models pull``), else,
@@ -44,8 +47,7 @@ from pathlib import Path
 
 import pydantic
 
-from natix_miner import envs
-from natix_miner.config import REPO_ROOT
+from natix_miner import resources
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 COMMIT = re.compile(r"^[0-9a-f]{40}$")  # an immutable hub revision (a branch or tag can move)
@@ -153,11 +155,14 @@ class ModelStore:
     """Manifests + weights under one root (see module docstring)."""
 
     def __init__(self, root: typing.Union[str, Path, None] = None):
-        self.root = Path(root or envs.get("NATIX_MODEL_DIR") or REPO_ROOT / "models").expanduser().resolve()
+        try:
+            self.root = Path(root or resources.model_store_dir()).expanduser().resolve()
+            shipped = resources.shipped("models/manifests").resolve()
+        except resources.RootError as exc:
+            raise ModelUnavailable(str(exc)) from None
         self.manifest_dir = self.root / "manifests"
         self.weights_dir = self.root / "weights"
-        repo_manifests = (REPO_ROOT / "models" / "manifests").resolve()
-        self.search_dirs = [self.manifest_dir] + ([repo_manifests] if repo_manifests != self.manifest_dir else [])
+        self.search_dirs = [self.manifest_dir] + ([shipped] if shipped != self.manifest_dir else [])
 
     # -- manifests ---------------------------------------------------------------------------
     def manifest_path(self, name: str) -> typing.Optional[Path]:
@@ -200,7 +205,7 @@ class ModelStore:
             if m.path.startswith("package:"):
                 return package_dir(m.path)
             p = Path(m.path).expanduser()
-            return p if p.is_absolute() else (REPO_ROOT / p)
+            return p if p.is_absolute() else (resources.root() / p)
         return self.weights_dir / m.name
 
     def status(self, m: Manifest) -> typing.Tuple[bool, str]:
@@ -285,7 +290,7 @@ class ModelStore:
             target = files_from
             if path_field is None:
                 try:
-                    path_field = target.relative_to(REPO_ROOT).as_posix()
+                    path_field = target.relative_to(resources.root()).as_posix()
                 except ValueError:
                     path_field = str(target)
         elif mode in ("copy", "link"):
@@ -359,7 +364,8 @@ def resolve_model_ref(ref: typing.Optional[str], store: typing.Optional[ModelSto
     if ref.startswith("store:"):
         return store.resolve(ref.removeprefix("store:"))
     p = Path(ref).expanduser()
-    candidates = [p] if p.is_absolute() else [p, Path(base or REPO_ROOT) / p, REPO_ROOT / p]
+    shipped_root = resources.root()
+    candidates = [p] if p.is_absolute() else [p, Path(base or shipped_root) / p, shipped_root / p]
     for c in candidates:
         if c.exists():
             return str(c.resolve())
