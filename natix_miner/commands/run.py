@@ -2,6 +2,7 @@
 
     natix-miner run --netuid 72 --wallet.name miner --wallet.hotkey default --axon.port 8091
     natix-miner run --local --axon.port 8091 --blacklist.allowed_hotkeys 5F...
+    natix-miner run --hotkeys hotkeys.yaml --netuid 72 --profile h100x2   # one axon per hotkey, one engine
 """
 
 import asyncio
@@ -58,6 +59,11 @@ def _run(args) -> int:
     setup_logging(cfg.logging)
     for line in envs.env_warnings(env) + ignored_flags(args):
         log.warning("configuration: %s", line)
+    entries = None
+    if cfg.hotkeys:  # many hotkeys, one engine (natix_miner/miner/hotkeys.py): the file is checked before any port
+        from natix_miner.miner.hotkeys import load_hotkeys
+
+        entries = load_hotkeys(cfg.hotkeys, cfg.local)
     hooks = None
     try:
         from natix_miner.ops.runtime import build_hooks
@@ -65,5 +71,10 @@ def _run(args) -> int:
         hooks = build_hooks(cfg)  # binds the metrics port now: a taken port fails before anything loads
     except ModuleNotFoundError:
         pass
+    if entries is not None:
+        from natix_miner.miner.hotkeys import MinerGroup
+
+        asyncio.run(MinerGroup(cfg, hooks=hooks, entries=entries).run())
+        return 0
     asyncio.run(Miner(cfg, hooks=hooks).run())
     return 0

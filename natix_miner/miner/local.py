@@ -46,12 +46,17 @@ class MinerThread:
 
         with MinerThread(cfg, engine=engine) as m:
             port, hotkey = m.port, m.hotkey
+        with MinerThread(cfg, runner=MinerGroup(cfg, engine=engine)) as m:   # many hotkeys
+            m.miner.miners                                                  # name -> Miner
     """
 
-    def __init__(self, cfg, engine=None, hooks=None, wallet=None, start_timeout: float = 300.0, subtensor=None):
+    def __init__(self, cfg, engine=None, hooks=None, wallet=None, start_timeout: float = 300.0, subtensor=None,
+                 runner=None):
+        """``runner``: anything with ``run(ready=)`` and ``request_stop()`` (a ``MinerGroup``) instead of a
+        :class:`Miner` built from the other arguments."""
         from natix_miner.miner.neuron import Miner
 
-        self.miner = Miner(cfg, engine=engine, hooks=hooks, wallet=wallet, subtensor=subtensor)
+        self.miner = runner or Miner(cfg, engine=engine, hooks=hooks, wallet=wallet, subtensor=subtensor)
         self.start_timeout = start_timeout
         self._thread = None
         self._error = None

@@ -258,12 +258,14 @@ class Miner:
         self.report_status()
 
     def status(self) -> dict:
-        """UID, stake, trust, incentive, emission (from the last metagraph), validators seen (permits),
-        and answers since the last status line; what :meth:`report_status` logs and exports."""
+        """This axon's hotkey (ss58), UID, stake, trust, incentive, emission (from the last metagraph),
+        validators seen (permits), and answers since the last status line; what :meth:`report_status`
+        logs and exports."""
         mg, uid = self.metagraph, self.uid
         permits = getattr(mg, "validator_permit", None) if mg is not None else None
         permits = [] if permits is None else list(permits)  # numpy/torch arrays on a real metagraph
-        return {"uid": -1 if uid is None else uid,
+        return {"hotkey": self.wallet.hotkey.ss58_address if self.wallet is not None else "",
+                "uid": -1 if uid is None else uid,
                 "stake": _at(getattr(mg, "S", None), uid), "trust": _at(getattr(mg, "T", None), uid),
                 "incentive": _at(getattr(mg, "I", None), uid), "emission": _at(getattr(mg, "E", None), uid),
                 "validators": sum(1 for p in permits if bool(p)), "answers": self._answers,
@@ -273,8 +275,9 @@ class Miner:
         """Log the status line, hand it to the hooks (Prometheus gauges), start a new answer window."""
         st = self.status()
         log.info("status: uid %s | stake %.4f | trust %.4f | incentive %.6f | emission %.6f | validators %d | "
-                 "answers %d in the last %.0f s", "-" if st["uid"] < 0 else st["uid"], st["stake"], st["trust"],
-                 st["incentive"], st["emission"], st["validators"], st["answers"], st["window_s"])
+                 "answers %d in the last %.0f s | hotkey %s", "-" if st["uid"] < 0 else st["uid"], st["stake"],
+                 st["trust"], st["incentive"], st["emission"], st["validators"], st["answers"], st["window_s"],
+                 _short(st["hotkey"]))
         self.hooks.status(st)
         self._answers, self._window_start = 0, time.time()
         self._warn_degraded()

@@ -3,7 +3,7 @@
 Counted per request (from the miner's hooks and the engine's ``PredictResult``):
 
 =============================================  ===================================================
-``natix_requests_total{route,outcome}``        answered | fallback | shed | error | blacklisted
+``natix_requests_total{route,outcome,hotkey}`` answered | fallback | shed | error | blacklisted
 ``natix_request_duration_seconds{route}``      end to end inside the miner (histogram)
 ``natix_tier_duration_seconds{tier}``          per tier that ran (histogram)
 ``natix_expert_duration_seconds{expert}``      per expert call (histogram)
@@ -18,25 +18,28 @@ Counted per request (from the miner's hooks and the engine's ``PredictResult``):
 ``natix_last_request_timestamp_seconds``       last answered request (start time before any)
 =============================================  ===================================================
 
-Set at every resync (the miner's status line, from the metagraph): ``natix_miner_uid`` (-1 when not
-registered), ``natix_miner_stake``, ``natix_miner_trust``, ``natix_miner_incentive``,
-``natix_miner_emission``, ``natix_validators_seen`` (hotkeys with a validator permit) and
-``natix_answers_last_window`` (requests answered since the previous status line).
+Set at every resync (the miner's status line, from the metagraph), each with a ``hotkey`` label (the
+axon's ss58 address: one series per hotkey when one process serves several, ``--hotkeys``):
+``natix_miner_uid`` (-1 when not registered), ``natix_miner_stake``, ``natix_miner_trust``,
+``natix_miner_incentive``, ``natix_miner_emission``, ``natix_validators_seen`` (hotkeys with a
+validator permit) and ``natix_answers_last_window`` (requests answered since the previous status line).
 
 Read at scrape time (from ``miner.engine.status()`` and the process): ``natix_engine_ready``,
-``natix_axon_serving``, ``natix_expert_load_status{expert,status}``, ``natix_expert_loaded{expert}``,
+``natix_axon_serving{hotkey}``, ``natix_expert_load_status{expert,status}``, ``natix_expert_loaded{expert}``,
 ``natix_breaker_state{expert}`` (0 closed, 1 half-open, 2 open), ``natix_expert_queue_depth{expert}``,
 ``natix_engine_degraded`` (1: a tier has no loaded expert), ``natix_tier_experts_loaded{tier}``,
 ``natix_cache_entries``, ``natix_cache_hit_ratio``, ``natix_gpu_memory_bytes{device,kind}``,
 ``natix_admission_inflight`` / ``_waiting`` / ``natix_admission_refused_total{reason}`` (overload shedding),
-``natix_vault_up`` (when Vault is configured), ``natix_miner_info{...}``, and the standard
-``process_*`` metrics.
+``natix_vault_up`` (when Vault is configured), ``natix_miner_info{hotkey,name,...}`` (one row per
+hotkey), ``natix_cache_shared_hits_total{hotkey}`` (with ``--hotkeys``: answers of this hotkey computed
+for another hotkey of the process, an identical image sent to both), and the standard ``process_*`` metrics.
 
 Usage::
 
     m = MinerMetrics()
-    m.bind(miner)                                   # scrape-time state
-    m.observe_request("ImageSynapse", "answered", 0.012, result)
+    m.bind(miner)                                   # scrape-time state (a Miner or a MinerGroup)
+    m.add_hotkey("5F...", {"name": "hk1", ...})      # its series start at 0 (uid -1)
+    m.observe_request("ImageSynapse", "answered", 0.012, result, hotkey="5F...")
     body, content_type = m.render()
 """
 
@@ -88,6 +91,20 @@ def _blacklist_reason(text: str) -> str:
     return _reason(t)
 
 
+INFO_LABELS = ("hotkey", "name", "profile", "version", "mode")
+
+
+def _axons(miner) -> typing.Dict[str, typing.Any]:
+    """hotkey (ss58) -> miner: the live miners of a ``MinerGroup``, or the one miner."""
+    many = getattr(miner, "miners", None)
+    miners = list(many.values()) if isinstance(many, dict) else ([miner] if miner is not None else [])
+    out = {}
+    for m in miners:
+        wallet = getattr(m, "wallet", None)
+        out[wallet.hotkey.ss58_address if wallet is not None else ""] = m
+    return out
+
+
 _GPU_KINDS = ("allocated", "reserved", "used", "free", "total", "placed", "budget")
 
 
@@ -126,14 +143,15 @@ class _StateCollector:
         miner = o.miner
         engine = getattr(miner, "engine", None)
         ready = GaugeMetricFamily("natix_engine_ready", "1 when the engine has loaded and serves")
-        serving = GaugeMetricFamily("natix_axon_serving", "1 when the axon is serving")
+        serving = GaugeMetricFamily("natix_axon_serving", "1 when the hotkey's axon is serving", labels=["hotkey"])
         status: dict = {}
         try:
             status = engine.status() if engine is not None else {}
         except Exception:  # noqa: BLE001
             status = {}
         ready.add_metric([], 1.0 if status.get("ready") else 0.0)
-        serving.add_metric([], 1.0 if getattr(miner, "serving", False) else 0.0)
+        for hotkey, m in _axons(miner).items():
+            serving.add_metric([hotkey], 1.0 if getattr(m, "serving", False) else 0.0)
         yield ready
         yield serving
         load = GaugeMetricFamily("natix_expert_load_status", "1 for the expert's load status", labels=["expert", "status"])
@@ -202,11 +220,18 @@ class _StateCollector:
             up = GaugeMetricFamily("natix_vault_up", "1 when Vault answers its health check unsealed")
             up.add_metric([], 1.0 if o.vault_probe().get("ok") else 0.0)
             yield up
-        info = GaugeMetricFamily("natix_miner_info", "static facts about this miner",
-                                 labels=["hotkey", "profile", "version", "mode"])
-        if o.info:
-            info.add_metric([o.info.get(k, "") for k in ("hotkey", "profile", "version", "mode")], 1.0)
+        info = GaugeMetricFamily("natix_miner_info", "static facts about this miner (one row per hotkey)",
+                                 labels=list(INFO_LABELS))
+        for row in o.infos.values():
+            info.add_metric([row.get(k, "") for k in INFO_LABELS], 1.0)
         yield info
+        shared = getattr(miner, "shared_hits", None)
+        if shared is not None:
+            hits = CounterMetricFamily("natix_cache_shared_hits", "answers of this hotkey computed for another "
+                                       "hotkey of the process (an identical image sent to both)", labels=["hotkey"])
+            for hotkey, n in shared.items():
+                hits.add_metric([hotkey], float(n))
+            yield hits
 
 
 class MinerMetrics:
@@ -218,9 +243,10 @@ class MinerMetrics:
             ProcessCollector(registry=r)
             PlatformCollector(registry=r)
         self.miner = None
-        self.info: typing.Dict[str, str] = {}
+        self.infos: typing.Dict[str, typing.Dict[str, str]] = {}  # hotkey -> natix_miner_info labels
         self.vault_probe: typing.Optional[typing.Callable[[], dict]] = None
-        self.requests = Counter("natix_requests", "requests by route and outcome", ["route", "outcome"], registry=r)
+        self.requests = Counter("natix_requests", "requests by route, outcome and the axon's hotkey",
+                                ["route", "outcome", "hotkey"], registry=r)
         self.latency = Histogram("natix_request_duration_seconds", "end-to-end time inside the miner",
                                  ["route"], buckets=LATENCY_BUCKETS, registry=r)
         self.tier_latency = Histogram("natix_tier_duration_seconds", "time per tier that ran", ["tier"],
@@ -240,11 +266,8 @@ class MinerMetrics:
         self.last_request = Gauge("natix_last_request_timestamp_seconds",
                                   "unix time of the last answered request (process start before any)", registry=r)
         self.last_request.set(time.time())
-        self.chain = {key: Gauge(name, text, registry=r) for key, name, text in STATUS_GAUGES}
-        self.chain["uid"].set(-1)
+        self.chain = {key: Gauge(name, text, ["hotkey"], registry=r) for key, name, text in STATUS_GAUGES}
         for route in ROUTES:
-            for outcome in OUTCOMES:
-                self.requests.labels(route, outcome)
             self.latency.labels(route)
         for v in ("true", "false"):
             self.cascade.labels(v)
@@ -256,7 +279,7 @@ class MinerMetrics:
         """Read scrape-time state from ``miner`` (``.engine.status()``, ``.serving``)."""
         self.miner = miner
         if info:
-            self.info = dict(info)
+            self.add_hotkey(info.get("hotkey", ""), info)
         status = {}
         try:
             status = miner.engine.status()
@@ -265,9 +288,19 @@ class MinerMetrics:
         for name in (status.get("experts") or {}):
             self.expert_latency.labels(name)
 
-    def observe_request(self, route: str, outcome: str, seconds: float, result=None) -> None:
+    def add_hotkey(self, hotkey: str, info: typing.Optional[typing.Dict[str, str]] = None) -> None:
+        """A hotkey this process serves: its request counters start at 0, its UID at -1, its info row."""
+        for route in ROUTES:
+            for outcome in OUTCOMES:
+                self.requests.labels(route, outcome, hotkey)
+        self.chain["uid"].labels(hotkey).set(-1)
+        if info:
+            self.infos[hotkey] = {k: str(v) for k, v in info.items()}
+
+    def observe_request(self, route: str, outcome: str, seconds: float, result=None, hotkey: str = "") -> None:
+        """One answer of the axon whose hotkey is ``hotkey`` (ss58)."""
         route = _route(route)
-        self.requests.labels(route, outcome if outcome in OUTCOMES else "error").inc()
+        self.requests.labels(route, outcome if outcome in OUTCOMES else "error", hotkey or "").inc()
         self.latency.labels(route).observe(max(0.0, float(seconds)))
         if outcome in ("answered", "fallback", "shed"):
             self.last_request.set(time.time())
@@ -302,15 +335,15 @@ class MinerMetrics:
         for expert, why in (getattr(result, "skipped", None) or {}).items():
             self.skipped.labels(expert, _reason(why)).inc()
 
-    def observe_status(self, status: typing.Mapping[str, typing.Any]) -> None:
-        """The miner's status line (``Miner.status()``) as gauges."""
+    def observe_status(self, status: typing.Mapping[str, typing.Any], hotkey: str = "") -> None:
+        """The status line (``Miner.status()``) of the axon whose hotkey is ``hotkey`` as gauges."""
         for key, gauge in self.chain.items():
             if isinstance(status.get(key), (int, float)):
-                gauge.set(float(status[key]))
+                gauge.labels(hotkey or "").set(float(status[key]))
 
-    def observe_blacklisted(self, route: str, reason: str) -> None:
+    def observe_blacklisted(self, route: str, reason: str, hotkey: str = "") -> None:
         route = _route(route)
-        self.requests.labels(route, "blacklisted").inc()
+        self.requests.labels(route, "blacklisted", hotkey or "").inc()
         self.blacklisted.labels(route, _blacklist_reason(reason)).inc()
 
     def render(self) -> typing.Tuple[bytes, str]:

@@ -97,7 +97,9 @@ class OpsHooks(MinerHooks):
         Vault's health when Vault is configured."""
         from natix_miner.ops.readiness import evaluate
 
-        return evaluate(self.miner, extra={"vault": self.vault_probe} if self.vault_probe is not None else None)
+        extra = {"vault": self.vault_probe} if self.vault_probe is not None else None
+        group = getattr(self.miner, "readiness", None)  # a MinerGroup: the engine once, every hotkey's axon
+        return group(extra) if callable(group) else evaluate(self.miner, extra=extra)
 
     # -- hooks -------------------------------------------------------------------------------
     def _guard(self, fn, *args, **kwargs) -> None:
@@ -111,24 +113,36 @@ class OpsHooks(MinerHooks):
     def started(self, miner) -> None:
         self._guard(self._started, miner)
 
-    def _started(self, miner) -> None:
-        self.miner = miner
-        info = {"hotkey": miner.wallet.hotkey.ss58_address, "profile": getattr(miner.profile, "name", ""),
+    def _info(self, miner, name: str = "") -> dict:
+        return {"hotkey": miner.wallet.hotkey.ss58_address, "name": name, "profile": getattr(miner.profile, "name", ""),
                 "version": __version__, "mode": "local" if self.cfg.local else "chain"}
-        self.metrics.bind(miner, info)
+
+    def _started(self, miner) -> None:
+        self.miner = miner  # a Miner, or a MinerGroup (its hotkeys registered through for_hotkey)
+        self.metrics.bind(miner, None if hasattr(miner, "miners") else self._info(miner))
         if self.tracer is not None:
             self.tracer.set_profile(miner.profile)
 
-    def request(self, route, outcome, seconds, result=None, hotkey=None) -> None:
-        self._guard(self.metrics.observe_request, route, outcome, seconds, result)
+    def _axon_hotkey(self) -> str:
+        wallet = getattr(self.miner, "wallet", None)
+        return wallet.hotkey.ss58_address if wallet is not None else ""
+
+    def request(self, route, outcome, seconds, result=None, hotkey=None, axon: typing.Optional[str] = None) -> None:
+        axon = self._axon_hotkey() if axon is None else axon
+        self._guard(self.metrics.observe_request, route, outcome, seconds, result, hotkey=axon)
         if self.tracer is not None:
             self._guard(self.tracer.record, route, outcome, seconds, result, hotkey)
 
-    def blacklisted(self, route, reason, hotkey=None) -> None:
-        self._guard(self.metrics.observe_blacklisted, route, reason)
+    def blacklisted(self, route, reason, hotkey=None, axon: typing.Optional[str] = None) -> None:
+        self._guard(self.metrics.observe_blacklisted, route, reason, hotkey=self._axon_hotkey() if axon is None else axon)
 
     def status(self, status) -> None:
-        self._guard(self.metrics.observe_status, status)
+        self._guard(self.metrics.observe_status, status, hotkey=status.get("hotkey") or self._axon_hotkey())
+
+    def for_hotkey(self, name: str) -> MinerHooks:
+        """The hooks of one hotkey of a ``MinerGroup`` (``--hotkeys``): its series carry its ``hotkey`` label;
+        the server, tracer and engine state stay this object's (bound to the group at its start)."""
+        return _HotkeyView(self, name)
 
     def stopped(self) -> None:
         if self.tracer is not None:
@@ -136,6 +150,27 @@ class OpsHooks(MinerHooks):
         if self.server is not None:
             self._guard(self.server.stop)
             self.server = None
+
+
+class _HotkeyView(MinerHooks):
+    """:meth:`OpsHooks.for_hotkey`: one hotkey's requests and refusals, labelled with its ss58 address once
+    its miner has started (its status line carries its hotkey); stopping is the group's (one server for all)."""
+
+    def __init__(self, owner: OpsHooks, name: str):
+        self.owner, self.name, self.hotkey = owner, name, ""
+
+    def started(self, miner) -> None:
+        self.hotkey = miner.wallet.hotkey.ss58_address
+        self.owner._guard(self.owner.metrics.add_hotkey, self.hotkey, self.owner._info(miner, self.name))
+
+    def request(self, route, outcome, seconds, result=None, hotkey=None) -> None:
+        self.owner.request(route, outcome, seconds, result=result, hotkey=hotkey, axon=self.hotkey)
+
+    def blacklisted(self, route, reason, hotkey=None) -> None:
+        self.owner.blacklisted(route, reason, hotkey=hotkey, axon=self.hotkey)
+
+    def status(self, status) -> None:
+        self.owner.status(status)  # the status carries its hotkey
 
 
 def build_hooks(cfg: MinerConfig) -> OpsHooks:

@@ -273,8 +273,9 @@ async def test_status_line_gauges_request_line_and_readyz(tmp_path, miner_wallet
     assert any(ln.startswith("answered ImageSynapse from " + val.hotkey.ss58_address[:8]) and "p=" in ln
                and "tiers=" in ln and " ms (demo model)" in ln for ln in lines), lines[-20:]
     assert any("serving on 127.0.0.1:" in ln and "uid 2" in ln for ln in lines)
-    values = {ln.split()[0]: float(ln.split()[1]) for ln in metrics.splitlines() if ln.startswith("natix_")
-              and len(ln.split()) == 2}
+    hotkey = f'{{hotkey="{miner_wallet.hotkey.ss58_address}"}}'  # the status gauges carry the axon's hotkey
+    values = {ln.split()[0].replace(hotkey, ""): float(ln.split()[1]) for ln in metrics.splitlines()
+              if ln.startswith("natix_") and len(ln.split()) == 2}
     for name, want in (("natix_miner_uid", 2), ("natix_miner_stake", 12.5), ("natix_validators_seen", 1),
                        ("natix_miner_trust", 0.52), ("natix_miner_incentive", 0.002), ("natix_miner_emission", 0.2)):
         assert values[name] == pytest.approx(want, rel=1e-5), name
@@ -418,7 +419,8 @@ def test_local_mode_status_line_and_gauges_from_the_local_metagraph(tmp_path, mi
         metrics = urllib.request.urlopen(f"{hooks.url}/metrics", timeout=5).read().decode()
     assert any(r.getMessage().startswith("status: uid 1 | stake 3.5000 | trust 0.0000") and "validators 1" in
                r.getMessage() for r in caplog.records)
-    assert "natix_miner_uid 1.0" in metrics and "natix_miner_stake 3.5" in metrics
+    hotkey = f'{{hotkey="{miner_wallet.hotkey.ss58_address}"}}'
+    assert f"natix_miner_uid{hotkey} 1.0" in metrics and f"natix_miner_stake{hotkey} 3.5" in metrics
 
 
 def test_a_profile_the_engine_cannot_load_is_the_models_code(tmp_path, miner_wallet):

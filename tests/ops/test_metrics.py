@@ -174,7 +174,7 @@ def test_hooks_never_raise_and_tracing_is_off_by_default(validator_wallet):
     body, _ = hooks.metrics.render()
     text = body.decode()
     assert 'natix_blacklisted_total{reason="low_stake",route="ImageSynapse"} 1.0' in text
-    assert 'natix_requests_total{outcome="error",route="other"} 1.0' in text
+    assert 'natix_requests_total{hotkey="",outcome="error",route="other"} 1.0' in text  # no miner bound: no hotkey
     hooks.stopped()
 
 

@@ -1,0 +1,282 @@
+"""One process, many hotkeys (issue 17, item 1): N real axons, one real engine, real dendrites.
+
+The group serves two hotkeys in local mode: the validators' own dendrite (bittensor 9.12.2) gets
+valid answers on both ports and both routes; an image sent to both hotkeys runs the expert once (its
+batches are counted, and ``natix_cache_shared_hits_total`` says which hotkey was served from the
+other's computation); a stranger gets 403 on both; a bad hotkeys file is one ``error:`` line; a taken
+port or a deregistered hotkey drops that hotkey only.
+"""
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+import yaml
+
+from natix_miner.config import MinerConfig
+from natix_miner.miner import errors
+from natix_miner.miner.errors import ConfigError
+from natix_miner.miner.hotkeys import MinerGroup, SharedHits, load_hotkeys
+from natix_miner.miner.local import MinerThread, axon_info, loopback_dendrite
+from natix_miner.miner.neuron import _free_port
+from natix_miner.miner.wallet import ephemeral_wallet
+from natix_miner.protocol import ExtendedImageSynapse, ImageSynapse
+from tests.miner.test_chain import LocalChain
+from tests.support.engine_experts import make_profile, noise_jpeg
+from tests.support.ops_support import metric, scrape
+from tests.support.paths import REPO_ROOT
+
+BT9_PYTHON = os.path.join(REPO_ROOT, ".venv-bt9", "bin", "python")
+MODEL_URL = "https://huggingface.co/acme/roadwork"
+
+
+def _b64(seed: int) -> str:
+    import base64
+
+    return base64.b64encode(noise_jpeg(seed)).decode()
+
+
+def _write(path, data) -> str:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return str(path)
+
+
+def _profile(tmp_path):
+    return make_profile(tmp_path, experts=[{"name": "b", "family": "engine_test_brightness", "max_batch": 4}],
+                        tiers=[{"name": "t", "experts": ["b"]}])
+
+
+def _cfg(tmp_path, hotkeys_file, validator_hotkey, profile, **extra) -> MinerConfig:
+    mg = _write(tmp_path / "metagraph.yaml", [{"hotkey": validator_hotkey, "stake": 5000, "validator_permit": True}])
+    data = {"local": True, "local_metagraph": mg, "hotkeys": hotkeys_file, "model_url": MODEL_URL,
+            "wallet": {"path": str(tmp_path / "wallets")}, "axon": {"ip": "127.0.0.1", "port": 0},
+            "metrics": {"enabled": False}, "profile": profile.path}
+    data.update(extra)
+    return MinerConfig.model_validate(data)
+
+
+def _wallets(tmp_path, *names):
+    return {n: ephemeral_wallet(n, "default", str(tmp_path / "wallets")) for n in names}
+
+
+def _images(engine) -> int:
+    """Images the expert has scored so far (the sum of its batch sizes)."""
+    return sum(engine.experts["b"].batches)
+
+
+async def _query(wallet, miner, synapse):
+    d = loopback_dendrite(wallet)
+    try:
+        return await d.forward(axon_info("127.0.0.1", miner.port, miner.wallet.hotkey.ss58_address), synapse,
+                               timeout=9.0, deserialize=False)
+    finally:
+        await d.aclose_session()
+
+
+@pytest.fixture(scope="module")
+def two_hotkeys(tmp_path_factory, validator_wallet):
+    """One group, two hotkeys (wallet files m1/default and m2/default), metrics on a free port."""
+    from natix_miner.engine import Engine
+    from natix_miner.ops.runtime import build_hooks
+
+    tmp = tmp_path_factory.mktemp("two-hotkeys")
+    wallets = _wallets(tmp, "m1", "m2")
+    hk = _write(tmp / "hotkeys.yaml", [{"name": "hk1", "wallet_name": "m1", "wallet_hotkey": "default", "port": 0},
+                                       {"name": "hk2", "wallet_name": "m2", "wallet_hotkey": "default", "port": 0}])
+    prof = _profile(tmp)
+    cfg = _cfg(tmp, hk, validator_wallet.hotkey.ss58_address, prof,
+               metrics={"enabled": True, "host": "127.0.0.1", "port": 0})
+    hooks = build_hooks(cfg)
+    group = MinerGroup(cfg, hooks=hooks, engine=Engine(prof))
+    with MinerThread(cfg, runner=group):
+        assert {n: m.wallet.hotkey.ss58_address for n, m in group.miners.items()} == {
+            n: w.hotkey.ss58_address for n, w in zip(("hk1", "hk2"), wallets.values())}  # the files were read
+        yield group, hooks
+
+
+def test_both_hotkeys_answer_the_validators_dendrite_on_both_routes_and_compute_once(two_hotkeys, validator_wallet):
+    """bittensor 9.12.2 (its own venv) sends one image to both ports on both routes, all at once."""
+    group, hooks = two_hotkeys
+    assert os.path.exists(BT9_PYTHON), "run scripts/setup.sh first: .venv-bt9 is part of the install"
+    m1, m2 = group.miners["hk1"], group.miners["hk2"]
+    before, images = scrape(hooks.url), _images(group.engine)
+    wallet_dir = os.path.dirname(os.path.dirname(validator_wallet.hotkey_file.path))
+    targets = [f"--target={m.port}:{m.wallet.hotkey.ss58_address}:{route}"
+               for m in (m1, m2) for route in ("ImageSynapse", "ExtendedImageSynapse")]
+    out = subprocess.run([BT9_PYTHON, os.path.join(REPO_ROOT, "tests", "support", "bt9_client.py"),
+                          "--wallet-path", os.path.dirname(wallet_dir), "--wallet-name", validator_wallet.name,
+                          "--wallet-hotkey", validator_wallet.hotkey_str, *targets],
+                         input=_b64(1), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [json.loads(line) for line in out.stdout.strip().splitlines()[-4:]]
+    assert sorted((r["port"], r["route"]) for r in rows) == sorted(
+        (m.port, route) for m in (m1, m2) for route in ("ImageSynapse", "ExtendedImageSynapse"))
+    for r in rows:
+        assert r["bittensor_version"] == "9.12.2" and r["status_code"] == 200, r
+        assert 0.0 <= r["prediction"] <= 1.0 and r["prediction"] != 0.5
+        assert r["model_url"] == (MODEL_URL if r["route"] == "ExtendedImageSynapse" else None)
+    assert len({r["prediction"] for r in rows}) == 1  # one image, one answer
+    assert _images(group.engine) - images == 1  # four requests on two hotkeys, the expert ran once
+    after = scrape(hooks.url)
+    for m in (m1, m2):
+        hk = m.wallet.hotkey.ss58_address
+        assert metric(after, "natix_requests_total", hotkey=hk, outcome="answered") - \
+            metric(before, "natix_requests_total", hotkey=hk, outcome="answered") == 2
+        assert metric(after, "natix_axon_serving", hotkey=hk) == 1
+        assert metric(after, "natix_miner_uid", hotkey=hk) == -1  # local mode: not in the local metagraph
+    # one hotkey computed; the other hotkey's two answers came from that computation
+    assert metric(after, "natix_cache_shared_hits_total") - metric(before, "natix_cache_shared_hits_total") == 2
+    info = [dict(labels) for name, labels in after if name == "natix_miner_info"]
+    assert sorted((i["name"], i["hotkey"], i["mode"], i["profile"]) for i in info) == [
+        (n, m.wallet.hotkey.ss58_address, "local", "test") for n, m in group.miners.items()]
+
+
+async def test_the_same_image_on_both_hotkeys_at_once_runs_the_expert_once(two_hotkeys, validator_wallet):
+    group, hooks = two_hotkeys
+    m1, m2 = group.miners["hk1"], group.miners["hk2"]
+    images, shared = _images(group.engine), sum(group.shared.counts.values())
+    image = _b64(2)
+    r1, r2 = await asyncio.gather(_query(validator_wallet, m1, ImageSynapse(image=image)),
+                                  _query(validator_wallet, m2, ImageSynapse(image=image)))
+    assert (r1.axon.status_code, r2.axon.status_code) == (200, 200)
+    assert r1.prediction == r2.prediction
+    assert _images(group.engine) - images == 1
+    assert sum(group.shared.counts.values()) - shared == 1
+    r3 = await _query(validator_wallet, m2, ExtendedImageSynapse(image=_b64(3)))  # a new image: computed
+    assert r3.axon.status_code == 200 and _images(group.engine) - images == 2
+
+
+async def test_a_stranger_gets_403_on_every_hotkey_and_readyz_lists_them(two_hotkeys, tmp_path):
+    group, hooks = two_hotkeys
+    stranger = ephemeral_wallet("stranger", "x", str(tmp_path / "s"))
+    before = scrape(hooks.url)
+    for m in group.miners.values():
+        r = await _query(stranger, m, ImageSynapse(image=_b64(4)))
+        assert r.axon.status_code == 403 and r.prediction == -1.0
+    after = scrape(hooks.url)
+    for m in group.miners.values():
+        hk = m.wallet.hotkey.ss58_address
+        assert metric(after, "natix_requests_total", hotkey=hk, outcome="blacklisted") - \
+            metric(before, "natix_requests_total", hotkey=hk, outcome="blacklisted") == 1
+    ready = requests.get(hooks.url + "/readyz", timeout=5)
+    assert ready.status_code == 200, ready.text
+    body = ready.json()
+    assert set(body["hotkeys"]) == {"hk1", "hk2"} and body["dropped"] == {}
+    assert all(h["ready"] and h["axon"]["listening"] for h in body["hotkeys"].values())
+    assert body["checks"]["engine"]["ok"] and "axon" not in body["checks"]
+
+
+@pytest.mark.parametrize("rows, needle", [
+    ([{"name": "a", "wallet_name": "w", "wallet_hotky": "h", "port": 8091}], "unknown key 'wallet_hotky' (did you mean wallet_hotkey?)"),
+    ([{"name": "a", "wallet_name": "w", "wallet_hotkey": "h1", "port": 8091},
+      {"name": "b", "wallet_name": "w", "wallet_hotkey": "h2", "port": 8091}], "port 8091 is used by both a and b"),
+    ([{"name": "a", "wallet_name": "w", "wallet_hotkey": "h", "port": 8091},
+      {"name": "b", "wallet_name": "w", "wallet_hotkey": "h", "port": 8092}], "wallet w/h is used by both a and b"),
+    ([{"name": "a", "wallet_name": "w", "wallet_hotkey": "h", "port": 1},
+      {"name": "a", "wallet_name": "w", "wallet_hotkey": "i", "port": 2}], "name a is used by both a and a"),
+    ([{"name": "a", "wallet_name": "w", "wallet_hotkey": "h", "port": 0}], "port 0 (a free port) is for --local only"),
+    ([{"name": "a", "wallet_name": "w", "wallet_hotkey": "h"}], "entry 0 (a): port is required"),
+    ({"name": "a"}, "must be a non-empty YAML list"),
+])
+def test_a_bad_hotkeys_file_is_one_config_error_naming_the_fix(tmp_path, rows, needle):
+    with pytest.raises(ConfigError) as err:
+        load_hotkeys(_write(tmp_path / "hk.yaml", rows), local=False)
+    assert needle in str(err.value) and str(err.value).startswith("--hotkeys / NATIX_HOTKEYS: ")
+    assert "\n" not in str(err.value)
+
+
+def test_the_run_command_prints_one_error_line_for_a_bad_file(tmp_path):
+    bad = _write(tmp_path / "hk.yaml", [{"name": "a", "wallet_name": "w", "wallet_hotkey": "h", "prot": 8091}])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NATIX_")}
+    out = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "neurons", "miner.py"), "--local",
+                          "--metrics.enabled", "false"], env={**env, "NATIX_HOTKEYS": bad},
+                         capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    assert out.returncode == errors.CONFIG, out.stderr[-2000:]
+    lines = [ln for ln in out.stderr.strip().splitlines() if ln.startswith("error: ")]
+    assert len(lines) == 1 and "unknown key 'prot' (did you mean port?)" in lines[0], out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+
+
+def _held_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    return s, s.getsockname()[1]
+
+
+async def test_a_taken_port_drops_that_hotkey_and_the_other_serves(tmp_path, validator_wallet):
+    from natix_miner.engine import Engine
+
+    _wallets(tmp_path, "m1", "m2")
+    prof = _profile(tmp_path)
+    holder, port = _held_port()
+    with holder:
+        hk = _write(tmp_path / "hk.yaml", [{"name": "taken", "wallet_name": "m1", "wallet_hotkey": "default", "port": port},
+                                           {"name": "free", "wallet_name": "m2", "wallet_hotkey": "default", "port": 0}])
+        cfg = _cfg(tmp_path, hk, validator_wallet.hotkey.ss58_address, prof)
+        group = MinerGroup(cfg, engine=Engine(prof))
+        with MinerThread(cfg, runner=group):
+            assert list(group.miners) == ["free"] and f":{port} is not available" in group.dropped["taken"]
+            r = await _query(validator_wallet, group.miners["free"], ImageSynapse(image=_b64(5)))
+            assert r.axon.status_code == 200 and 0.0 <= r.prediction <= 1.0
+            ok, body = group.readiness()
+            assert ok and set(body["hotkeys"]) == {"free"} and "taken" in body["dropped"]
+        # every port taken: nothing left to serve, the port's exit code
+        hk = _write(tmp_path / "hk2.yaml", [{"name": "taken", "wallet_name": "m1", "wallet_hotkey": "default", "port": port}])
+        cfg = _cfg(tmp_path, hk, validator_wallet.hotkey.ss58_address, prof)
+        with pytest.raises(RuntimeError) as err:
+            with MinerThread(cfg, runner=MinerGroup(cfg, engine=Engine(prof))):
+                pass
+    cause = err.value.__cause__
+    assert isinstance(cause, errors.StartupError) and cause.code == errors.PORT and "no hotkey" in str(cause)
+
+
+async def test_chain_mode_serves_each_hotkey_and_drops_one_deregistered(tmp_path, validator_wallet):
+    from natix_miner.engine import Engine
+
+    wallets = _wallets(tmp_path, "m1", "m2")
+    prof = _profile(tmp_path)
+    chain = LocalChain()
+    chain.register(validator_wallet.hotkey.ss58_address, stake=5000, permit=True)
+    for w in wallets.values():
+        chain.register(w.hotkey.ss58_address)
+    hk = _write(tmp_path / "hk.yaml", [{"name": n, "wallet_name": n, "wallet_hotkey": "default", "port": _free_port()}
+                                       for n in wallets])
+    cfg = _cfg(tmp_path, hk, validator_wallet.hotkey.ss58_address, prof, local=False, sync_interval_s=0.2,
+               axon={"ip": "127.0.0.1", "external_ip": "127.0.0.1"})
+    group = MinerGroup(cfg, engine=Engine(prof), subtensor=chain)
+    with MinerThread(cfg, runner=group):
+        assert sorted(s[3] for s in chain.served) == sorted(w.hotkey.ss58_address for w in wallets.values())
+        assert {n: m.uid for n, m in group.miners.items()} == {"m1": 1, "m2": 2}
+        with chain.lock:
+            del chain.neurons[wallets["m2"].hotkey.ss58_address]
+        t0 = time.monotonic()
+        while "m2" not in group.dropped and time.monotonic() - t0 < 10:
+            await asyncio.sleep(0.05)
+        assert "no longer registered" in group.dropped["m2"] and list(group.miners) == ["m1"]
+        syncs = chain.syncs
+        await asyncio.sleep(0.7)
+        assert 1 <= chain.syncs - syncs <= 5  # one metagraph read per resync for every hotkey
+        r = await _query(validator_wallet, group.miners["m1"], ImageSynapse(image=_b64(6)))
+        assert r.axon.status_code == 200
+
+
+def test_shared_hits_count_whatever_order_the_answers_complete_in():
+    import types
+
+    def res(sha, cached):
+        return types.SimpleNamespace(image_sha256=sha, cached=cached, fallback=False)
+
+    ledger = SharedHits(max_images=2)
+    ledger.observe("b", res("x", True))  # b joined a's computation and finished first
+    ledger.observe("a", res("x", False))
+    ledger.observe("a", res("x", True))  # a again: its own result
+    ledger.observe("c", res("x", True))
+    ledger.observe("a", types.SimpleNamespace(image_sha256="y", cached=False, fallback=True))  # fallbacks: not counted
+    assert dict(ledger.counts) == {"b": 1, "c": 1}
