@@ -1,10 +1,12 @@
-"""The throughput path: many JPEGs -> P(roadwork) from one tier, across replicas on every device.
+"""The throughput path: many JPEGs -> P(roadwork) through the profile's cascade, on every device.
 
 The online path (:meth:`Engine.predict`) is built for one validator image at a time under a
 deadline. Operators who label datasets, evaluate profiles or serve many hotkeys need images per
-second instead. ``BulkPredictor`` runs replicas of a tier's experts and feeds each whole batches
-of encoded JPEGs: nvJPEG decoding, normalisation, the forward and the consensus all stay on the
-card, and one float per image comes back.
+second instead. ``BulkPredictor`` runs replicas of the cascade's experts and feeds each whole
+batches of encoded JPEGs: nvJPEG decoding, normalisation and the forward stay on the card, and one
+logit per expert and image comes back. The answer is the online engine's for the same evidence:
+the same :class:`~natix_miner.engine.policy.CascadePolicy` pools each tier with its stage rule and
+sends the images still inside the escalation band on to the next tier (run on just those images).
 
 Two ways to run replicas:
 
@@ -19,11 +21,13 @@ Usage::
 
     bulk = BulkPredictor(profile, devices=["cuda:0", "cuda:1"], batch_size=256, replicas_per_device=2)
     bulk.load()
-    probs = bulk.predict(list_of_jpeg_bytes)        # np.ndarray (N,) float32 in [0, 1]
+    probs = bulk.predict(list_of_jpeg_bytes)        # np.ndarray (N,) float64 in [0, 1], never 0.5
+    probs, tiers_run = bulk.predict(datas, with_tiers=True)   # and how many tiers each image ran
     bulk.close()
+    BulkPredictor(profile, ["cuda:0"], tiers=1)      # the first tier only (later tiers not bulk-capable)
 
 Experts used here must implement ``predict_encoded(datas) -> (N,) logits tensor`` (the timm
-family does). Images the GPU decoder refuses are decoded on the CPU; an image nobody can decode
+family does); ``tiers=k`` runs the first k tiers only. Images the GPU decoder refuses are decoded on the CPU; an image nobody can decode
 gets the profile's fallback probability.
 """
 
@@ -36,106 +40,123 @@ import typing
 import numpy as np
 
 from natix_miner.config import Profile
+from natix_miner.engine.policy import CascadePolicy
 from natix_miner.experts import create_expert
 
 log = logging.getLogger("natix_miner.engine.bulk")
 
 
-class Replica:
-    """One device's copy of a tier: its experts and the on-device consensus."""
+class BulkReplica:
+    """One device's copy of the cascade's first ``tiers`` tiers (default all): their experts, and
+    the profile's :class:`~natix_miner.engine.policy.CascadePolicy` deciding which images climb."""
 
-    def __init__(self, profile: Profile, tier: int, device: str):
+    def __init__(self, profile: Profile, device: str, tiers: typing.Optional[int] = None):
         self.profile = profile
-        self.tier = profile.tiers[tier]
+        self.tiers = profile.tiers[:tiers] if tiers else list(profile.tiers)
         self.device = device
-        cons = profile.consensus
-        self.weights = np.array([cons.weights.get(n, 1.0) for n in self.tier.experts], dtype=np.float32)
-        self.norm = float(np.abs(self.weights).sum()) if cons.normalize else 1.0
-        self.bias, self.temperature = float(cons.bias), float(cons.temperature)
-        self.iso = (np.asarray(cons.isotonic.x), np.asarray(cons.isotonic.y)) if cons.isotonic else None
+        self.policy = CascadePolicy(profile)
         self.experts: typing.Dict[str, typing.Any] = {}
-        self._w = None
 
     def load(self) -> None:
-        for name in self.tier.experts:
-            spec = self.profile.expert(name).model_copy(update={"device": self.device})
-            e = create_expert(spec, self.profile)
-            if not hasattr(e, "predict_encoded"):
-                raise TypeError(f"expert {name} ({spec.family}) has no bulk path (predict_encoded)")
-            e.load(self.device)
-            e.warmup()
-            self.experts[name] = e
+        for i, tier in enumerate(self.tiers):
+            for name in tier.experts:
+                spec = self.profile.expert(name).model_copy(update={"device": self.device})
+                e = create_expert(spec, self.profile)
+                if not hasattr(e, "predict_encoded"):
+                    raise TypeError(f"expert {name} ({spec.family}) of tier {tier.name} has no bulk path "
+                                    f"(predict_encoded); run the first {i} tier(s) only (tiers={i})"
+                                    if i else f"expert {name} ({spec.family}) has no bulk path (predict_encoded)")
+                e.load(self.device)
+                e.warmup()
+                self.experts[name] = e
 
     def close(self) -> None:
         for e in self.experts.values():
             e.close()
 
-    def _pool(self, logits):
-        """Weighted log-odds pooling on the device: E x (N,) logits -> (N,) probabilities."""
+    def _forward(self, tier: int, datas: typing.Sequence[bytes]):
+        """One tier's experts on the device: (experts, N) float64 logits, still on the device."""
         import torch
 
-        z = torch.stack(logits)
-        if self._w is None:
-            self._w = torch.as_tensor(self.weights, device=z.device).view(-1, 1)
-        pooled = (self._w * z.clamp(-9.21, 9.21)).sum(0) / self.norm
-        if self.iso is not None:  # fitted isotonic map of the pooled logit: applied on the host
-            return torch.from_numpy(np.interp(pooled.float().cpu().numpy(), *self.iso).astype(np.float32))
-        return torch.sigmoid((pooled + self.bias) / self.temperature)
+        return torch.stack([torch.as_tensor(self.experts[n].predict_encoded(datas)).reshape(-1).double()
+                            for n in self.tiers[tier].experts])
 
-    def run(self, datas: typing.Sequence[bytes]) -> np.ndarray:
+    def _host_logits(self, tier: int, datas: typing.Sequence[bytes]) -> np.ndarray:
+        """A later tier on the images still climbing: (experts, N) logits on the host; an image
+        its experts cannot decode gets no opinion from them (NaN), as a failed expert online."""
         try:
-            return self._run(datas)
-        except ValueError:  # undecodable images inside: answer them one by one
-            out = np.empty(len(datas), np.float32)
+            return self._forward(tier, datas).cpu().numpy()
+        except ValueError:
+            out = np.full((len(self.tiers[tier].experts), len(datas)), np.nan)
             for i, d in enumerate(datas):
                 try:
-                    out[i] = self._run([d])[0]
+                    out[:, i] = self._forward(tier, [d]).cpu().numpy()[:, 0]
                 except ValueError:
-                    out[i] = self.profile.fallback_probability
+                    pass
             return out
 
-    def _run(self, datas) -> np.ndarray:
-        return self.finish(self._launch(datas))
+    def _cascade(self, datas: typing.Sequence[bytes], first: np.ndarray) -> typing.Tuple[np.ndarray, np.ndarray]:
+        """The policy over the batch, ``first`` being tier 0's logits; later tiers run on the rows
+        still in their band. Returns (probabilities (N,) float64, tiers run (N,))."""
+
+        def tier_logits(i: int, rows: np.ndarray) -> typing.Dict[str, np.ndarray]:
+            z = first[:, rows] if i == 0 else self._host_logits(i, [datas[r] for r in rows])
+            return dict(zip(self.tiers[i].experts, z))
+
+        out = self.policy.cascade(len(datas), tier_logits, tiers=len(self.tiers))
+        return out.probabilities, out.depth
+
+    def run(self, datas: typing.Sequence[bytes]) -> typing.Tuple[np.ndarray, np.ndarray]:
+        """Probabilities and tiers run for a batch, now (undecodable images: the fallback, 0 tiers)."""
+        return self.finish(self.launch(datas))
+
+    def _one_by_one(self, datas: typing.Sequence[bytes]) -> typing.Tuple[np.ndarray, np.ndarray]:
+        probs = np.empty(len(datas), np.float64)
+        depth = np.zeros(len(datas), np.int64)
+        for i, d in enumerate(datas):
+            try:
+                probs[i:i + 1], depth[i:i + 1] = self._cascade([d], self._forward(0, [d]).cpu().numpy())
+            except ValueError:
+                probs[i] = self.policy.answer(None)
+        return probs, depth
 
     def launch(self, datas: typing.Sequence[bytes]) -> tuple:
-        """Queue a batch on the device and return at once with a handle for :meth:`finish`.
+        """Queue tier 0 of a batch on the device and return at once with a handle for :meth:`finish`.
 
-        The probabilities come back through pinned memory with an event, so the host can decode
-        and queue the next batch while this one runs (decode engines and SMs both kept busy)."""
+        Tier 0's logits come back through pinned memory with an event, so the host can decode
+        and queue the next batch while this one runs (decode engines and SMs both kept busy); the
+        images that escalate run their later tiers in :meth:`finish`."""
         try:
-            return self._launch(datas)
+            z = self._forward(0, datas)
         except ValueError:  # undecodable images inside: the slow, image-by-image way, now
-            return (self.run(datas), None)
-
-    def _launch(self, datas) -> tuple:
-        p = self._pool([e.predict_encoded(datas) for e in self.experts.values()]).float()
-        if not p.is_cuda:
-            return (p.numpy(), None)
+            return (datas, self._one_by_one(datas), None)
+        if not z.is_cuda:
+            return (datas, z.numpy(), None)
         import torch
 
-        host = torch.empty(p.shape, dtype=torch.float32, pin_memory=True)
-        host.copy_(p, non_blocking=True)
+        host = torch.empty(z.shape, dtype=z.dtype, pin_memory=True)
+        host.copy_(z, non_blocking=True)
         done = torch.cuda.Event()
-        done.record(torch.cuda.current_stream(p.device))
-        return (host, done)
+        done.record(torch.cuda.current_stream(z.device))
+        return (datas, host, done)
 
-    @staticmethod
-    def finish(handle: tuple) -> np.ndarray:
-        """Wait for a launched batch and return its probabilities."""
-        value, done = handle
-        if done is None:
-            return np.asarray(value, np.float32)
-        done.synchronize()
-        return value.numpy().copy()
+    def finish(self, handle: tuple) -> typing.Tuple[np.ndarray, np.ndarray]:
+        """Wait for a launched batch; run the cascade's later tiers; (probabilities, tiers run)."""
+        datas, value, done = handle
+        if isinstance(value, tuple):  # answered image by image in launch()
+            return value
+        if done is not None:
+            done.synchronize()
+        return self._cascade(datas, np.array(value, dtype=np.float64))
 
 
-def _worker(profile_data: dict, tier: int, device: str, jobs, results) -> None:
+def _worker(profile_data: dict, tiers: typing.Optional[int], device: str, jobs, results) -> None:
     """A replica process: load, say ready, then answer (start, datas) jobs until None."""
     from natix_miner.offline import enforce_offline
 
     enforce_offline()
     try:
-        rep = Replica(Profile.model_validate(profile_data), tier, device)
+        rep = BulkReplica(Profile.model_validate(profile_data), device, tiers)
         rep.load()
     except BaseException as exc:
         results.put(("error", device, repr(exc)))
@@ -178,10 +199,17 @@ def _worker(profile_data: dict, tier: int, device: str, jobs, results) -> None:
 
 
 class BulkPredictor:
-    def __init__(self, profile: Profile, devices: typing.Sequence[str], tier: int = 0, batch_size: int = 256,
-                 replicas_per_device: int = 1, mode: typing.Optional[str] = None):
+    """Replicas of the cascade on ``devices`` (``replicas_per_device`` each), fed whole batches.
+
+    ``tiers``: run the first ``tiers`` tiers only (default: all; every expert of them needs
+    ``predict_encoded``); the answer is then the online engine's when the later tiers are skipped."""
+
+    def __init__(self, profile: Profile, devices: typing.Sequence[str], tiers: typing.Optional[int] = None,
+                 batch_size: int = 256, replicas_per_device: int = 1, mode: typing.Optional[str] = None):
+        if tiers is not None and not 1 <= int(tiers) <= len(profile.tiers):
+            raise ValueError(f"tiers must be 1..{len(profile.tiers)} (the profile's tiers), got {tiers}")
         self.profile = profile
-        self.tier_index = tier
+        self.tiers = None if tiers is None else int(tiers)
         self.devices = list(devices)
         self.batch_size = int(batch_size)
         self.per_device = max(1, int(replicas_per_device))
@@ -189,7 +217,7 @@ class BulkPredictor:
         self.mode = mode or ("process" if gpu else "thread")
         if self.mode not in ("process", "thread"):
             raise ValueError(f"mode must be 'process' or 'thread', got {self.mode!r}")
-        self.replicas: typing.List[Replica] = []
+        self.replicas: typing.List[BulkReplica] = []
         self._procs: list = []
         self._jobs = self._results = None
 
@@ -197,7 +225,7 @@ class BulkPredictor:
         slots = [d for d in self.devices for _ in range(self.per_device)]
         if self.mode == "thread":
             for dev in slots:
-                r = Replica(self.profile, self.tier_index, dev)
+                r = BulkReplica(self.profile, dev, self.tiers)
                 r.load()
                 self.replicas.append(r)
             return
@@ -207,7 +235,7 @@ class BulkPredictor:
         self._jobs, self._results = ctx.Queue(), ctx.Queue()
         data = self.profile.model_dump()
         for dev in slots:
-            p = ctx.Process(target=_worker, args=(data, self.tier_index, dev, self._jobs, self._results),
+            p = ctx.Process(target=_worker, args=(data, self.tiers, dev, self._jobs, self._results),
                             daemon=True)
             p.start()
             self._procs.append(p)
@@ -229,11 +257,15 @@ class BulkPredictor:
                 p.terminate()
         self._procs.clear()
 
-    def predict(self, datas: typing.Sequence[bytes], progress: bool = False) -> np.ndarray:
+    def predict(self, datas: typing.Sequence[bytes], progress: bool = False,
+                with_tiers: bool = False) -> typing.Union[np.ndarray, typing.Tuple[np.ndarray, np.ndarray]]:
+        """(N,) float64 probabilities in input order; ``with_tiers``: also (N,) the number of tiers
+        each image ran (0: undecodable, answered with the fallback)."""
         if not self.replicas and not self._procs:
             raise RuntimeError("call load() first")
         n = len(datas)
-        out = np.full(n, np.nan, np.float32)
+        out = np.full(n, np.nan, np.float64)
+        depth = np.zeros(n, np.int64)
         spans = [(a, min(n, a + self.batch_size)) for a in range(0, n, self.batch_size)]
         bar = None
         if progress:
@@ -247,22 +279,23 @@ class BulkPredictor:
                 kind, a, val = self._results.get()
                 if kind != "ok":
                     raise RuntimeError(f"replica failed on batch at {a}: {val}")
-                out[a:a + len(val)] = val
+                probs, ran = val
+                out[a:a + len(probs)], depth[a:a + len(probs)] = probs, ran
                 if bar is not None:
-                    bar.update(len(val))
+                    bar.update(len(probs))
         else:
             todo: "queue.Queue[typing.Tuple[int, int]]" = queue.Queue()
             for s in spans:
                 todo.put(s)
             lock = threading.Lock()
 
-            def work(rep: Replica) -> None:
+            def work(rep: BulkReplica) -> None:
                 while True:
                     try:
                         a, b = todo.get_nowait()
                     except queue.Empty:
                         return
-                    out[a:b] = rep.run(datas[a:b])
+                    out[a:b], depth[a:b] = rep.run(datas[a:b])
                     if bar is not None:
                         with lock:
                             bar.update(b - a)
@@ -272,5 +305,4 @@ class BulkPredictor:
                     f.result()
         if bar is not None:
             bar.close()
-        out[~np.isfinite(out)] = self.profile.fallback_probability
-        return np.clip(out, 0.0, 1.0)
+        return (out, depth) if with_tiers else out

@@ -10,6 +10,10 @@ the experts' logits and writes them beside the profile in ``<profile>.consensus.
 (``normalize: false``); it may also fit one rule per exit point in ``stages`` (tier name -> rule),
 used when the cascade stops after that tier, since the experts present differ there.
 
+The rule itself (with escalation and the final clamp) lives in :mod:`natix_miner.engine.policy`;
+this class is its per-stage view for code that pools outside a cascade (calibration, hard-example
+mining, the cascade benchmark).
+
 Usage::
 
     from natix_miner.engine.consensus import Consensus
@@ -18,44 +22,23 @@ Usage::
     c.combine(evidence, stage="fast")                            # the rule fitted for tier "fast"
 """
 
-import bisect
-import math
 import typing
 
+import numpy as np
+
 from natix_miner.config import ConsensusSpec, ConsensusStage
+from natix_miner.engine.policy import evidence_logit, logit, pool, sigmoid, stage_rule  # noqa: F401
 from natix_miner.experts.base import Evidence
 
 
-def isotonic(z: float, xs: typing.Sequence[float], ys: typing.Sequence[float]) -> float:
-    """Piecewise-linear interpolation through the knots, clamped at both ends (like ``np.interp``)."""
-    if z <= xs[0]:
-        return float(ys[0])
-    if z >= xs[-1]:
-        return float(ys[-1])
-    i = bisect.bisect_right(xs, z)
-    x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
-    return float(y0 if x1 == x0 else y0 + (y1 - y0) * (z - x0) / (x1 - x0))
-
-
-def sigmoid(z: float) -> float:
-    if z >= 0:
-        return 1.0 / (1.0 + math.exp(-z))
-    e = math.exp(z)
-    return e / (1.0 + e)
-
-
-def logit(p: float) -> float:
-    return math.log(p / (1.0 - p))
-
-
 class Consensus:
+    """One profile's pooling rules; the arithmetic is :func:`natix_miner.engine.policy.pool`."""
+
     def __init__(self, spec: typing.Optional[ConsensusSpec] = None):
         self.spec = spec or ConsensusSpec()
 
     def rule(self, stage: typing.Optional[str] = None) -> ConsensusStage:
-        if stage is not None and stage in self.spec.stages:
-            return self.spec.stages[stage]
-        return self.spec
+        return stage_rule(self.spec, stage)
 
     def weight(self, name: str, stage: typing.Optional[str] = None) -> float:
         return float(self.rule(stage).weights.get(name, 1.0))
@@ -63,21 +46,6 @@ class Consensus:
     def combine(self, evidence: typing.Mapping[str, Evidence],
                 stage: typing.Optional[str] = None) -> typing.Optional[float]:
         """Pool non-abstaining evidence; ``None`` when nobody gave an opinion."""
-        rule = self.rule(stage)
-        num = 0.0
-        den = 0.0
-        for name, ev in evidence.items():
-            if ev.abstain:
-                continue
-            w = float(rule.weights.get(name, 1.0))
-            if w == 0.0:
-                continue
-            num += w * ev.logit
-            den += abs(w)
-        if den == 0.0:
-            return None
-        z = num / den if rule.normalize else num
-        if rule.isotonic is not None:
-            return isotonic(z, rule.isotonic.x, rule.isotonic.y)
-        z = (z + rule.bias) / rule.temperature
-        return sigmoid(z)
+        names = list(evidence)
+        p = pool(self.rule(stage), names, [[evidence_logit(evidence[n]) for n in names]])[0]
+        return None if np.isnan(p) else float(p)

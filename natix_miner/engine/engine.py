@@ -36,6 +36,7 @@ from natix_miner.engine.cache import ResultCache
 from natix_miner.engine.consensus import Consensus
 from natix_miner.engine.decodepool import DecodePool
 from natix_miner.engine.placement import Placement, live_memory, load_order, measure_load
+from natix_miner.engine.policy import CascadePolicy
 from natix_miner.engine.pool import ExpertPool, ExpertTimeout, ExpertUnavailable, Replica
 from natix_miner.engine.result import PredictResult, safe_probability
 from natix_miner.experts import FAMILIES, create_expert
@@ -83,7 +84,8 @@ class Engine:
         building them from their family; ``placement``: a plan with a given device inventory;
         ``decode_threads``: image decoding threads (default: up to 8, one per core)."""
         self.profile = profile
-        self.consensus = Consensus(profile.consensus)
+        self.policy = CascadePolicy(profile)  # pooling, escalation, clamp (engine/policy.py)
+        self.consensus = Consensus(profile.consensus)  # per-stage pooling for tools (cascade_bench)
         self.cache: ResultCache[PredictResult] = ResultCache(profile.cache.max_entries, profile.cache.ttl_s)
         self._injected: typing.Dict[str, typing.List[Expert]] = {
             k: ([v] if isinstance(v, Expert) else list(v)) for k, v in (experts or {}).items()}
@@ -427,11 +429,8 @@ class Engine:
                         log.warning("expert %s failed: %s: %s", name, type(exc).__name__, exc)
                 tasks = {}
                 res.timings[f"tier:{tier.name}"] = time.perf_counter() - tt
-                pooled = self.consensus.combine(res.evidence, stage=tier.name)
-                if pooled is not None:
-                    p = pooled
-                band = tier.escalation or self.profile.escalation
-                if p is not None and not (band.low < p < band.high) and not all_tiers:
+                p, climb = self.policy.after_tier(i, res.evidence, p)  # pool, then escalate?
+                if not climb and not all_tiers:
                     break
         finally:
             for t in tasks.values():  # cancelled mid-tier: leave nothing running on our behalf
@@ -442,7 +441,7 @@ class Engine:
             p = self.profile.fallback_probability
         elif res.tiers_run:
             self.exits[res.tiers_run[-1]] += 1
-        res.probability = safe_probability(p, self.profile.fallback_probability)
+        res.probability = self.policy.answer(p)
         res.timings["total"] = time.perf_counter() - t0
         return res
 

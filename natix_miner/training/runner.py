@@ -7,7 +7,7 @@ Two ways through the same loaded :class:`natix_miner.engine.Engine`:
   so the engine's micro-batchers fill;
 * :meth:`ProfileRunner.all_evidence` - every expert on every image in batches, no escalation, no
   deadline: the full logit matrix calibration and disagreement need. :func:`replay_cascade`
-  then replays the engine's escalation on it with the engine's own :class:`Consensus`.
+  then replays the engine's cascade on it with the engine's own policy (``engine/policy.py``).
 
 Usage::
 
@@ -118,45 +118,33 @@ def logit_matrix(evidence: typing.Mapping[str, typing.Sequence[typing.Any]], nam
     """(n, len(names)) logits as the engine pools them (``Evidence.logit``); NaN = no opinion."""
     if n is None:
         n = max((len(v) for v in evidence.values()), default=0)
+    from natix_miner.engine.policy import evidence_logit
+
     X = np.full((n, len(names)), np.nan)
     for j, name in enumerate(names):
         for i, ev in enumerate(evidence.get(name, [])):
-            if ev is not None and not ev.abstain:
-                X[i, j] = ev.logit
+            X[i, j] = evidence_logit(ev)
     return X
 
 
 def replay_cascade(profile, evidence: typing.Mapping[str, typing.Sequence[typing.Any]], n: int,
                    consensus=None) -> typing.Tuple[np.ndarray, typing.List[typing.List[str]]]:
-    """The engine's escalation replayed on precomputed evidence (no deadlines).
+    """The engine's cascade replayed on precomputed evidence (no deadlines): the same
+    :class:`~natix_miner.engine.policy.CascadePolicy` the engine and the bulk path use.
 
-    For each image: tier after tier, pool everything seen with the tier's consensus rule, stop
-    once the pooled probability leaves the escalation band. Returns probabilities and tiers run.
+    ``evidence``: expert -> one Evidence per image (``None``: the expert failed on it), as
+    :meth:`ProfileRunner.all_evidence` returns; an expert with no column was not loaded, and a
+    tier none of whose experts is loaded is skipped, as the engine skips it. ``consensus``: a
+    :class:`~natix_miner.engine.consensus.Consensus` to use instead of the profile's (a rule
+    being fitted). Returns the probabilities and, per image, the tiers run.
     """
-    from natix_miner.engine.consensus import Consensus
-    from natix_miner.engine.result import safe_probability
+    from natix_miner.engine.policy import CascadePolicy, evidence_logit
 
-    cons = consensus or Consensus(profile.consensus)
-    probs = np.empty(n)
-    runs: typing.List[typing.List[str]] = []
-    for i in range(n):
-        seen: typing.Dict[str, typing.Any] = {}
-        p = None
-        ran: typing.List[str] = []
-        for tier in profile.tiers:
-            got = {name: evidence[name][i] for name in tier.experts
-                   if name in evidence and evidence[name][i] is not None}
-            if not got:
-                continue
-            ran.append(tier.name)
-            seen.update(got)
-            pooled = cons.combine(seen, stage=tier.name)
-            if pooled is not None:
-                p = pooled
-            band = getattr(tier, "escalation", None) or profile.escalation
-            if p is not None and not (band.low < p < band.high):
-                break
-        probs[i] = safe_probability(profile.fallback_probability if p is None else p,
-                                    profile.fallback_probability)
-        runs.append(ran)
-    return probs, runs
+    policy = CascadePolicy(profile, consensus=consensus.spec if consensus is not None else None)
+
+    def tier_logits(i: int, rows: np.ndarray) -> typing.Dict[str, np.ndarray]:
+        return {name: np.array([evidence_logit(evidence[name][r]) for r in rows], dtype=np.float64)
+                for name in profile.tiers[i].experts if name in evidence}
+
+    out = policy.cascade(n, tier_logits)
+    return out.probabilities, [out.tiers_run(i) for i in range(n)]

@@ -51,7 +51,7 @@ async def test_bulk_answers_match_the_online_engine(tmp_path, weights):
         bulk.close()
     async with Engine(prof) as engine:
         want = np.array([(await engine.predict(d)).probability for d in datas])
-    assert got.shape == (12,) and got.dtype == np.float32
+    assert got.shape == (12,) and got.dtype == np.float64
     assert np.ptp(want) > 1e-4  # different images, different answers: the comparison means something
     np.testing.assert_allclose(got, want, atol=2e-3)
 
