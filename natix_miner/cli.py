@@ -35,6 +35,7 @@ COMMANDS: typing.List[typing.Tuple[str, str]] = [
     ("evaluate", "natix_miner.training.commands"),
     ("hard-examples", "natix_miner.training.commands"),
     ("distill", "natix_miner.training.commands"),
+    ("build", "natix_miner.commands.build"),
     ("bench", "natix_miner.commands.bench"),
     ("engine", "natix_miner.commands.engine"),
     ("soak", "natix_miner.soak"),

@@ -358,10 +358,14 @@ def expert_calibrations(evidence, y) -> typing.Dict[str, dict]:
 
 def calibrate_profile(profile, data: str, n: typing.Optional[int] = None, seed: int = 0,
                       method: str = "logistic", holdout: float = 0.25, all_levels: bool = False,
-                      nonneg: bool = True, write: bool = True, progress: bool = True, samples=None) -> dict:
+                      nonneg: bool = True, write: bool = True, progress: bool = True, samples=None,
+                      keep_evidence: bool = False) -> dict:
     """Run every expert of ``profile`` on labelled challenges made from ``data``, fit the consensus
     (``method``: logistic | temperature | isotonic) on part of them, report the cascade's metrics
-    before and after on the held-out rest, and write ``<profile>.consensus.json``."""
+    before and after on the held-out rest, and write ``<profile>.consensus.json``.
+
+    ``keep_evidence``: the result also holds ``evidence`` (expert -> [Evidence]) and ``labels`` of
+    every challenge, for :func:`fit_escalation`."""
     import asyncio
 
     from natix_miner.config import Profile, load_profile
@@ -432,4 +436,36 @@ def calibrate_profile(profile, data: str, n: typing.Optional[int] = None, seed: 
     if det:
         meta["expert_calibration"] = det
     path = write_consensus(prof, fit, meta=meta) if write else None
-    return {"path": str(path) if path else None, "fit": fit, "metrics": fit.metrics, "meta": meta}
+    out = {"path": str(path) if path else None, "fit": fit, "metrics": fit.metrics, "meta": meta}
+    if keep_evidence:
+        out.update(evidence=evidence, labels=y)
+    return out
+
+
+ESCALATION_LOWS = (0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
+
+
+def fit_escalation(profile, evidence: typing.Mapping[str, typing.Sequence[typing.Any]], labels,
+                   tolerance: float = 0.005) -> dict:
+    """The escalation band ``(low, 1 - low)`` that sends the fewest images past the first tier
+    among those within ``tolerance`` MCC of the best band, replaying the engine's cascade (its own
+    :class:`Consensus`, the profile's fitted rules) on precomputed evidence.
+
+    Returns ``{"low", "high", "mcc", "escalated", "candidates": [...]}``; ``escalated`` is the share
+    of images that went on past the first tier."""
+    from natix_miner.config import EscalationSpec
+    from natix_miner.training.metrics import binary_metrics
+    from natix_miner.training.runner import replay_cascade
+
+    y = np.asarray(labels)
+    rows = []
+    for low in ESCALATION_LOWS:
+        band = EscalationSpec(low=low, high=round(1.0 - low, 6))
+        trial = profile.model_copy(update={"escalation": band,
+                                           "tiers": [t.model_copy(update={"escalation": None}) for t in profile.tiers]})
+        p, runs = replay_cascade(trial, evidence, len(y))
+        rows.append({"low": band.low, "high": band.high, "mcc": round(binary_metrics(y, p)["mcc"], 4),
+                     "escalated": round(float(np.mean([len(r) > 1 for r in runs])), 4)})
+    best = max(r["mcc"] for r in rows)
+    pick = min((r for r in rows if r["mcc"] >= best - tolerance), key=lambda r: (r["escalated"], -r["mcc"]))
+    return {**pick, "candidates": rows}

@@ -163,6 +163,99 @@ def evaluate_profiles(profiles: typing.Sequence, data: str, n: typing.Optional[i
     return report
 
 
+def _metrics_by(y, p, levels, sources) -> dict:
+    """Overall (with the MCC-best threshold), per augmentation level and per source."""
+    return {"overall": summarize(y, p),
+            "per_level": {int(k): binary_metrics(y[levels == k], p[levels == k]) for k in sorted(set(levels.tolist()))},
+            "per_source": {str(k): binary_metrics(y[sources == k], p[sources == k])
+                           for k in sorted(set(sources.tolist()))}}
+
+
+def cross_fitted_alone(z, y, keys, fallback: float, seed: int = 0) -> np.ndarray:
+    """One expert's own probability, temperature-calibrated on the other half of the images (two
+    folds by image, so an image's levels stay together); no opinion -> ``fallback``."""
+    from natix_miner.training.calibrate import calibrate_logits, sigmoid
+
+    uniq = sorted(set(keys))
+    fold_of = dict(zip(uniq, np.random.default_rng(seed).permutation(len(uniq)) % 2))
+    fold = np.array([fold_of[k] for k in keys])
+    present = ~np.isnan(z)
+    p = np.full(len(z), float(fallback))
+    for f in (0, 1):
+        fit_idx, app_idx = present & (fold != f), present & (fold == f)
+        try:
+            cal = calibrate_logits(z[fit_idx], y[fit_idx], "temperature")
+            p[app_idx] = cal(z[app_idx])
+        except ValueError:  # too few or one class: the raw probability
+            p[app_idx] = sigmoid(z[app_idx])
+    return p
+
+
+def evaluate_cascade_and_experts(profile, samples, seed: int = 0, all_levels: bool = False,
+                                 concurrency: int = 16, progress: bool = True, plots=None) -> dict:
+    """The cascade through the real engine against each expert alone and each tier, on the same challenges.
+
+    ``cascade``: ``Engine.predict`` per challenge (what a validator gets, latency included).
+    ``experts``: every expert on every challenge, its probability cross-fitted (:func:`cross_fitted_alone`).
+    ``tiers``: the engine's escalation replayed on that evidence, stopping after each tier.
+    ``gain_over_best_expert``: the cascade's MCC minus the best single expert's. ``plots`` (a folder):
+    reliability, precision-recall, MCC-threshold and per-level PNGs of the cascade and each expert.
+
+    Usage::
+
+        rep = evaluate_cascade_and_experts("runs/demo/demo-cpu.yaml", test_samples, seed=3)
+        rep["cascade"]["overall"]["mcc"], rep["best_expert"], rep["gain_over_best_expert"]
+    """
+    from natix_miner.config import Profile, load_profile
+    from natix_miner.imaging.decode import decode_bytes
+    from natix_miner.training.runner import ProfileRunner, logit_matrix, replay_cascade
+
+    prof = profile if isinstance(profile, Profile) else load_profile(profile, stand_ins=False, device=False)
+    challenges = make_challenges(samples, seed=seed, all_levels=all_levels, progress=progress)
+    y = np.array([c.label for c in challenges])
+    lv = np.array([c.level for c in challenges])
+    src = np.array([c.source for c in challenges])
+
+    async def run():
+        async with ProfileRunner(prof, concurrency=concurrency, progress=progress) as r:
+            results = await r.predict([c.jpeg for c in challenges], desc=f"cascade {prof.name}")
+            views = [decode_bytes(c.jpeg) for c in challenges]
+            return results, await r.all_evidence(views, desc="each expert"), r.expert_names
+
+    results, evidence, names = asyncio.run(run())
+    names = [n for n in names if n in evidence]
+    X = logit_matrix(evidence, names, n=len(challenges))
+    cascade = profile_report(challenges, results)
+    p_cascade = np.array([r.probability for r in results], dtype=np.float64)
+    keys = [c.key for c in challenges]
+    experts, series = {}, {"cascade": (y, p_cascade)}
+    for j, name in enumerate(names):
+        p = cross_fitted_alone(X[:, j], y, keys, prof.fallback_probability, seed)
+        experts[name] = {**_metrics_by(y, p, lv, src), "answered": float(np.mean(~np.isnan(X[:, j])))}
+        series[f"{name} alone"] = (y, p)
+    tiers = {}
+    for k, tier in enumerate(prof.tiers):
+        trial = prof.model_copy(update={"tiers": prof.tiers[:k + 1]})
+        p, _ = replay_cascade(trial, evidence, len(challenges))
+        tiers[tier.name] = _metrics_by(y, p, lv, src)
+    best = max(experts, key=lambda n: experts[n]["overall"]["mcc"]) if experts else None
+    gain = cascade["overall"]["mcc"] - (experts[best]["overall"]["mcc"] if best else 0.0)
+    rep = {"profile": prof.name, "profile_path": prof.path, "n": len(challenges), "images": len(samples),
+           "seed": seed, "all_levels": all_levels, "concurrency": concurrency, "cascade": cascade,
+           "experts": experts, "tiers": tiers, "best_expert": best, "gain_over_best_expert": float(gain)}
+    if plots:
+        from natix_miner.training.plots import level_bars, pr_curves, reliability_diagram, threshold_curves
+
+        d = Path(plots)
+        table = {"cascade": {k: v["mcc"] for k, v in cascade["per_level"].items()}}
+        table.update({f"{n} alone": {k: v["mcc"] for k, v in e["per_level"].items()} for n, e in experts.items()})
+        rep["plots"] = [str(reliability_diagram(series, d / "reliability.png")),
+                        str(pr_curves(series, d / "pr_curve.png")),
+                        str(threshold_curves(series, d / "mcc_threshold.png")),
+                        str(level_bars(table, d / "mcc_per_level.png"))]
+    return rep
+
+
 def compare(series) -> dict:
     """Pairwise: how often two profiles disagree after rounding, and each one's wins."""
     names = list(series)

@@ -3,6 +3,7 @@
 * :func:`reliability_diagram` - observed roadwork rate against predicted probability, per profile;
 * :func:`pr_curves` - precision-recall curves with average precision, per profile;
 * :func:`threshold_curves` - MCC against the decision threshold, with 0.5 (the validator's) marked.
+* :func:`level_bars` - MCC per augmentation level, one bar per profile or expert.
 
 Usage::
 
@@ -83,4 +84,20 @@ def threshold_curves(series: Series, path: typing.Union[str, Path]) -> Path:
     ax.set_ylabel("MCC")
     ax.set_title("MCC against threshold")
     ax.legend(loc="lower center", fontsize=8)
+    return _save(plt, fig, path)
+
+
+def level_bars(table: typing.Mapping[str, typing.Mapping[typing.Any, float]], path: typing.Union[str, Path]) -> Path:
+    """Grouped bars: MCC per augmentation level (``table``: name -> {level: MCC})."""
+    plt, fig, ax = _figure()
+    levels = sorted({int(k) for row in table.values() for k in row})
+    width = 0.8 / max(1, len(table))
+    for i, (name, row) in enumerate(table.items()):
+        vals = [float(row.get(k, row.get(str(k), np.nan))) for k in levels]
+        ax.bar(np.arange(len(levels)) + i * width - 0.4 + width / 2, vals, width, label=name)
+    ax.set_xticks(np.arange(len(levels)), [f"level {k}" for k in levels])
+    ax.set_ylim(min(0.0, ax.get_ylim()[0]), 1.0)
+    ax.set_ylabel("MCC")
+    ax.set_title("MCC per augmentation level")
+    ax.legend(loc="lower left", fontsize=8)
     return _save(plt, fig, path)
