@@ -41,3 +41,41 @@ def test_bad_flags_fail_with_the_key_named(argv, needle):
     with pytest.raises(Exception) as err:
         build_config(argv, env={})
     assert needle in str(err.value)
+
+
+def test_the_profile_is_parsed_once_and_handed_to_the_neuron_and_engine(monkeypatch, tmp_path):
+    """build_config reads the profile file (its miner: section below the flags) and keeps the parsed
+    Profile in cfg.cascade; the Miner and the engine it builds use that very object: one read in all."""
+    import natix_miner.config as config_mod
+    import natix_miner.miner.args as args_mod
+    from natix_miner.miner.neuron import Miner
+    from tests.support.stub_engine import StubEngine
+
+    prof = tmp_path / "mine.yaml"
+    prof.write_text(open(config_mod.resolve_profile_path("demo-cpu")).read() + "\nminer:\n  axon: {port: 9311}\n")
+    reads = []
+    real = config_mod.load_profile
+
+    def counting(*a, **kw):
+        reads.append(a)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(args_mod, "load_profile", counting)
+    monkeypatch.setattr(config_mod, "load_profile", counting)
+    cfg = build_config(["--profile", str(prof), "--local"], env={})
+    assert cfg.axon.port == 9311 and cfg.cascade is not None and cfg.cascade.path == str(prof)
+    assert "cascade" not in cfg.model_dump()  # the parsed profile is not part of the config's data
+    built = []
+    miner = Miner(cfg, engine_factory=lambda p: built.append(p) or StubEngine(p))
+    assert miner.profile is cfg.cascade
+    assert miner.engine_factory(miner.profile).profile is cfg.cascade and built == [cfg.cascade]
+    assert len(reads) == 1
+
+
+def test_a_config_built_by_hand_loads_its_profile_once():
+    from natix_miner.config import MinerConfig
+
+    cfg = MinerConfig(local=True)
+    assert cfg.cascade is None
+    first = cfg.load_cascade()
+    assert first.name == "demo-cpu" and cfg.load_cascade() is first
