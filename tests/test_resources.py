@@ -71,6 +71,10 @@ def test_the_installed_package_is_the_one_imported(installed):
     module, root, store = out.stdout.split()
     assert module.startswith(str(target)) and root == str(target / "natix_miner" / "_shipped")
     assert store == str(work / "models")  # the writable store: never inside site-packages
+    spawn = subprocess.run([sys.executable, "-c", "from natix_miner.validator.targets import SpawnedMiner; "
+                            "print(SpawnedMiner('5F', port=1).command('/w')[1:4])"], cwd=work, env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert spawn.stdout.strip() == "['-m', 'natix_miner.cli', 'run']", spawn.stderr  # no neurons/ installed
 
 
 def test_installed_profile_validate_finds_the_shipped_profile(installed):

@@ -105,7 +105,9 @@ class SpawnedMiner:
         self._log = None
 
     def command(self, wallet_path: str) -> typing.List[str]:
-        cmd = [self.python, str(MINER_ENTRY), "--local", "--axon.ip", "127.0.0.1", "--axon.port", str(self.port),
+        # the checkout's entry point; an installed package (no neurons/) runs the same through its cli
+        entry = [str(MINER_ENTRY)] if MINER_ENTRY.is_file() else ["-m", "natix_miner.cli", "run"]
+        cmd = [self.python, *entry, "--local", "--axon.ip", "127.0.0.1", "--axon.port", str(self.port),
                "--blacklist.allowed_hotkeys", self.validator_hotkey, "--metrics.enabled", "false",
                "--wallet.path", wallet_path, "--wallet.name", "miner", "--wallet.hotkey", "default"]
         if self.profile:
