@@ -1,4 +1,6 @@
-"""The cascade engine: the only thing the miner layer calls.
+"""The cascade engine: the only thing the miner layer calls, through the
+:class:`~natix_miner.engine.client.EngineClient` protocol that :class:`Engine` implements
+(``tests/engine/test_client.py`` holds it member by member).
 
 ``predict`` reads the image header (bounded, any format), checks the result cache (and joins an
 identical request already in flight), decodes the pixels, then runs tier after tier: the experts of
