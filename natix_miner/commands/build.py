@@ -4,7 +4,7 @@ a ready profile written (``natix_miner/training/build.py``; docs/training.md).
 
     natix-miner build demo-cpu --data procedural --out runs/demo-cpu --dry-run   # the plan and its cost
     natix-miner build demo-cpu --data procedural --out runs/demo-cpu             # run (resumable)
-    natix-miner build demo-cpu --data procedural --out runs/demo-cpu --install   # also into models/, configs/
+    natix-miner build demo-cpu --data procedural --out runs/demo-cpu --retrain all --install   # rebuild the demo
     natix-miner build h100x1 --data data/roadwork --out runs/h100x1 --scale tiny # plumbing check
 
 Re-running the same command skips the steps already done (a killed build continues); a step whose
@@ -25,6 +25,9 @@ def add_parser(sub) -> None:
                    help="tiny: a few images and optimiser steps per trainer (CI plumbing); full: the profile's recipe")
     p.add_argument("--steps", default=None,
                    help="comma list of steps to run (the others must be done already), e.g. calibrate,evaluate,report")
+    p.add_argument("--retrain", default=None, metavar="EXPERTS",
+                   help="comma list of experts (or all) with a build recipe to train again although their "
+                        "checkpoint exists")
     p.add_argument("--install", action="store_true",
                    help="copy the checkpoints to the paths the profile names and the consensus beside it")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -51,8 +54,9 @@ def main(args) -> int:
                   "a parquet dataset, or procedural)", file=sys.stderr)
             return 2
     try:
+        retrain = [x.strip() for x in args.retrain.split(",") if x.strip()] if args.retrain else ()
         ctx, steps = plan(profile, data, args.out, scale=args.scale, install=args.install,
-                          progress=not args.quiet)
+                          progress=not args.quiet, retrain=retrain)
     except BuildError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

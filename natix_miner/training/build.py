@@ -85,6 +85,7 @@ class Context:
     scale: str
     progress: bool = True
     install: bool = False
+    retrain: typing.Sequence[str] = ()  # experts trained again although their checkpoint exists ("all")
     command: str = ""  # the command line the report cites
     checkpoints: typing.Dict[str, dict] = dataclasses.field(default_factory=dict)  # expert -> changes
     _splits: typing.Optional[dict] = None
@@ -313,6 +314,8 @@ def expert_steps(ctx: Context) -> typing.List[Step]:
     steps = []
     for spec in ctx.profile.tiered_experts:
         roles = _missing_refs(spec, ctx.profile)
+        if not roles and (spec.name in ctx.retrain or "all" in ctx.retrain) and spec.name in ctx.spec.experts:
+            roles = ["retrain"]  # --retrain: experts with a recipe, trained again
         if not roles:
             continue
         fam = spec.family
@@ -412,7 +415,7 @@ def _run_calibrate(ctx: Context) -> dict:
     prof = load_profile(ctx.ready_path, stand_ins=False, device=False)
     sp = ctx.splits()
     res = calibrate_profile(prof, ctx.data, samples=sp["val"], seed=ctx.spec.seed + 1,
-                            method=ctx.spec.calibrate_method, holdout=0.0, all_levels=True, write=True,
+                            method=ctx.spec.calibrate_method, holdout=0.0, all_levels=ctx.spec.all_levels, write=True,
                             progress=ctx.progress, keep_evidence=True)
     out = {"consensus": res["path"], "after": {k: round(res["metrics"]["after"][k], 4)
                                                for k in ("mcc", "accuracy", "reward_proxy")}}
@@ -572,12 +575,19 @@ def scaled_spec(profile, scale: str):
 
 
 def plan(profile, data: str, out: typing.Union[str, Path], scale: str = "full", install: bool = False,
-         progress: bool = True) -> typing.Tuple[Context, typing.List[Step]]:
-    """The build's steps for ``profile`` (a loaded :class:`~natix_miner.config.Profile`), in order."""
+         progress: bool = True, retrain: typing.Sequence[str] = ()) -> typing.Tuple[Context, typing.List[Step]]:
+    """The build's steps for ``profile`` (a loaded :class:`~natix_miner.config.Profile`), in order.
+
+    ``retrain``: expert names (or ``all``) with a recipe in ``build.experts`` to train even though
+    their checkpoint exists (rebuilding a shipped profile such as demo-cpu)."""
     if not profile.path:
         raise BuildError("the profile has no file (load it with config.load_profile)")
+    unknown = sorted(set(retrain) - set(profile.build.experts) - {"all"})
+    if unknown:
+        raise BuildError(f"--retrain: {unknown} have no recipe under build.experts "
+                         f"(recipes: {sorted(profile.build.experts)})")
     ctx = Context(profile=profile, data=str(data), out=Path(out), spec=scaled_spec(profile, scale), scale=scale,
-                  progress=progress, install=install)
+                  progress=progress, install=install, retrain=tuple(retrain))
     sp = ctx.spec
     n_eval = sp.test_images * (4 if sp.all_levels else 1)
     n_experts = len(profile.tiered_experts)

@@ -1,0 +1,168 @@
+"""``natix-miner build``: the plan, a tiny end-to-end build on procedural scenes (a classifier and a
+detector trained, calibrate, evaluate, report, a ready profile that validates and predicts), resume
+after a SIGKILL, --dry-run running nothing, operator mistakes as one error line."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from natix_miner.cli import main as cli
+from tests.support.paths import REPO_ROOT
+
+TINY_PROFILE = """
+name: tiny
+description: "build test: a tiny classifier and a tiny detector, both trained by natix-miner build"
+deadline_s: 8.0
+tiers:
+  - name: fast
+    experts: [cls]
+    budget_s: 4.0
+  - name: detect
+    experts: [det]
+    budget_s: 3.0
+experts:
+  - name: cls
+    family: timm
+    model: mobilenetv3_small_050
+    device: cpu
+    max_batch: 8
+    options: {weights: weights/cls.pth, num_classes: 2, image_size: 64}
+  - name: det
+    family: ultralytics
+    model: weights/det.pt
+    device: cpu
+    max_batch: 8
+    options:
+      imgsz: 64
+      conf: 0.05
+      min_score: 0.25
+      classes: {cone: [cone], barrier: [barrier], sign: [sign], construction_vehicle: [construction_vehicle],
+                worker: [worker]}
+build:
+  train_images: 24
+  val_images: 16
+  test_images: 16
+  long_side: 128
+  device: cpu
+  experts:
+    cls: {epochs: 2, batch_size: 8, time_s: 30}
+    det: {init: yolo11n.yaml, epochs: 1, batch_size: 8, imgsz: 64}
+"""
+
+ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "0"}
+
+
+@pytest.fixture()
+def tiny_profile(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY_PROFILE)
+    return path
+
+
+def _build_cmd(profile, out, *extra):
+    return [sys.executable, "-m", "natix_miner.cli", "build", str(profile), "--data", "procedural", "--out", str(out),
+            "--scale", "tiny", "--quiet", *extra]
+
+
+def test_dry_run_lists_steps_and_costs_and_runs_nothing(tiny_profile, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli(["build", str(tiny_profile), "--data", "procedural", "--out", str(out), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    names = [line.split()[0] for line in text.splitlines()[1:-1]]
+    assert names == ["data", "train:cls", "train:det", "profile", "calibrate", "evaluate", "report"]
+    assert "train:cls               to run" in text and "30 s" in text  # the recipe's time_s hint
+    assert "ultralytics from yolo11n.yaml on the scenes' true boxes" in text
+    assert not out.exists() or not any(out.rglob("*"))  # nothing written, nothing trained
+
+
+def test_plan_reports_what_this_build_cannot_train(tmp_path):
+    from natix_miner.config import load_profile
+    from natix_miner.training.build import plan
+
+    _, steps = plan(load_profile("h100x1", stand_ins=False, device=False), "procedural", tmp_path / "run")
+    by = {s.name: s for s in steps}
+    assert by["train:convnextv2"].unavailable is None and by["train:yolo11"].unavailable is None
+    assert "train_vlm" in by["train:qwen3_vl_8b"].unavailable or "LoRA" in by["train:qwen3_vl_8b"].unavailable
+    assert "nothing to train" in by["model:owlv2"].unavailable  # zero-shot: pull it, not train it
+    assert by["train:qwen3_vl_8b"].gpu_gb > 0
+
+
+def test_operator_mistakes_are_one_error_line(tiny_profile, tmp_path, capsys):
+    assert cli(["build", "no-such-profile", "--data", "procedural", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: profile not found: no-such-profile")
+    assert cli(["build", str(tiny_profile), "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --data") and "procedural" in err[0]
+    assert cli(["build", str(tiny_profile), "--data", "procedural", "--out", str(tmp_path / "r"),
+                "--steps", "nonsense"]) == 2
+    assert capsys.readouterr().err.startswith("error: --steps: unknown step(s) ['nonsense']")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TINY_PROFILE.replace("    cls: {epochs: 2", "    nope: {epochs: 2"))
+    assert cli(["build", str(bad), "--data", "procedural", "--out", str(tmp_path / "r")]) == 2
+    assert "build.experts: unknown expert 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_tiny_build_end_to_end_resumes_after_a_kill(tiny_profile, tmp_path):
+    """Killed (SIGKILL) once the classifier is done; the same command skips data and train:cls,
+    trains the detector, calibrates, evaluates and reports; the ready profile validates and predicts."""
+    out = tmp_path / "run"
+    env = {**os.environ, **ENV}
+    proc = subprocess.Popen(_build_cmd(tiny_profile, out), cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while not (out / ".build" / "train_cls.json").exists():
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() < deadline, "train:cls did not finish in 300 s"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / ".build" / "report.json").exists()
+    second = subprocess.run(_build_cmd(tiny_profile, out), cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                            timeout=600)
+    log = second.stdout + second.stderr
+    assert second.returncode == 0, log[-3000:]
+    assert "[build] data: done, skipped" in log and "[build] train:cls: done, skipped" in log
+    assert "[build] train:det: ultralytics" in log  # run (again) after the kill
+    ready = out / "tiny.yaml"
+    prof = yaml.safe_load(ready.read_text())
+    experts = {e["name"]: e for e in prof["experts"]}
+    assert experts["cls"]["options"]["weights"] == "experts/cls/best.pth"
+    assert experts["det"]["model"] == "experts/det/best.pt"
+    assert "build" not in prof and "escalation" in prof
+    consensus = json.loads((out / "tiny.consensus.json").read_text())
+    assert set(consensus["weights"]) == {"cls", "det"}
+    ev = json.loads((out / "evaluation.json").read_text())
+    assert set(ev["experts"]) == {"cls", "det"} and set(ev["tiers"]) == {"fast", "detect"}
+    assert ev["n"] == 16 and ev["cascade"]["overall"]["n"] == 16
+    report = (out / "report.md").read_text()
+    assert "| **cascade** |" in report and "| cls alone |" in report and "| det alone |" in report
+    assert "Escalation band" in report
+    for png in ("reliability", "pr_curve", "mcc_threshold", "mcc_per_level"):
+        assert (out / "plots" / f"{png}.png").stat().st_size > 1000
+    # the ready profile is a profile: it validates and answers
+    val = subprocess.run([sys.executable, "-m", "natix_miner.cli", "profile", "validate", str(ready)],
+                         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert val.returncode == 0, val.stderr
+    from natix_miner.training.datasets import from_procedural
+
+    img = tmp_path / "scene.jpg"
+    img.write_bytes(from_procedural(1, seed=9, long_side=128)[0].bytes())
+    pred = subprocess.run([sys.executable, "-m", "natix_miner.cli", "predict", str(img), "--profile", str(ready),
+                           "--json"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert pred.returncode == 0, pred.stderr
+    answer = json.loads(pred.stdout.strip().splitlines()[-1])
+    assert 0.0 <= answer["probability"] <= 1.0 and "cls" in answer["experts"]
+    # a third run has nothing left to do
+    from natix_miner.config import load_profile
+    from natix_miner.training.build import plan, states
+
+    ctx, steps = plan(load_profile(tiny_profile), "procedural", out, scale="tiny")
+    assert set(states(ctx, steps).values()) == {"done"}
