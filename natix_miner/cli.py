@@ -30,6 +30,7 @@ COMMANDS: typing.List[typing.Tuple[str, str]] = [
     ("mock-validator", "natix_miner.validator.cli"),
     ("data", "natix_miner.training.commands"),
     ("train", "natix_miner.training.commands"),
+    ("autolabel", "natix_miner.training.autolabel"),
     ("train-detector", "natix_miner.training.commands"),
     ("calibrate", "natix_miner.training.commands"),
     ("evaluate", "natix_miner.training.commands"),

@@ -210,25 +210,27 @@ def fit_calibration(raw: typing.Sequence[float], labels: typing.Sequence[int], l
     return float(w[0]), float(w[1])
 
 
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise intersection over union of xyxy boxes: ``(N, 4), (M, 4) -> (N, M)`` (0 where the union is empty)."""
+    a = np.asarray(a, np.float64).reshape(-1, 4)
+    b = np.asarray(b, np.float64).reshape(-1, 4)
+    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
+    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    w = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    h = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = w * h
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
 def nms(boxes: np.ndarray, scores: np.ndarray, groups: typing.Sequence, iou: float) -> np.ndarray:
     """Indices kept by greedy non-maximum suppression within each group (e.g. roadwork class)."""
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     order = np.argsort(-np.asarray(scores, np.float32), kind="stable")
-    area = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+    ious = box_iou(boxes, boxes)
     keep: typing.List[int] = []
     for i in order:
-        ok = True
-        for j in keep:
-            if groups[j] != groups[i]:
-                continue
-            xx1, yy1 = max(boxes[i, 0], boxes[j, 0]), max(boxes[i, 1], boxes[j, 1])
-            xx2, yy2 = min(boxes[i, 2], boxes[j, 2]), min(boxes[i, 3], boxes[j, 3])
-            inter = max(0.0, xx2 - xx1) * max(0.0, yy2 - yy1)
-            union = area[i] + area[j] - inter
-            if union > 0 and inter / union > iou:
-                ok = False
-                break
-        if ok:
+        if all(groups[j] != groups[i] or not ious[i, j] > iou for j in keep):
             keep.append(int(i))
     return np.asarray(keep, dtype=np.int64)
 
@@ -308,6 +310,11 @@ class DetectorExpert(Expert):
         mapped = [self._mapped(d) for d in detections]
         checks = checker.check(images, mapped) if checker is not None else [None] * len(mapped)
         return [self._one(m, c) for m, c in zip(mapped, checks)]
+
+    def roadwork_boxes(self, images) -> typing.List[typing.Tuple[Detections, typing.List[str]]]:
+        """Per image, the detections the aggregation sees (mapped onto roadwork classes, class-wise NMS)
+        and their roadwork class: what ``natix-miner autolabel`` takes from a teacher."""
+        return [self._mapped(d)[:2] for d in self.detect(images)]
 
     def _mapped(self, det: Detections) -> typing.Tuple[Detections, typing.List[str], int]:
         keep, classes = [], []
