@@ -5,7 +5,9 @@
 //   pm2 logs natix-miner / pm2 restart natix-miner / pm2 stop natix-miner
 //   pm2 install pm2-logrotate                                 # rotate pm2's own capture files
 //
-// Several hotkeys on one host: NATIX_PM2_NAME=miner-2 NATIX_ENV_FILE=miner-2.env pm2 start ecosystem.config.js
+// Several hotkeys on one host, one engine (the models loaded once): NATIX_HOTKEYS=hotkeys.yaml in miner.env
+// (deploy/hotkeys.example.yaml, docs/scaling.md). Or one process each (N copies of the models):
+//   NATIX_PM2_NAME=miner-2 NATIX_ENV_FILE=miner-2.env pm2 start ecosystem.config.js
 const path = require("path");
 
 const name = process.env.NATIX_PM2_NAME || "natix-miner";

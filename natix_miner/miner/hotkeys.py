@@ -10,7 +10,7 @@ wallet, registration or axon fails at start, that is deregistered at a resync, o
 listening, is logged and dropped; the others keep serving. The process stops only when none is left
 (with the exit code of the last failure, ``natix_miner/miner/errors.py``).
 
-The file is YAML, a list of entries (``configs/hotkeys.example.yaml``)::
+The file is YAML, a list of entries (``deploy/hotkeys.example.yaml``)::
 
     - {name: hk1, wallet_name: miner, wallet_hotkey: hk1, port: 8091}
     - {name: hk2, wallet_name: miner, wallet_hotkey: hk2, port: 8092}
@@ -106,7 +106,7 @@ def load_hotkeys(path: str, local: bool = False) -> typing.List[HotkeyEntry]:
         raise ConfigError(f"{FLAG}: {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(rows, list) or not rows:
         raise ConfigError(f"{FLAG}: {path} must be a non-empty YAML list of {{name, wallet_name, wallet_hotkey, "
-                          f"port, vault_path?}} (configs/hotkeys.example.yaml)")
+                          f"port, vault_path?}} (deploy/hotkeys.example.yaml)")
     try:
         entries = pydantic.TypeAdapter(typing.List[HotkeyEntry]).validate_python(rows)
     except pydantic.ValidationError as exc:

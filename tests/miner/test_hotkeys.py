@@ -280,3 +280,42 @@ def test_shared_hits_count_whatever_order_the_answers_complete_in():
     ledger.observe("c", res("x", True))
     ledger.observe("a", types.SimpleNamespace(image_sha256="y", cached=False, fallback=True))  # fallbacks: not counted
     assert dict(ledger.counts) == {"b": 1, "c": 1}
+
+
+def test_the_shipped_example_file_is_valid():
+    entries = load_hotkeys(os.path.join(REPO_ROOT, "deploy", "hotkeys.example.yaml"), local=False)
+    assert [(e.name, e.port, e.vault_path) for e in entries] == [
+        ("hk1", 8091, None), ("hk2", 8092, None), ("hk3", 8093, "natix/miner-hk3")]
+
+
+async def test_one_hotkey_from_wallet_files_and_one_from_vault(tmp_path, validator_wallet):
+    """Each entry's own wallet: files for one, a real OpenBao's KV secret for the other (ops/secrets)."""
+    from bittensor_wallet import Keypair
+
+    from natix_miner.engine import Engine
+    from tests.support.ops_support import start_bao
+
+    bao = start_bao()
+    try:
+        mnemonic = Keypair.generate_mnemonic(12)
+        bao.put("natix/hk-vaulted", {"mnemonic": mnemonic, "coldkey_ss58": Keypair.create_from_mnemonic(
+            Keypair.generate_mnemonic(12)).ss58_address})
+        files = _wallets(tmp_path, "m1")["m1"]
+        prof = _profile(tmp_path)
+        hk = _write(tmp_path / "hk.yaml", [
+            {"name": "files", "wallet_name": "m1", "wallet_hotkey": "default", "port": 0},
+            {"name": "vaulted", "wallet_name": "m2", "wallet_hotkey": "default", "port": 0,
+             "vault_path": "natix/hk-vaulted"}])
+        cfg = _cfg(tmp_path, hk, validator_wallet.hotkey.ss58_address, prof,
+                   vault={"addr": bao.addr, "token": bao.root_token, "timeout_s": 3.0})
+        group = MinerGroup(cfg, engine=Engine(prof))
+        with MinerThread(cfg, runner=group):
+            assert group.miners["files"].wallet.hotkey.ss58_address == files.hotkey.ss58_address
+            assert group.miners["vaulted"].wallet.hotkey.ss58_address == \
+                Keypair.create_from_mnemonic(mnemonic).ss58_address
+            for m in group.miners.values():
+                r = await _query(validator_wallet, m, ImageSynapse(image=_b64(7)))
+                assert r.axon.status_code == 200
+        assert not (tmp_path / "wallets" / "m2").exists()  # the Vault hotkey never touched the disk
+    finally:
+        bao.stop()
