@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from natix_miner.stats import percentile
 from natix_miner.training.metrics import binary_metrics, pr_curve, reliability_bins, summarize
 
 LEVELS = (0, 1, 2, 3)
@@ -72,11 +73,11 @@ def make_challenges(samples, seed: int = 0, all_levels: bool = False,
 
 
 def _latency(values: typing.Sequence[float]) -> dict:
+    """Milliseconds: nearest-rank percentiles (:func:`natix_miner.stats.percentile`) and the mean."""
     if not values:
         return {}
     a = np.asarray(values) * 1000
-    return {"p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)),
-            "p99": float(np.percentile(a, 99)), "mean": float(a.mean())}
+    return {"p50": percentile(a, 50), "p95": percentile(a, 95), "p99": percentile(a, 99), "mean": float(a.mean())}
 
 
 def profile_report(challenges: typing.Sequence[Challenge], results) -> dict:

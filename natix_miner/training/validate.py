@@ -28,6 +28,7 @@ import typing
 
 import numpy as np
 
+from natix_miner.stats import percentile
 from natix_miner.training.datasets import Sample
 
 
@@ -80,9 +81,9 @@ def _groups(n: int, pairs: typing.Iterable[typing.Tuple[int, int, int]]) -> typi
 def _stats(values: typing.Sequence[float]) -> dict:
     if not values:
         return {}
-    a = np.asarray(values, dtype=np.float64)
-    return {"min": float(a.min()), "p5": float(np.percentile(a, 5)), "median": float(np.median(a)),
-            "p95": float(np.percentile(a, 95)), "max": float(a.max())}
+    a = np.asarray(values, dtype=np.float64)  # nearest-rank percentiles: values that occur
+    return {"min": float(a.min()), "p5": percentile(a, 5), "median": percentile(a, 50),
+            "p95": percentile(a, 95), "max": float(a.max())}
 
 
 def validate_samples(samples: typing.Sequence[Sample], max_distance: int = 4, min_share: float = 0.3,
