@@ -90,9 +90,12 @@ def stage_rule(spec: ConsensusSpec, stage: typing.Optional[str] = None) -> Conse
     return spec
 
 
-def pool(rule: ConsensusStage, names: typing.Sequence[str], Z) -> np.ndarray:
-    """Weighted log-odds pooling of ``Z`` ((n, len(names)) logits, NaN = no opinion) with ``rule``:
-    (n,) probabilities, NaN where nobody with a non-zero weight had an opinion.
+def pooled_logit(weights: typing.Mapping[str, float], normalize: bool, names: typing.Sequence[str],
+                 Z) -> np.ndarray:
+    """The pooled log-odds before bias, temperature or isotonic map: ``sum_i w_i * z_i`` over the
+    columns of ``Z`` ((n, len(names)) logits, NaN = no opinion) with an opinion and a non-zero
+    weight (an expert not in ``weights`` weighs 1), divided by ``sum_i |w_i|`` when ``normalize``;
+    (n,), NaN where nobody took part.
 
     Terms are added in column order, one column at a time, so one row gives bit for bit what
     the same row gives inside a batch."""
@@ -102,7 +105,7 @@ def pool(rule: ConsensusStage, names: typing.Sequence[str], Z) -> np.ndarray:
     num = np.zeros(Z.shape[0])
     den = np.zeros(Z.shape[0])
     for j, name in enumerate(names):
-        w = float(rule.weights.get(name, 1.0))
+        w = float(weights.get(name, 1.0))
         if w == 0.0:
             continue
         z = Z[:, j]
@@ -110,8 +113,16 @@ def pool(rule: ConsensusStage, names: typing.Sequence[str], Z) -> np.ndarray:
         num += np.where(has, w * z, 0.0)
         den += np.where(has, abs(w), 0.0)
     none = den == 0.0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z = num / np.where(none, 1.0, den) if rule.normalize else num
+    z = num / np.where(none, 1.0, den) if normalize else num
+    return np.where(none, np.nan, z)
+
+
+def pool(rule: ConsensusStage, names: typing.Sequence[str], Z) -> np.ndarray:
+    """Weighted log-odds pooling of ``Z`` ((n, len(names)) logits, NaN = no opinion) with ``rule``:
+    (n,) probabilities, NaN where nobody with a non-zero weight had an opinion."""
+    z = pooled_logit(rule.weights, rule.normalize, names, Z)
+    none = np.isnan(z)
+    z = np.where(none, 0.0, z)
     if rule.isotonic is not None:
         p = np.interp(z, rule.isotonic.x, rule.isotonic.y)
     else:

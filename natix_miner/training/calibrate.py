@@ -186,18 +186,11 @@ class StageFit:
     calibration: typing.Optional[Calibration] = None  # isotonic knots live here
 
     def pooled_logit(self, X: np.ndarray, names: typing.Sequence[str]) -> np.ndarray:
-        """The engine's pooling (:mod:`natix_miner.engine.consensus`) on a logit matrix, before bias.
+        """The engine's pooling (:func:`natix_miner.engine.policy.pooled_logit`) on a logit matrix,
+        before bias; 0 where nobody took part (abstentions and absent experts are NaN in ``X``)."""
+        from natix_miner.engine.policy import pooled_logit
 
-        Abstentions and absent experts are NaN in ``X`` and take no part."""
-        X = np.asarray(X, dtype=np.float64)
-        present = (~np.isnan(X)).astype(np.float64)
-        X = np.nan_to_num(X, nan=0.0)
-        w = np.array([self.weights.get(n, 1.0) for n in names], dtype=np.float64)
-        num = X @ w
-        if self.normalize:
-            den = present @ np.abs(w)
-            num = np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
-        return num
+        return np.nan_to_num(pooled_logit(self.weights, self.normalize, names, X), nan=0.0)
 
     def probability(self, X: np.ndarray, names: typing.Sequence[str]) -> np.ndarray:
         z = self.pooled_logit(X, names)
