@@ -86,3 +86,12 @@ def test_a_row_whose_module_does_not_define_it_is_refused(monkeypatch):
         cli.build_parser()
     _fake(monkeypatch, define=["alpha"], rows=["alpha"])
     assert _choices(cli.build_parser())[0] == ["alpha"]
+
+
+def test_building_the_parser_imports_nothing_heavy():
+    """Every command module is imported to build the parser: none may import a model library at top level."""
+    code = ("import sys; from natix_miner import cli; cli.build_parser(); "
+            "print(sorted(m for m in ('torch', 'transformers', 'ultralytics', 'timm', 'ray', 'vllm') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
