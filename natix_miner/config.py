@@ -466,6 +466,20 @@ class LoggingConfig(StrictModel):
     json_logs: bool = False
 
 
+class EngineConfig(StrictModel):
+    """Where the cascade runs: in this process (default) or a Ray Serve application (docs/scaling.md)."""
+
+    ray: typing.Optional[str] = None
+    """Ray cluster address (``HOST:PORT`` of a cluster this box is a node of, ``auto``, or
+    ``ray://HOST:10001``): answer through the app ``natix-miner engine serve`` deployed, load no model."""
+    app: str = pydantic.Field(default="natix", min_length=1)
+    """The Ray Serve application name (``natix-miner engine serve --app``)."""
+    connect_timeout_s: float = pydantic.Field(default=60.0, gt=0)
+    """How long the start waits for the application's first answer before it fails (exit 7)."""
+    stale_after_s: float = pydantic.Field(default=5.0, gt=0)
+    """No status from the cluster for this long: it counts as lost (fallback answers, reconnecting)."""
+
+
 class MinerConfig(StrictModel):
     """Everything the neuron needs; ``profile`` names the cascade."""
 
@@ -489,6 +503,7 @@ class MinerConfig(StrictModel):
     metrics: MetricsConfig = pydantic.Field(default_factory=MetricsConfig)
     tracing: TracingConfig = pydantic.Field(default_factory=TracingConfig)
     logging: LoggingConfig = pydantic.Field(default_factory=LoggingConfig)
+    engine: EngineConfig = pydantic.Field(default_factory=EngineConfig)
 
     cascade: typing.Optional[Profile] = pydantic.Field(default=None, exclude=True, repr=False)
     """The parsed :attr:`profile`: ``natix_miner.miner.args.build_config`` parses it once (its ``miner:``

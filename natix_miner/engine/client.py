@@ -84,3 +84,20 @@ def local_engine(profile: "Profile") -> EngineClient:
     from natix_miner.engine.engine import Engine
 
     return Engine(profile)
+
+
+def engine_factory_for(cfg: typing.Any) -> EngineFactory:
+    """The factory a miner's config asks for: :func:`local_engine`, or with ``--engine.ray ADDRESS``
+    (``cfg.engine.ray``) a :class:`natix_miner.engine.ray_client.RayEngineClient` on the Ray Serve app
+    ``cfg.engine.app`` (no model loads in this process; docs/scaling.md)."""
+    eng = getattr(cfg, "engine", None)
+    if eng is None or not eng.ray:
+        return local_engine
+
+    def ray_engine(profile: "Profile") -> EngineClient:
+        from natix_miner.engine.ray_client import RayEngineClient
+
+        return RayEngineClient(profile, eng.ray, eng.app, connect_timeout_s=eng.connect_timeout_s,
+                               stale_after_s=eng.stale_after_s)
+
+    return ray_engine

@@ -89,6 +89,9 @@ FLAGS: typing.List[typing.Tuple[str, str, typing.Callable, str]] = [
     ("--metrics.host", "metrics.host", str, "metrics bind address (0.0.0.0 exposes it on every interface)"),
     ("--metrics.enabled", "metrics.enabled", _bool, "serve metrics and health"),
     ("--tracing.endpoint", "tracing.endpoint", str, "OTLP/HTTP endpoint (tracing is off when unset)"),
+    ("--engine.ray", "engine.ray", str, "Ray cluster address (HOST:PORT, auto, ray://HOST:10001): answer through the "
+     "Ray Serve app of `natix-miner engine serve` instead of loading models (docs/scaling.md)"),
+    ("--engine.app", "engine.app", str, "Ray Serve application name (`natix-miner engine serve --app`)"),
     ("--logging.level", "logging.level", str, "DEBUG | INFO | WARNING"),
     ("--blacklist.minimum_stake", "blacklist.min_stake", float, "alias of --blacklist.min_stake"),
     ("--logging.dir", "logging.dir", str, "rotating log directory"),

@@ -21,7 +21,7 @@ import time
 import typing
 
 from natix_miner.config import MinerConfig
-from natix_miner.engine.client import EngineClient, EngineFactory, local_engine
+from natix_miner.engine.client import EngineClient, EngineFactory, engine_factory_for
 from natix_miner.engine.result import safe_probability
 from natix_miner.miner import errors
 from natix_miner.miner.admission import Admission, Overloaded
@@ -100,15 +100,15 @@ class Miner:
                  engine_factory: typing.Optional[EngineFactory] = None,
                  admission: typing.Optional[Admission] = None):
         """``engine``: any :class:`EngineClient` (started at :meth:`start` unless already ``ready``); without
-        one, ``engine_factory(profile)`` builds it at start (default :func:`local_engine`, the in-process
-        cascade, imported only then). ``subtensor``: a chain client to use instead of
+        one, ``engine_factory(profile)`` builds it at start (default ``engine_factory_for(cfg)``: the in-process
+        cascade, imported only then, or with ``--engine.ray`` the Ray Serve client). ``subtensor``: a chain client to use instead of
         ``bt.Subtensor(network)`` (anything with ``metagraph(netuid)`` and ``serve_axon(netuid=, axon=)``;
         tests pass a local chain). ``admission``: an :class:`Admission` shared with other miners of one
         engine (``natix_miner.miner.hotkeys.MinerGroup``; default: this miner's own)."""
         self.cfg = cfg
         self.profile = engine.profile if engine is not None else cfg.load_cascade()  # parsed once, in the config
         self.engine: typing.Optional[EngineClient] = engine
-        self.engine_factory: EngineFactory = engine_factory or local_engine
+        self.engine_factory: EngineFactory = engine_factory or engine_factory_for(cfg)  # --engine.ray: Ray Serve
         self.hooks = hooks or MinerHooks()
         self.wallet = wallet
         self.gate = Gate(cfg.blacklist, local=cfg.local)
