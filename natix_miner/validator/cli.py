@@ -3,6 +3,7 @@
     python scripts/mock_validator.py --spawn-miner --n 200 --json out.json
     python scripts/mock_validator.py --spawn-miner --profile demo-cpu --profile configs/other.yaml --n 100
     python scripts/mock_validator.py 127.0.0.1:8091:5F... a=127.0.0.1:8092:5G... --concurrency 8
+    python scripts/mock_validator.py --miner-url http://127.0.0.1:9100 --n 50   # every hotkey of one miner
     python scripts/mock_validator.py --spawn-miner --source data/roadwork.parquet --plot run.png
 
 Exit status: 0, or 3 when any miner gave an invalid answer (NaN or outside [0, 1]), 2 on bad input.
@@ -26,6 +27,9 @@ def build_parser(parser: typing.Optional[argparse.ArgumentParser] = None) -> arg
     p = parser or argparse.ArgumentParser(prog="mock_validator", description=__doc__.split("\n\n")[0],
                                           formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("targets", nargs="*", metavar="[NAME=]HOST:PORT:HOTKEY", help="running miners to query")
+    p.add_argument("--miner-url", action="append", default=[], metavar="URL",
+                   help="a running miner's metrics/health URL (http://127.0.0.1:9100): query every hotkey it serves "
+                        "(repeatable; a --hotkeys miner serves several)")
     p.add_argument("--spawn-miner", action="store_true",
                    help="start a local-mode miner per --profile (subprocess), admit this validator, stop it at the end")
     p.add_argument("--profile", action="append", default=None,
@@ -86,7 +90,7 @@ def run(args) -> int:
     if apply_cli(args):  # --stand-ins / --device: exported, spawned miners inherit them too
         return 2
     os.environ.setdefault("BT_NO_PARSE_CLI_ARGS", "true")
-    if not args.targets and not args.spawn_miner:
+    if not args.targets and not args.spawn_miner and not args.miner_url:
         print("give running miners (host:port:hotkey) and/or --spawn-miner", file=sys.stderr)
         return 2
     if args.n < 1:
@@ -101,10 +105,11 @@ def run(args) -> int:
     from natix_miner.synth.sources import ChallengeStream, SourceError, open_source
     from natix_miner.validator.mock import MockValidator
     from natix_miner.validator.report import build_report, format_scoreboard, write_json, write_plot
-    from natix_miner.validator.targets import MinerStartError, SpawnedMiner, parse_target
+    from natix_miner.validator.targets import MinerStartError, SpawnedMiner, parse_target, targets_from_miner
 
     try:
         targets = [parse_target(t) for t in args.targets]
+        targets += [t for url in args.miner_url for t in targets_from_miner(url)]
         real = open_source(args.source)
     except (ValueError, SourceError) as exc:
         print(f"error: {exc}", file=sys.stderr)

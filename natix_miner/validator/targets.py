@@ -8,6 +8,7 @@ SIGTERM (SIGKILL to its process group after a grace period).
 Usage::
 
     t = parse_target("127.0.0.1:8091:5F...")            # Target
+    ts = targets_from_miner("http://127.0.0.1:9100")      # every hotkey a running miner serves (its /readyz)
     with SpawnedMiner(profile="configs/demo-cpu.yaml", validator_hotkey=vw.hotkey.ss58_address) as m:
         m.target                                          # Target for the dendrite
 """
@@ -61,6 +62,33 @@ def parse_target(text: str, name: typing.Optional[str] = None) -> Target:
     if not 0 < port_i < 65536:
         raise ValueError(f"target {text!r}: port out of range")
     return Target(host, port_i, hotkey, name or f"{host}:{port_i}")
+
+
+def targets_from_miner(url: str, timeout_s: float = 5.0) -> typing.List[Target]:
+    """Every axon a running miner serves, from its metrics/health server's ``/readyz`` (answered
+    whether ready or not): one per hotkey of a ``--hotkeys`` miner, else its one axon. The axons are
+    reached on the URL's host. A miner that cannot be read is a ``ValueError`` naming the URL."""
+    import json
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    host = urllib.parse.urlsplit(url).hostname or "127.0.0.1"
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/readyz", timeout=timeout_s) as r:
+            body = json.loads(r.read())
+    except urllib.error.HTTPError as exc:  # 503: not ready, the body still names the axons
+        body = json.loads(exc.read() or b"{}")
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--miner-url {url}: cannot read its /readyz ({exc}); is the miner running with "
+                         f"--metrics.port on that address?") from None
+    rows = [(n, h.get("hotkey"), (h.get("axon") or {}).get("port")) for n, h in sorted((body.get("hotkeys") or {}).items())]
+    if not rows and body.get("hotkey"):
+        rows = [(None, body["hotkey"], ((body.get("checks") or {}).get("axon") or {}).get("port"))]
+    targets = [Target(host, int(port), hotkey, name or f"{host}:{port}") for name, hotkey, port in rows if hotkey and port]
+    if not targets:
+        raise ValueError(f"--miner-url {url}: its /readyz names no serving axon yet; wait until it serves")
+    return targets
 
 
 def free_port(host: str = "127.0.0.1") -> int:

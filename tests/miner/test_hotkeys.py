@@ -319,3 +319,21 @@ async def test_one_hotkey_from_wallet_files_and_one_from_vault(tmp_path, validat
         assert not (tmp_path / "wallets" / "m2").exists()  # the Vault hotkey never touched the disk
     finally:
         bao.stop()
+
+
+def test_the_mock_validator_queries_every_hotkey_of_one_process(two_hotkeys, validator_wallet, tmp_path):
+    from natix_miner.validator.cli import main
+
+    group, hooks = two_hotkeys
+    wallet_dir = os.path.dirname(os.path.dirname(validator_wallet.hotkey_file.path))
+    out = tmp_path / "report.json"
+    images = _images(group.engine)
+    assert main(["--miner-url", hooks.url, "--n", "3", "--json", str(out), "--no-progress",
+                 "--wallet.name", validator_wallet.name, "--wallet.hotkey", validator_wallet.hotkey_str,
+                 "--wallet.path", os.path.dirname(wallet_dir)]) == 0
+    miners = {m["name"]: m for m in json.loads(out.read_text())["miners"]}
+    assert {n: (m["hotkey"], m["address"]) for n, m in miners.items()} == {
+        n: (m.wallet.hotkey.ss58_address, f"127.0.0.1:{m.port}") for n, m in group.miners.items()}
+    assert all(m["answered"] == 3 and m["invalid"] == 0 for m in miners.values())
+    # 3 challenges and the unscored warm-up probe, each sent to both hotkeys at once: each computed once
+    assert _images(group.engine) - images == 4
