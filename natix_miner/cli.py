@@ -78,7 +78,9 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
         return text + " (default: %(default)s)"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: typing.Optional[str] = None) -> argparse.ArgumentParser:
+    """The parser of every command in :data:`COMMANDS`; with ``command`` (a row's name), only the module
+    of that command is imported (``main`` does so: one command's import problem never stops another)."""
     parser = argparse.ArgumentParser(prog="natix-miner", description=__doc__.split("\n\n")[0])
     from natix_miner import __version__
 
@@ -89,7 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     modules: typing.Dict[str, typing.List[str]] = {}
     for name, module in COMMANDS:
         modules.setdefault(module, []).append(name)
+    wanted = dict(COMMANDS).get(command)
     for module, names in modules.items():
+        if wanted is not None and module != wanted:
+            continue
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:
@@ -104,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     f"does not define them; remove the rows or define the commands")
     order = [name for name, _ in COMMANDS]
     sub._choices_actions.sort(key=lambda a: order.index(a.dest))  # --help lists the table's order
+    by_name = dict(sub._name_parser_map)  # ...and so does "invalid choice" (argparse's choices)
+    sub._name_parser_map.clear()
+    sub._name_parser_map.update((n, by_name[n]) for n in order if n in by_name)
     return parser
 
 
@@ -123,7 +131,8 @@ def quiet_progress() -> None:
 
 
 def main(argv: typing.Optional[typing.Sequence[str]] = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv[0] if argv else None)  # `natix-miner X ...` imports X's module only
     args = parser.parse_args(argv)
     if getattr(args, "quiet", False):
         quiet_progress()

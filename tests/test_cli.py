@@ -95,3 +95,15 @@ def test_building_the_parser_imports_nothing_heavy():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_a_command_imports_only_its_own_module():
+    """`natix-miner run ...` builds the parser of run's module alone: another command's module (here the
+    training commands) is never imported, so its import problems cannot stop the miner."""
+    code = ("import sys; from natix_miner import cli; p = cli.build_parser('run'); "
+            "print(sorted(m for m in sys.modules if m in dict((mod, 1) for _, mod in cli.COMMANDS)))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['natix_miner.commands.run']"
+    assert _choices(cli.build_parser("run"))[0] == ["run"]
+    assert _choices(cli.build_parser("no-such-command"))[0] == NAMES  # a typo gets the full list of choices
