@@ -7,7 +7,8 @@
 
 :data:`COMMANDS` is the one registry of subcommands: a row per command, naming the module whose
 ``add_parser(subparsers)`` defines it (one module may define several). :func:`build_parser` imports
-each module when the parser is built (so those modules import nothing heavy at top level), hands it a
+each module when the parser is built (``natix-miner X ...``: X's module only; those modules import
+nothing heavy at top level, ``tests/test_cli.py`` holds it), hands it a
 registrar that refuses any command its rows do not name and checks that it defined every one they
 do, and lists the commands in the table's order. A new command is a new row here.
 """
