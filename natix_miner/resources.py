@@ -100,6 +100,18 @@ def model_store_dir() -> Path:
     return Path(os.getcwd()) / "models"
 
 
+def check_writable(path: typing.Union[str, Path], what: str, source: typing.Union[str, Path, None] = None) -> None:
+    """Refuse (``ValueError``, naming the fix) to write ``what`` into the installed package's read-only
+    copy: ``natix-miner calibrate --profile demo-cpu`` on an installed package would otherwise write
+    ``demo-cpu.consensus.json`` inside site-packages. ``source``: the shipped file to copy out (the profile)."""
+    target = Path(path).expanduser().resolve()
+    if target == PACKAGED_ROOT or PACKAGED_ROOT in target.parents:
+        copy = source or f"{target.parent}/<name>.yaml"
+        raise ValueError(f"{what} would be written to {target}, inside the installed package's read-only copy; "
+                         f"copy the profile out (cp {copy} ./my-profile.yaml) and pass --profile ./my-profile.yaml, "
+                         f"or set NATIX_ROOT to a writable copy of configs/ and models/")
+
+
 def shipped_files(source: Path) -> typing.List[Path]:
     """The files under ``source`` (a checkout) that a package ships, relative to it (``setup.py`` and a
     test use it)."""

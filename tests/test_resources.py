@@ -122,3 +122,20 @@ def test_an_explicit_root_wins_and_a_wrong_one_is_one_error_line(installed):
     assert r.stderr.strip().splitlines() == [f"error: NATIX_ROOT={installed[1] / 'nowhere'}: no configs/ directory "
                                              f"there; point it at a natix-miner checkout (or a copy of its configs/ "
                                              f"and models/), or unset it"]
+
+
+def test_calibrate_refuses_to_write_into_the_installed_copy(installed):
+    """The shipped files are read-only: a fitted consensus for a packaged profile is refused at once,
+    with the fix, before any image is run."""
+    r = _run(installed, "calibrate", "--profile", "demo-cpu", "--data", "procedural:8")
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    shipped = installed[0] / "natix_miner" / "_shipped" / "configs" / "demo-cpu.yaml"
+    assert "inside the installed package's read-only copy" in r.stderr
+    assert f"cp {shipped} ./my-profile.yaml) and pass --profile ./my-profile.yaml" in r.stderr
+    assert not list((installed[0] / "natix_miner" / "_shipped" / "configs").glob("*.consensus.json"))
+
+
+def test_check_writable_allows_the_checkout_and_refuses_the_packaged_copy():
+    resources.check_writable(Path(REPO_ROOT) / "configs" / "x.consensus.json", "x")
+    with pytest.raises(ValueError, match="read-only copy"):
+        resources.check_writable(resources.PACKAGED_ROOT / "configs" / "x.consensus.json", "x")

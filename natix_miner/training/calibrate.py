@@ -372,6 +372,10 @@ def calibrate_profile(profile, data: str, n: typing.Optional[int] = None, seed: 
     if method not in ("logistic", "temperature", "isotonic"):
         raise ValueError(f"unknown method {method!r} (logistic, temperature or isotonic)")
     prof = profile if isinstance(profile, Profile) else load_profile(profile)
+    if write and prof.consensus_file is not None:
+        from natix_miner.resources import check_writable
+
+        check_writable(prof.consensus_file, "the fitted consensus", prof.path)  # before the run, not after it
     if samples is None:
         samples = load_samples(data, limit=n, seed=seed, labelled=True)
     ch = make_challenges(samples, seed=seed, all_levels=all_levels, progress=progress)
