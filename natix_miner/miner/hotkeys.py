@@ -28,7 +28,6 @@ import asyncio
 import collections
 import difflib
 import logging
-import signal
 import threading
 import time
 import typing
@@ -400,30 +399,13 @@ class MinerGroup:
     async def run(self, ready: typing.Optional[threading.Event] = None) -> None:
         """Start, then resync every ``sync_interval_s`` (and watch the axons every few seconds) until
         SIGINT/SIGTERM or no hotkey is left."""
-        try:
-            await self.start()
-        except BaseException:
-            await self.stop()
-            raise
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self.loop.add_signal_handler(sig, self._stop.set)
-            except (NotImplementedError, RuntimeError, ValueError):
-                pass
-        if ready is not None:
-            ready.set()
-        try:
-            while not self._stop.is_set():
-                try:
-                    await asyncio.wait_for(self._stop.wait(), timeout=min(5.0, self.cfg.sync_interval_s))
-                except asyncio.TimeoutError:
-                    pass
-                if self._stop.is_set():
-                    break
-                self._check_axons()
-                if time.time() - self._last_sync >= self.cfg.sync_interval_s:
-                    await self._resync()
-                if not self.miners:
-                    raise self._none_left()
-        finally:
-            await self.stop()
+        from natix_miner.miner.neuron import run_until_stopped
+
+        await run_until_stopped(self, self._tick, min(5.0, self.cfg.sync_interval_s), ready)
+
+    async def _tick(self) -> None:
+        self._check_axons()
+        if time.time() - self._last_sync >= self.cfg.sync_interval_s:
+            await self._resync()
+        if not self.miners:
+            raise self._none_left()

@@ -527,35 +527,48 @@ class Miner:
 
     async def run(self, ready: typing.Optional[threading.Event] = None) -> None:
         """Start, then sync the metagraph every ``sync_interval_s`` until SIGINT/SIGTERM."""
+        await run_until_stopped(self, self._tick, min(60.0, self.cfg.sync_interval_s), ready)
+
+    async def _tick(self) -> None:
+        if time.time() - self._last_sync < self.cfg.sync_interval_s:
+            return
+        if self.cfg.local:
+            self._last_sync = time.time()
+            self.report_status()
+            return
         try:
-            await self.start()
-        except BaseException:
-            await self.stop()  # close what was opened (socket, engine, ops server) before the error surfaces
-            raise
-        for sig in (signal.SIGINT, signal.SIGTERM):
+            await self.loop.run_in_executor(None, self.sync)
+        except Exception as exc:  # keep serving on a stale metagraph
+            log.warning("metagraph sync failed: %s", exc)
+
+
+async def run_until_stopped(runner, tick: typing.Callable[[], typing.Awaitable[None]], every_s: float,
+                            ready: typing.Optional[threading.Event] = None) -> None:
+    """``runner.start()`` (on failure ``runner.stop()`` closes what was opened, then the error surfaces),
+    SIGINT/SIGTERM set ``runner._stop``, ``ready`` is set, then ``await tick()`` every ``every_s`` until
+    stopped; ``runner.stop()`` at the end. A :class:`Miner` and a ``MinerGroup`` run so."""
+    try:
+        await runner.start()
+    except BaseException:
+        await runner.stop()  # close what was opened (socket, engine, ops server) before the error surfaces
+        raise
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            runner.loop.add_signal_handler(sig, runner._stop.set)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass
+    if ready is not None:
+        ready.set()
+    try:
+        while not runner._stop.is_set():
             try:
-                self.loop.add_signal_handler(sig, self._stop.set)
-            except (NotImplementedError, RuntimeError, ValueError):
+                await asyncio.wait_for(runner._stop.wait(), timeout=every_s)
+            except asyncio.TimeoutError:
                 pass
-        if ready is not None:
-            ready.set()
-        try:
-            while not self._stop.is_set():
-                try:
-                    await asyncio.wait_for(self._stop.wait(), timeout=min(60.0, self.cfg.sync_interval_s))
-                except asyncio.TimeoutError:
-                    pass
-                if time.time() - self._last_sync >= self.cfg.sync_interval_s:
-                    if self.cfg.local:
-                        self._last_sync = time.time()
-                        self.report_status()
-                        continue
-                    try:
-                        await self.loop.run_in_executor(None, self.sync)
-                    except Exception as exc:  # keep serving on a stale metagraph
-                        log.warning("metagraph sync failed: %s", exc)
-        finally:
-            await self.stop()
+            if not runner._stop.is_set():
+                await tick()
+    finally:
+        await runner.stop()
 
 
 def _public_ip() -> str:
