@@ -4,9 +4,9 @@
 family's raw ``options`` mapping into its typed ``Options`` with messages that name the key, suggest
 the nearest valid name (as Ultralytics' ``check_dict_alignment`` does) and list the valid ones::
 
-    'nonsense_key' is not an option of family 'timm'. Valid: bucket_batches, channels_last, ...
-    'decod' is not an option of family 'timm'. Did you mean 'decode'? Valid: ...
-    decode: Input should be 'gpu', 'cpu' or 'hw' (got 'bogus')
+    options.nonsense_key: 'nonsense_key' is not an option of family 'timm'. Valid: bucket_batches, ...
+    options.decod: 'decod' is not an option of family 'timm'. Did you mean 'decode'? Valid: ...
+    options.decode: Input should be 'gpu', 'cpu' or 'hw' (got 'bogus')
 
 Usage::
 
@@ -33,12 +33,13 @@ class StrictModel(pydantic.BaseModel):
 
 
 class OptionsError(ValueError):
-    """A family's ``options`` are invalid. ``problems``: ``[(dotted key, message)]``, one per error."""
+    """An expert's ``options`` (or its ``dtype``) are invalid for its family. ``problems``:
+    ``[(key, message)]`` with keys relative to the expert entry (``options.decode``, ``dtype``)."""
 
     def __init__(self, family: str, problems: typing.Sequence[typing.Tuple[str, str]]):
         self.family = family
         self.problems = list(problems)
-        super().__init__("; ".join(f"options.{key}: {msg}" if key else f"options: {msg}" for key, msg in self.problems))
+        super().__init__("; ".join(f"{key}: {msg}" for key, msg in self.problems))
 
 
 def nearest(name: str, valid: typing.Iterable[str]) -> typing.Optional[str]:
@@ -73,7 +74,7 @@ def model_at(model: typing.Type[pydantic.BaseModel], loc: typing.Sequence[typing
 
 def _problem(model: typing.Type[pydantic.BaseModel], err: dict, family: str) -> typing.Tuple[str, str]:
     loc = [str(x) for x in err["loc"]]
-    key = ".".join(loc)
+    key = ".".join(["options"] + loc)
     if err["type"] == "extra_forbidden":
         holder = model_at(model, loc[:-1])
         valid = sorted(holder.model_fields) if holder is not None else []

@@ -41,9 +41,10 @@ from natix_miner.engine.placement import Placement, live_memory, load_order, mea
 from natix_miner.engine.policy import CascadePolicy
 from natix_miner.engine.pool import ExpertPool, ExpertTimeout, ExpertUnavailable, Replica
 from natix_miner.engine.result import PredictResult, safe_probability
-from natix_miner.experts import FAMILIES, create_expert
+from natix_miner.experts import FAMILIES, create_expert, unknown_family
 from natix_miner.experts.base import Evidence, Expert
 from natix_miner.imaging.decode import DecodedImage, ImageError, b64decode_strict, probe
+from natix_miner.schema import OptionsError
 
 log = logging.getLogger("natix_miner.engine")
 
@@ -69,11 +70,12 @@ def check_profile(profile: Profile, injected: typing.Iterable[str] = ()) -> typi
         if spec.name in skip:
             continue
         if spec.family not in FAMILIES:
-            problems.append(f"{where}: experts.{i}({spec.name}).family: unknown family {spec.family!r} "
-                            f"(known: {', '.join(sorted(FAMILIES))})")
+            problems.append(f"{where}: experts.{i}({spec.name}).family: {unknown_family(spec.family)}")
             continue
         try:
             create_expert(spec, profile)
+        except OptionsError as exc:  # a family's typed Options / dtypes (experts/base.py): one line per key
+            problems += [f"{where}: experts.{i}({spec.name}).{key}: {msg}" for key, msg in exc.problems]
         except (ValueError, TypeError, KeyError) as exc:  # option errors; import problems show at load
             problems.append(f"{where}: experts.{i}({spec.name}).options: {type(exc).__name__}: {exc}")
     return problems

@@ -1,12 +1,15 @@
 """One module per model family behind :class:`natix_miner.experts.base.Expert`.
 
 Families are imported lazily by name, so a host without (say) vLLM can still run profiles that
-do not use it.
+do not use it. A family module imports only numpy and pydantic at the top (its model libraries
+load inside ``load()``), so its typed ``Options`` and its dtype rule can be read anywhere.
 
 Usage::
 
-    from natix_miner.experts import create_expert, FAMILIES
-    expert = create_expert(spec, profile)      # spec.family in FAMILIES
+    from natix_miner.experts import create_expert, FAMILIES, options_class, spec_problems
+    expert = create_expert(spec, profile)      # spec.family in FAMILIES; options validated here
+    options_class("timm")                      # the family's typed Options (a StrictModel)
+    spec_problems(spec)                        # [("options.decode", "Input should be ...")], nothing loads
 """
 
 import importlib
@@ -53,3 +56,29 @@ def expert_class(family: str):
 
 def create_expert(spec, profile=None):
     return expert_class(spec.family)(spec, profile)
+
+
+def unknown_family(family: str) -> str:
+    """``unknown family 'x'`` with the nearest known name and the known ones."""
+    from natix_miner.schema import nearest
+
+    guess = nearest(family, FAMILIES)
+    hint = f" Did you mean {guess!r}?" if guess else ""
+    return f"unknown family {family!r}.{hint} Known: {', '.join(sorted(FAMILIES))}"
+
+
+def options_class(family: str):
+    """The family's typed options (``Expert.Options``; ``None`` for a plugin family that declares none).
+    Imports the family's module only: no model library, no weights."""
+    return getattr(expert_class(family), "Options", None)
+
+
+def spec_problems(spec) -> typing.List[typing.Tuple[str, str]]:
+    """``[(key, problem)]`` for an expert entry's ``dtype`` and ``options`` against its family's
+    declarations (keys relative to the entry: ``dtype``, ``options.decode``); nothing is built."""
+    from natix_miner.experts.base import validate_spec
+
+    if spec.family not in FAMILIES:
+        return [("family", unknown_family(spec.family))]
+    model = options_class(spec.family)
+    return [] if model is None else validate_spec(model, spec)[1]

@@ -6,12 +6,23 @@ device and memory, and turns a batch of decoded images into a batch of :class:`E
 expert (the engine's batcher owns the thread). Async-native experts (vLLM) override
 ``predict_batch_async`` instead and set ``is_async = True``.
 
+Every family declares its options as a typed ``Options`` (a :class:`~natix_miner.schema.StrictModel`,
+one docstring under each field) and the dtypes it runs (``dtypes``, ``auto_dtype``, ``cpu_dtype``:
+:mod:`natix_miner.experts.dtypes`); the constructor validates ``spec.options`` into ``self.opts`` and
+refuses an unknown key (with the nearest valid name), a wrong type or an unsupported dtype.
+``load()`` reads only ``self.opts``.
+
 Usage (writing a family)::
+
+    class Options(StrictModel):
+        threshold: float = 0.5
+        '''Answer 1 above this.'''
 
     class MyExpert(Expert):
         family = "my_family"
+        Options = Options
         def load(self, device):           # heavy work here, never in __init__
-            self.model = ...; self.device = device
+            self.model = ...; self.device = device; self.threshold = self.opts.threshold
         def predict_batch(self, images):  # list[DecodedImage] -> list[Evidence]
             return [Evidence(probability=0.7) for _ in images]
 """
@@ -22,7 +33,10 @@ import math
 import typing
 from pathlib import Path
 
-from natix_miner.config import ExpertSpec, Profile
+import pydantic
+
+from natix_miner.config import DTYPES, ExpertSpec, Profile
+from natix_miner.schema import OptionsError, StrictModel, validate_options
 
 if typing.TYPE_CHECKING:  # pragma: no cover
     from natix_miner.imaging.decode import DecodedImage
@@ -56,18 +70,77 @@ class Evidence:
         return math.log(p / (1.0 - p))
 
 
+def validate_spec(model: typing.Type[StrictModel], spec: ExpertSpec
+                  ) -> typing.Tuple[typing.Any, typing.List[typing.Tuple[str, str]]]:
+    """``(typed options or None, [(key, problem)])`` for ``spec`` against a family's ``Options``:
+    its dtype (:func:`~natix_miner.experts.dtypes.check_dtype`) and its options. Builds nothing."""
+    from natix_miner.experts.dtypes import check_dtype
+
+    problems = []
+    bad_dtype = check_dtype(spec.dtype, model, spec.family)
+    if bad_dtype:
+        problems.append(("dtype", bad_dtype))
+    opts = None
+    try:
+        opts = validate_options(model, spec.options, spec.family)
+    except OptionsError as exc:
+        problems += exc.problems
+    return opts, problems
+
+
+class WrapperOptions(StrictModel):
+    """Families that wrap another expert (``isolated``, ``chaos``): the wrapped expert's entry, checked
+    like a profile's (its family, dtype and options). Their own dtype is ignored: the inner entry has one."""
+
+    dtypes: typing.ClassVar[typing.Tuple[str, ...]] = DTYPES
+
+    inner: typing.Dict[str, typing.Any]
+    """The wrapped expert: an expert entry without ``name`` (``{family: timm, model: ..., options: {...}}``).
+    Required."""
+
+    def plugin_families(self) -> typing.Mapping[str, str]:
+        """Families the wrapped expert may use that only the wrapper registers (not checked here)."""
+        return {}
+
+    @pydantic.model_validator(mode="after")
+    def _inner(self):
+        from natix_miner.experts import FAMILIES, spec_problems
+
+        inner = dict(self.inner)
+        if "family" not in inner:
+            raise ValueError("inner.family is required")
+        inner.setdefault("name", "inner")
+        try:
+            spec = ExpertSpec.model_validate(inner)
+        except pydantic.ValidationError as exc:
+            raise ValueError("; ".join(f"inner.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+        if spec.family in self.plugin_families() and spec.family not in FAMILIES:
+            return self
+        problems = spec_problems(spec)
+        if problems:
+            raise ValueError("; ".join(f"inner.{key}: {msg}" for key, msg in problems))
+        return self
+
+
 class Expert(abc.ABC):
     """Base class of all model families (see module docstring)."""
 
     family: typing.ClassVar[str] = "base"
     is_async: typing.ClassVar[bool] = False
+    # the family's typed options; None: a plugin family that declares none reads ``self.options``
+    Options: typing.ClassVar[typing.Optional[typing.Type[StrictModel]]] = None
 
     def __init__(self, spec: ExpertSpec, profile: typing.Optional[Profile] = None):
         self.spec = spec
         self.profile = profile
         self.name = spec.name
         self.device = "cpu"
-        self.options = dict(spec.options)
+        self.options = dict(spec.options)  # as written (plugin families without ``Options`` read it)
+        self.opts: typing.Any = None
+        if self.Options is not None:
+            self.opts, problems = validate_spec(self.Options, spec)
+            if problems:
+                raise OptionsError(spec.family, problems)
 
     # -- lifecycle -------------------------------------------------------------------------
     @abc.abstractmethod

@@ -26,31 +26,51 @@ import threading
 import time
 import typing
 
-from natix_miner.config import ExpertSpec
-from natix_miner.experts.base import Evidence, Expert
+import pydantic
 
-MODES = ("ok", "raise", "oom", "hang", "slow", "nan", "short")
+from natix_miner.config import ExpertSpec
+from natix_miner.experts.base import Evidence, Expert, WrapperOptions
+
+Mode = typing.Literal["ok", "raise", "oom", "hang", "slow", "nan", "short"]
+MODES: typing.Tuple[str, ...] = typing.get_args(Mode)
+
+
+class Options(WrapperOptions):
+    """Options of the ``chaos`` family (``natix-miner experts options chaos``)."""
+
+    mode: Mode = "ok"
+    """The fault when there is no ``mode_file``."""
+    mode_file: typing.Optional[str] = None
+    """A file whose first word is the mode, read on every batch (missing or unknown: ok)."""
+    rate: float = pydantic.Field(default=1.0, ge=0, le=1)
+    """Fraction of batches the fault applies to (seeded by ``seed``)."""
+    slow_s: float = pydantic.Field(default=0.5, ge=0)
+    """mode slow: sleep this long, then answer."""
+    hang_max_s: float = pydantic.Field(default=60.0, ge=0)
+    """mode hang: block until the mode changes, at most this long."""
+    seed: int = 0
+    """Seed of the ``rate`` draw."""
 
 
 class ChaosExpert(Expert):
     family = "chaos"
+    Options = Options
 
     def load(self, device: str) -> None:
         from natix_miner.experts import create_expert
 
-        inner = dict(self.options.get("inner") or {})
-        if "family" not in inner:
-            raise ValueError(f"chaos expert {self.name}: options.inner.family is required")
+        o = self.opts
+        inner = dict(o.inner)
         inner.setdefault("name", f"{self.name}.inner")
         self.inner = create_expert(ExpertSpec.model_validate(inner), self.profile)
         self.inner.load(device)
         self.device = device
-        self.mode_file = self.options.get("mode_file")
-        self.static_mode = str(self.options.get("mode", "ok"))
-        self.rate = float(self.options.get("rate", 1.0))
-        self.slow_s = float(self.options.get("slow_s", 0.5))
-        self.hang_max_s = float(self.options.get("hang_max_s", 60.0))
-        self._rng = random.Random(int(self.options.get("seed", 0)))
+        self.mode_file = o.mode_file
+        self.static_mode = o.mode
+        self.rate = o.rate
+        self.slow_s = o.slow_s
+        self.hang_max_s = o.hang_max_s
+        self._rng = random.Random(o.seed)
         self._lock = threading.Lock()
         self.injected: typing.Dict[str, int] = {m: 0 for m in MODES}
 

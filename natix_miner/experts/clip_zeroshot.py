@@ -37,6 +37,7 @@ import math
 import typing
 
 import numpy as np
+import pydantic
 
 from natix_miner.experts import hf_common
 from natix_miner.experts.base import Evidence, Expert
@@ -68,40 +69,58 @@ def _features(out):
     return out if hasattr(out, "norm") else out.pooler_output
 
 
+Prompt = typing.Annotated[str, pydantic.Field(pattern=r"\S")]
+
+
+class Options(hf_common.HFOptions):
+    """Options of the ``clip_zeroshot`` family (``natix-miner experts options clip_zeroshot``)."""
+
+    mode: typing.Optional[typing.Literal["softmax", "sigmoid"]] = None
+    """``softmax``: logit = (z_roadwork - z_clear) / temperature + bias; ``sigmoid``: z_roadwork /
+    temperature + bias. None: sigmoid for SigLIP / SigLIP 2, softmax otherwise (CLIP)."""
+    temperature: float = pydantic.Field(default=1.0, gt=0)
+    """Divides the scaled similarity logit."""
+    bias: float = 0.0
+    """Added to the logit after the temperature."""
+    aggregate: typing.Literal["mean", "max"] = "mean"
+    """Score each prompt set by its normalised mean embedding, or by its best prompt."""
+    min_similarity: typing.Optional[float] = None
+    """Abstain when the best cosine similarity to any prompt is below this (not a road scene); None: never."""
+    positive_prompts: typing.Optional[typing.List[Prompt]] = None
+    """Roadwork prompts; None or empty: the built-in set (``POSITIVE_PROMPTS``)."""
+    negative_prompts: typing.Optional[typing.List[Prompt]] = None
+    """Clear-road prompts; None or empty: the built-in set (``NEGATIVE_PROMPTS``)."""
+
+
 class ClipZeroShot(Expert):
     family = "clip_zeroshot"
+    Options = Options
 
     def load(self, device: str) -> None:
         import torch
         from transformers import AutoModel, AutoProcessor
 
-        o = self.options
+        from natix_miner.experts.dtypes import resolve_dtype
+
+        o = self.opts
         ref = self.resolve_model()
-        self.dtype = hf_common.torch_dtype(self.spec.dtype, device)
+        self.dtype = resolve_dtype(self.spec.dtype, device, self.Options)
         self.processor = hf_common.from_pretrained(AutoProcessor, ref, self.name)
         self.model = hf_common.from_pretrained(AutoModel, ref, self.name, dtype=self.dtype).eval().to(device)
         self.model_type = self.model.config.model_type
         if not hasattr(self.model, "get_text_features") or not hasattr(self.model, "get_image_features"):
             raise ValueError(f"expert {self.name}: {ref} ({self.model_type}) is not an image-text model")
         self.siglip = self.model_type in SIGLIP_TYPES
-        self.mode = str(o.get("mode", "sigmoid" if self.siglip else "softmax"))
-        if self.mode not in ("softmax", "sigmoid"):
-            raise ValueError(f"expert {self.name}: mode must be softmax or sigmoid, not {self.mode!r}")
-        self.aggregate = str(o.get("aggregate", "mean"))
-        if self.aggregate not in ("mean", "max"):
-            raise ValueError(f"expert {self.name}: aggregate must be mean or max, not {self.aggregate!r}")
-        self.temperature = float(o.get("temperature", 1.0))
-        if self.temperature <= 0:
-            raise ValueError(f"expert {self.name}: temperature must be > 0")
-        self.bias = float(o.get("bias", 0.0))
-        self.min_similarity = o.get("min_similarity")
-        self.positive = list(o.get("positive_prompts") or POSITIVE_PROMPTS)
-        self.negative = list(o.get("negative_prompts") or NEGATIVE_PROMPTS)
-        if not all(isinstance(p, str) and p.strip() for p in self.positive + self.negative):
-            raise ValueError(f"expert {self.name}: prompts must be non-empty strings")
+        self.mode = o.mode or ("sigmoid" if self.siglip else "softmax")
+        self.aggregate = o.aggregate
+        self.temperature = o.temperature
+        self.bias = o.bias
+        self.min_similarity = o.min_similarity
+        self.positive = list(o.positive_prompts or POSITIVE_PROMPTS)
+        self.negative = list(o.negative_prompts or NEGATIVE_PROMPTS)
         self.device = device
         self._torch = torch
-        self.fast = hf_common.fast_pixels_for(self.name, o, self.processor)
+        self.fast = hf_common.fast_pixels_for(o.preprocess, self.processor)
         with torch.inference_mode():
             self.scale = float(self.model.logit_scale.float().exp().item())
             self.logit_bias = float(self.model.logit_bias.float().item()) if hasattr(self.model, "logit_bias") else 0.0

@@ -56,9 +56,11 @@ import math
 import typing
 
 import numpy as np
+import pydantic
 
 from natix_miner.experts.base import Evidence, Expert
-from natix_miner.experts.detection import DetectorConfigError, rgb_of, torch_dtype
+from natix_miner.experts.detection import DetectorConfigError, DetectorOptions, rgb_of
+from natix_miner.schema import OptionsError, StrictModel, validate_options
 
 # metres: (low, high); None = not checked. Ranges are for one object seen from any side.
 DEFAULT_SIZES: typing.Dict[str, typing.Dict[str, typing.Optional[typing.Tuple[float, float]]]] = {
@@ -68,6 +70,58 @@ DEFAULT_SIZES: typing.Dict[str, typing.Dict[str, typing.Optional[typing.Tuple[fl
     "construction_vehicle": {"width": (1.5, 10.0), "height": (1.5, 5.0)},
     "worker": {"width": (0.3, 1.0), "height": (1.0, 2.2)},
 }
+
+
+Fraction = typing.Annotated[float, pydantic.Field(ge=0, le=1)]
+Range = typing.Tuple[pydantic.PositiveFloat, pydantic.PositiveFloat]
+
+
+class CheckOptions(StrictModel):
+    """The depth check's camera, size and curve settings: the ``depth`` family's options without
+    ``detector``, and a detector's ``depth_options``. Dtype rule: a detector's (``auto`` = float16)."""
+
+    dtypes: typing.ClassVar[typing.Tuple[str, ...]] = DetectorOptions.dtypes
+    auto_dtype: typing.ClassVar[str] = DetectorOptions.auto_dtype
+    cpu_dtype: typing.ClassVar[str] = DetectorOptions.cpu_dtype
+
+    image_size: int = pydantic.Field(default=518, gt=0)
+    """Square input side, a multiple of the model's patch size (14)."""
+    kind: typing.Optional[typing.Literal["relative", "metric"]] = None
+    """Relative (disparity up to scale and shift) or metric (metres) depth; None: from the model config."""
+    camera_height_m: float = pydantic.Field(default=1.3, gt=0)
+    """Dashcam height above the road (cars: ~1.2-1.5 m)."""
+    horizon: float = pydantic.Field(default=0.5, gt=0, lt=1)
+    """Horizon row as a fraction of the image height (level camera)."""
+    hfov_deg: float = pydantic.Field(default=80.0, gt=1, lt=179)
+    """Horizontal field of view (metric models only; the relative fit does not depend on it)."""
+    ground_rows: typing.Tuple[Fraction, Fraction] = (0.65, 0.97)
+    """Rows (fractions of the height) of the road band the scale is fitted on."""
+    ground_cols: typing.Tuple[Fraction, Fraction] = (0.3, 0.7)
+    """Columns (fractions of the width) of the road band."""
+    min_fit_r2: float = 0.5
+    """Below this fit quality the scale is unknown and every factor is 1."""
+    min_rows: int = pydantic.Field(default=5, ge=2)
+    """Fewest road rows the fit needs."""
+    size_tolerance: float = pydantic.Field(default=1.5, ge=1)
+    """Size ranges are widened by this factor each way."""
+    sharpness: float = pydantic.Field(default=3.0, ge=0)
+    """factor = exp(-sharpness * log-distance outside the range)."""
+    min_factor: float = pydantic.Field(default=0.05, ge=0, le=1)
+    """The factor never drops below this."""
+    metric_scale: float = pydantic.Field(default=1.0, gt=0)
+    """Metric models: depth values are multiplied by this (metres)."""
+    sizes: typing.Dict[str, typing.Dict[typing.Literal["width", "height"], typing.Optional[Range]]] = \
+        pydantic.Field(default_factory=dict)
+    """Per roadwork class overrides of the size ranges in metres, e.g. ``{cone: {width: [0.25, 0.4]}}``
+    (null: not checked); defaults: ``DEFAULT_SIZES``."""
+
+
+class Options(CheckOptions):
+    """Options of the ``depth`` family (``natix-miner experts options depth``)."""
+
+    detector: typing.Optional[str] = None
+    """A detector expert of this profile to run inside, answering its depth-checked evidence; None:
+    the expert abstains (its detail still reports the recovered scale)."""
 
 
 @dataclasses.dataclass
@@ -137,29 +191,34 @@ def range_factor(value: float, rng, tolerance: float, sharpness: float, floor: f
     return max(floor, math.exp(-sharpness * excess))
 
 
+def check_options(options: typing.Union[CheckOptions, typing.Mapping[str, typing.Any], None]) -> CheckOptions:
+    """Typed :class:`CheckOptions` from a mapping (``detector`` ignored); bad values raise
+    :class:`DetectorConfigError` naming the key."""
+    if isinstance(options, CheckOptions):
+        return options
+    try:
+        return validate_options(CheckOptions, {k: v for k, v in dict(options or {}).items() if k != "detector"},
+                                "depth")
+    except OptionsError as exc:
+        raise DetectorConfigError(f"depth: {exc}") from None
+
+
 class SizeRules:
     """Camera + size ranges + the factor curve, from a depth expert's options."""
 
-    def __init__(self, options: typing.Mapping[str, typing.Any]):
-        o = dict(options or {})
-        cam_keys = {f.name for f in dataclasses.fields(Camera)}
-        self.camera = Camera(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in o.items() if k in cam_keys})
-        if not 0.0 < self.camera.horizon < 1.0:
-            raise DetectorConfigError(f"depth: horizon must lie in (0, 1), got {self.camera.horizon}")
-        if self.camera.camera_height_m <= 0 or not 1.0 < self.camera.hfov_deg < 179.0:
-            raise DetectorConfigError("depth: camera_height_m must be > 0 and hfov_deg in (1, 179)")
+    def __init__(self, options: typing.Union[CheckOptions, typing.Mapping[str, typing.Any], None]):
+        o = check_options(options)
+        self.camera = Camera(**{f.name: getattr(o, f.name) for f in dataclasses.fields(Camera)})
         self.sizes = {k: dict(v) for k, v in DEFAULT_SIZES.items()}
-        for cls, dims in dict(o.get("sizes") or {}).items():
-            if not isinstance(dims, dict) or not set(dims) <= {"width", "height"}:
-                raise DetectorConfigError(f"depth: sizes.{cls}: expected {{width: [lo, hi], height: [lo, hi]}}")
+        for cls, dims in o.sizes.items():
             for dim, rng in dims.items():
-                if rng is not None and not (len(rng) == 2 and 0 < float(rng[0]) <= float(rng[1])):
+                if rng is not None and not rng[0] <= rng[1]:
                     raise DetectorConfigError(f"depth: sizes.{cls}.{dim}: expected [lo, hi] with 0 < lo <= hi")
-                self.sizes.setdefault(cls, {"width": None, "height": None})[dim] = tuple(rng) if rng else None
-        self.tolerance = float(o.get("size_tolerance", 1.5))
-        self.sharpness = float(o.get("sharpness", 3.0))
-        self.min_factor = float(o.get("min_factor", 0.05))
-        self.metric_scale = float(o.get("metric_scale", 1.0))
+                self.sizes.setdefault(cls, {"width": None, "height": None})[dim] = rng
+        self.tolerance = o.size_tolerance
+        self.sharpness = o.sharpness
+        self.min_factor = o.min_factor
+        self.metric_scale = o.metric_scale
 
     def check_image(self, depth_map: np.ndarray, kind: str, boxes: np.ndarray,
                     classes: typing.Sequence[str]) -> typing.Dict[str, typing.Any]:
@@ -201,10 +260,10 @@ class SizeRules:
 class DepthChecker:
     """A transformers depth model + :class:`SizeRules`. ``check(images, mapped)`` -> per-image dicts."""
 
-    def __init__(self, model: str, options: typing.Optional[typing.Mapping[str, typing.Any]] = None,
+    def __init__(self, model: str, options: typing.Union[CheckOptions, typing.Mapping[str, typing.Any], None] = None,
                  dtype: str = "float32"):
         self.model_ref = model
-        self.options = dict(options or {})
+        self.options = check_options(options)
         self.rules = SizeRules(self.options)
         self.spec_dtype = dtype
         self.model = None
@@ -212,7 +271,9 @@ class DepthChecker:
     def load(self, device: str) -> "DepthChecker":
         from transformers import AutoConfig, AutoImageProcessor, AutoModelForDepthEstimation
 
-        self.dtype = torch_dtype(self.spec_dtype, device, "depth")
+        from natix_miner.experts.dtypes import resolve_dtype
+
+        self.dtype = resolve_dtype(self.spec_dtype, device, CheckOptions)
         try:
             config = AutoConfig.from_pretrained(self.model_ref)
             self.model = AutoModelForDepthEstimation.from_pretrained(self.model_ref, dtype=self.dtype)
@@ -223,7 +284,7 @@ class DepthChecker:
                                    f"hub cache (offline): {exc}") from None
         self.model = self.model.eval().to(device)
         self.device = device
-        kind = self.options.get("kind") or getattr(config, "depth_estimation_type", None)
+        kind = self.options.kind or getattr(config, "depth_estimation_type", None)
         if kind is None:
             kind = "metric" if config.model_type in ("zoedepth", "depth_pro") else "relative"
         if kind not in ("relative", "metric"):
@@ -236,7 +297,7 @@ class DepthChecker:
             mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
         self.mean, self.std = tuple(mean), tuple(std)
         patch = int(getattr(config, "patch_size", 14) or 14)
-        self.size = int(self.options.get("image_size", 518))
+        self.size = self.options.image_size
         if self.size % patch:
             raise DetectorConfigError(f"depth: image_size {self.size} must be a multiple of the patch size {patch}")
         return self
@@ -302,7 +363,7 @@ def checker_from_reference(ref: str, profile, extra_options, device: str) -> Dep
         if not spec.model:
             raise DetectorConfigError(f"depth_check: expert {ref!r} has no model")
         model = _resolve(spec.model, profile)
-        options = {k: v for k, v in spec.options.items() if k != "detector"}
+        options = dict(spec.options)  # its ``detector`` is dropped by check_options
         dtype = spec.dtype
     else:
         model = _resolve(ref, profile)
@@ -314,6 +375,7 @@ class DepthExpert(Expert):
     """Family ``depth``: the checker as an expert (see module docstring)."""
 
     family = "depth"
+    Options = Options
 
     def load(self, device: str) -> None:
         from natix_miner.experts import create_expert
@@ -322,11 +384,11 @@ class DepthExpert(Expert):
         if not self.spec.model:
             raise DetectorConfigError(f"{self.name}: family 'depth' needs model: <depth model dir or id>")
         model = self.resolve_model()
-        self.checker = DepthChecker(model, {k: v for k, v in self.options.items() if k != "detector"},
+        self.checker = DepthChecker(model, check_options(self.opts.model_dump(exclude={"detector"})),
                                     self.spec.dtype).load(device)
         self.model = self.checker.model
         self.detector = None
-        name = self.options.get("detector")
+        name = self.opts.detector
         if name:
             if self.profile is None:
                 raise DetectorConfigError(f"{self.name}: options.detector needs the profile that defines {name!r}")

@@ -56,8 +56,10 @@ import math
 import typing
 
 import numpy as np
+import pydantic
 
 from natix_miner.experts.base import Evidence, Expert
+from natix_miner.schema import OptionsError, StrictModel, validate_options
 
 ROADWORK_CLASSES: typing.Tuple[str, ...] = ("cone", "barrier", "sign", "construction_vehicle", "worker")
 DEFAULT_WEIGHTS: typing.Dict[str, float] = {
@@ -137,6 +139,77 @@ class ClassMap:
         return hit
 
 
+class Calibration(StrictModel):
+    """``p = sigmoid(a * logit(P) + b)``, fitted by the training pipeline (:func:`fit_calibration`)."""
+
+    a: float = 1.0
+    """Slope on the logit of the raw noisy-OR probability."""
+    b: float = 0.0
+    """Offset."""
+
+
+Unit = typing.Annotated[float, pydantic.Field(ge=0, le=1)]
+class DetectorOptions(StrictModel):
+    """What every detector family shares: aggregation, calibration, NMS, depth check and the dtype
+    rule (CUDA: float16 / bfloat16 as asked, ``auto`` = float16; CPU: float32; fp8 / int8 refused)."""
+
+    dtypes: typing.ClassVar[typing.Tuple[str, ...]] = ("float32", "float16", "bfloat16", "auto")
+    auto_dtype: typing.ClassVar[str] = "float16"
+    cpu_dtype: typing.ClassVar[str] = "float32"
+
+    min_score: Unit = 0.25
+    """Detections scoring below this are ignored by the aggregation (and not listed in the detail)."""
+    top_k: int = pydantic.Field(default=3, ge=1)
+    """Per roadwork class, the best detections combined by the noisy-OR."""
+    weights: typing.Dict[str, Unit] = pydantic.Field(default_factory=dict)
+    """Per roadwork class weight in the noisy-OR across classes; unset classes: cone 0.9, barrier
+    0.8, sign 0.85, construction_vehicle 0.6, worker 0.5, any other mapped class 1.0."""
+    leak: float = pydantic.Field(default=0.05, ge=0, lt=1)
+    """P(roadwork) when nothing is found."""
+    calibration: Calibration = pydantic.Field(default_factory=Calibration)
+    """Logistic calibration of the raw probability."""
+    abstain_when_empty: bool = False
+    """No mapped detection above ``min_score``: abstain instead of answering the leak."""
+    nms_iou: typing.Optional[float] = pydantic.Field(default=None, gt=0, le=1)
+    """Class-wise NMS after mapping at this IoU; None: off (closed-set models run their own NMS)."""
+    depth_check: typing.Optional[str] = None
+    """A ``depth`` expert's name in this profile, or a depth model path: each score is multiplied by
+    a size plausibility factor (``natix_miner/experts/depth.py``)."""
+    depth_options: typing.Optional[typing.Dict[str, typing.Any]] = None
+    """Camera and size assumptions for the depth check (the ``depth`` family's options, without
+    ``detector``); they override the depth expert's own."""
+
+    @pydantic.field_validator("depth_options")
+    @classmethod
+    def _depth_options(cls, value):
+        if value is None:
+            return None
+        from natix_miner.experts.depth import CheckOptions
+
+        try:
+            validate_options(CheckOptions, value, "depth")
+        except OptionsError as exc:
+            raise ValueError(str(exc).replace("options.", "", 1)) from None
+        return value
+
+
+class ClosedSetOptions(DetectorOptions):
+    """Detectors with their own class list (``ultralytics``, ``rfdetr``, ``hf_detector``)."""
+
+    classes: typing.Dict[str, typing.Any]
+    """Roadwork class -> the model's class names (case, ``_``, ``-`` and spaces ignored) or ids, e.g.
+    ``{cone: [traffic_cone, 3], worker: [person]}``; detections of other classes are dropped. Required."""
+
+    @pydantic.field_validator("classes")
+    @classmethod
+    def _classes(cls, value):
+        try:
+            ClassMap(value)
+        except DetectorConfigError as exc:
+            raise ValueError(str(exc).removeprefix("options.classes").lstrip(".: ") or str(exc)) from None
+        return value
+
+
 @dataclasses.dataclass
 class Aggregator:
     """Detections of roadwork classes -> calibrated P(roadwork) (see module docstring)."""
@@ -150,26 +223,23 @@ class Aggregator:
     b: float = 0.0
 
     @classmethod
-    def from_options(cls, options: typing.Mapping[str, typing.Any], classes: typing.Sequence[str]) -> "Aggregator":
+    def from_options(cls, options: typing.Union[DetectorOptions, typing.Mapping[str, typing.Any]],
+                     classes: typing.Sequence[str]) -> "Aggregator":
+        """``options``: a detector family's typed options, or a mapping of :class:`DetectorOptions` keys."""
+        if not isinstance(options, DetectorOptions):
+            try:
+                options = validate_options(DetectorOptions, options, "detector")
+            except OptionsError as exc:
+                raise DetectorConfigError(str(exc)) from None
         weights = dict(DEFAULT_WEIGHTS)
-        for k, v in dict(options.get("weights") or {}).items():
+        for k, v in options.weights.items():
             if k not in classes:
                 raise DetectorConfigError(f"options.weights.{k}: not a mapped class (mapped: {list(classes)})")
-            weights[k] = float(v)
+            weights[k] = v
         for c in classes:
             weights.setdefault(c, 1.0)
-        bad = {k: w for k, w in weights.items() if not 0.0 <= w <= 1.0}
-        if bad:
-            raise DetectorConfigError(f"options.weights: must lie in [0, 1], got {bad}")
-        cal = dict(options.get("calibration") or {})
-        agg = cls(classes=tuple(classes), weights=weights,
-                  min_score=float(options.get("min_score", 0.25)), top_k=int(options.get("top_k", 3)),
-                  leak=float(options.get("leak", 0.05)), a=float(cal.get("a", 1.0)), b=float(cal.get("b", 0.0)))
-        if not 0.0 <= agg.leak < 1.0:
-            raise DetectorConfigError(f"options.leak: must lie in [0, 1), got {agg.leak}")
-        if agg.top_k < 1:
-            raise DetectorConfigError(f"options.top_k: must be >= 1, got {agg.top_k}")
-        return agg
+        return cls(classes=tuple(classes), weights=weights, min_score=options.min_score, top_k=options.top_k,
+                   leak=options.leak, a=options.calibration.a, b=options.calibration.b)
 
     def class_scores(self, classes: typing.Sequence[str], scores: typing.Sequence[float]) -> typing.Dict[str, float]:
         out = {}
@@ -235,20 +305,6 @@ def nms(boxes: np.ndarray, scores: np.ndarray, groups: typing.Sequence, iou: flo
     return np.asarray(keep, dtype=np.int64)
 
 
-def torch_dtype(spec_dtype: str, device: str, family: str, auto: str = "float16"):
-    """The torch dtype an expert runs in: float32 on CPU; float16 / bfloat16 honoured on GPUs;
-    ``auto`` picks the family's safe half type."""
-    import torch
-
-    if spec_dtype in ("fp8", "int8"):
-        raise DetectorConfigError(f"{family}: dtype {spec_dtype!r} is not supported (use float32, float16 or bfloat16)")
-    if not device.startswith("cuda"):
-        return torch.float32
-    if spec_dtype == "auto":
-        spec_dtype = auto
-    return {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(spec_dtype, torch.float32)
-
-
 def _finite_list(values: np.ndarray) -> typing.List[typing.Optional[float]]:
     return [round(float(v), 3) if math.isfinite(v) else None for v in values]
 
@@ -263,29 +319,25 @@ def rgb_of(image) -> np.ndarray:
 class DetectorExpert(Expert):
     """Base of all detector families: subclasses implement :meth:`load_model` and :meth:`detect`."""
 
-    default_classes: typing.ClassVar[typing.Optional[typing.Dict[str, typing.List[str]]]] = None
-    default_nms_iou: typing.ClassVar[typing.Optional[float]] = None  # closed-set detectors run their own NMS
+    Options = ClosedSetOptions
 
     def load(self, device: str) -> None:
+        o = self.opts
         self.classmap = ClassMap(self.class_mapping())
-        self.aggregator = Aggregator.from_options(self.options, self.classmap.classes)
-        self.abstain_when_empty = bool(self.options.get("abstain_when_empty", False))
-        nms_iou = self.options.get("nms_iou", self.default_nms_iou)
-        self.nms_iou = None if nms_iou is None else float(nms_iou)
+        self.aggregator = Aggregator.from_options(o, self.classmap.classes)
+        self.abstain_when_empty = o.abstain_when_empty
+        self.nms_iou = o.nms_iou
         self.load_model(device)
         self.device = device
         self.depth_checker = None
-        if self.options.get("depth_check"):
+        if o.depth_check:
             from natix_miner.experts.depth import checker_from_reference
 
-            self.depth_checker = checker_from_reference(self.options["depth_check"], self.profile,
-                                                        self.options.get("depth_options"), device)
+            self.depth_checker = checker_from_reference(o.depth_check, self.profile, o.depth_options, device)
 
     def class_mapping(self) -> typing.Mapping[str, typing.Any]:
-        mapping = self.options.get("classes") or self.default_classes
-        if not mapping:
-            raise DetectorConfigError(f"{self.name}: options.classes is required for family {self.family!r}")
-        return mapping
+        """Roadwork class -> model class names / ids (closed-set families: ``options.classes``)."""
+        return self.opts.classes
 
     def load_model(self, device: str) -> None:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -33,6 +33,7 @@ import typing
 from pathlib import Path
 
 import numpy as np
+import pydantic
 
 from natix_miner.experts import hf_common
 from natix_miner.experts.base import Evidence, Expert
@@ -92,25 +93,47 @@ def load_head(path: str) -> typing.Dict[str, typing.Any]:
     return head
 
 
+class Options(hf_common.HFModelOptions):
+    """Options of the ``dino_head`` family (``natix-miner experts options dino_head``)."""
+
+    head: str = pydantic.Field(min_length=1)
+    """The linear head file: .npz (``w``, ``b``, optional ``mu``/``sigma``/``pooling``) or a
+    .pt / .pth / .safetensors ``nn.Linear`` state dict; a path or ``store:NAME``. Required."""
+    pooling: typing.Optional[typing.Literal["cls", "pooled", "mean", "cls+mean"]] = None
+    """Features the head reads: the CLS token, the pooler output, the mean of the patch tokens
+    (registers skipped) or CLS and mean concatenated; None: the head file's, else ``cls``."""
+    image_size: int = pydantic.Field(default=224, gt=0)
+    """Square input side; a multiple of the patch size (14 for DINOv2, 16 for DINOv3)."""
+    resize: typing.Literal["squash", "center"] = "squash"
+    """``squash`` to a square, or ``center``: centre-crop the short side first."""
+    mean: typing.Optional[hf_common.Rgb] = None
+    """Normalisation mean; None: the checkpoint's image processor (else ImageNet's)."""
+    std: typing.Optional[hf_common.Rgb] = None
+    """Normalisation std; None: the checkpoint's image processor (else ImageNet's)."""
+    positive_index: int = pydantic.Field(default=1, ge=0)
+    """The roadwork output of a head with two or more outputs (softmax)."""
+
+
 class DinoHead(Expert):
     family = "dino_head"
+    Options = Options
 
     def load(self, device: str) -> None:
         import torch
         from transformers import AutoConfig, AutoModel
 
-        o = self.options
-        if not o.get("head"):
-            raise ValueError(f"expert {self.name}: options.head (a linear head file) is required")
+        from natix_miner.experts.dtypes import resolve_dtype
+
+        o = self.opts
         ref = self.resolve_model()
         config = hf_common.from_pretrained(AutoConfig, ref, self.name)
         if config.model_type not in BACKBONES:
             raise ValueError(f"expert {self.name}: {ref} is a {config.model_type!r} model, not one of {BACKBONES}")
-        self.dtype = hf_common.torch_dtype(self.spec.dtype, device)
+        self.dtype = resolve_dtype(self.spec.dtype, device, self.Options)
         self.model = hf_common.from_pretrained(AutoModel, ref, self.name, dtype=self.dtype).eval().to(device)
-        head = load_head(self.resolve_model(o["head"]))
-        self.pooling = str(o.get("pooling") or head["pooling"] or "cls")
-        if self.pooling not in POOLINGS:
+        head = load_head(self.resolve_model(o.head))
+        self.pooling = str(o.pooling or head["pooling"] or "cls")
+        if self.pooling not in POOLINGS:  # a head file's own pooling
             raise ValueError(f"expert {self.name}: pooling {self.pooling!r} not in {POOLINGS}")
         hidden = int(config.hidden_size)
         want = 2 * hidden if self.pooling == "cls+mean" else hidden
@@ -119,10 +142,10 @@ class DinoHead(Expert):
                              f"{self.pooling} pooling of this backbone gives {want}")
         self.prefix = 1 + int(getattr(config, "num_register_tokens", 0) or 0)
         patch = int(config.patch_size if not isinstance(config.patch_size, (list, tuple)) else config.patch_size[0])
-        self.size = int(o.get("image_size", 224))
+        self.size = o.image_size
         if self.size % patch:
             raise ValueError(f"expert {self.name}: image_size {self.size} is not a multiple of the patch size {patch}")
-        self.resize = str(o.get("resize", "squash"))
+        self.resize = o.resize
         mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
         try:  # the checkpoint's own normalisation when it ships a processor config
             from transformers import AutoImageProcessor
@@ -131,10 +154,10 @@ class DinoHead(Expert):
             mean, std = tuple(proc.image_mean), tuple(proc.image_std)
         except Exception:
             pass
-        self.mean, self.std = tuple(o.get("mean", mean)), tuple(o.get("std", std))
+        self.mean, self.std = tuple(o.mean or mean), tuple(o.std or std)
         t = {k: (torch.from_numpy(v).to(device) if v is not None else None) for k, v in head.items() if k != "pooling"}
         self.head = t
-        self.positive_index = int(o.get("positive_index", 1))
+        self.positive_index = o.positive_index
         if t["w"].shape[1] > 1 and not 0 <= self.positive_index < t["w"].shape[1]:
             raise ValueError(f"expert {self.name}: positive_index {self.positive_index} out of range")
         self.device = device

@@ -27,20 +27,30 @@ Profile entry::
 import typing
 
 import numpy as np
+import pydantic
 
 from natix_miner.experts.detection import DetectorConfigError
-from natix_miner.experts.open_vocab import OpenVocabDetector, cxcywh_to_xyxy
+from natix_miner.experts.open_vocab import OpenVocabDetector, OpenVocabOptions, cxcywh_to_xyxy
+
+
+class Options(OpenVocabOptions):
+    """Options of the ``grounding_dino`` family (``natix-miner experts options grounding_dino``);
+    prompts must not contain ``.`` (it separates the phrases of the caption)."""
+
+    image_size: typing.Optional[int] = pydantic.Field(default=None, gt=0)
+    """The processor's shortest edge (longest edge scaled as 1333 / 800); None: the processor's."""
 
 
 class GroundingDinoDetector(OpenVocabDetector):
     family = "grounding_dino"
+    Options = Options
 
     def load_model(self, device: str) -> None:
         from transformers import AutoModelForZeroShotObjectDetection
 
         self.load_hf(device, AutoModelForZeroShotObjectDetection)
-        if self.options.get("image_size"):
-            s = int(self.options["image_size"])
+        if self.opts.image_size:
+            s = self.opts.image_size
             self.processor.image_processor.size = {"shortest_edge": s, "longest_edge": max(s, 1333 * s // 800)}
         if any("." in p for p in self.prompts):
             raise DetectorConfigError(f"{self.name}: prompts must not contain '.' (it separates phrases)")

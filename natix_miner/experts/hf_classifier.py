@@ -32,6 +32,7 @@ import math
 import typing
 
 import numpy as np
+import pydantic
 
 from natix_miner.experts import hf_common
 from natix_miner.experts.base import Evidence, Expert
@@ -74,31 +75,44 @@ def pick_positive(id2label: typing.Mapping[int, str], positive_label=None, posit
     raise ValueError(f"{what} roadwork label among {labels}; set options.positive_label or positive_index")
 
 
+class Options(hf_common.HFOptions):
+    """Options of the ``hf_classifier`` family (``natix-miner experts options hf_classifier``)."""
+
+    positive_label: typing.Union[str, typing.List[str], None] = None
+    """The roadwork label (or labels, probabilities summed), matched case-insensitively in
+    ``config.id2label``; None: found by name (roadwork, road_work, construction, work zone...)."""
+    positive_index: typing.Union[int, typing.List[int], None] = None
+    """The roadwork class index (or indices); overrides ``positive_label``."""
+    temperature: float = pydantic.Field(default=1.0, gt=0)
+    """Logits are divided by this before the softmax (calibration)."""
+
+
 class HFClassifier(Expert):
     family = "hf_classifier"
+    Options = Options
 
     def load(self, device: str) -> None:
         import torch
         from transformers import AutoImageProcessor, AutoModelForImageClassification
 
+        from natix_miner.experts.dtypes import resolve_dtype
+
         ref = self.resolve_model()
-        self.dtype = hf_common.torch_dtype(self.spec.dtype, device)
+        self.dtype = resolve_dtype(self.spec.dtype, device, self.Options)
         self.processor = hf_common.from_pretrained(AutoImageProcessor, ref, self.name)
         model = hf_common.from_pretrained(AutoModelForImageClassification, ref, self.name, dtype=self.dtype)
         self.model = model.eval().to(device)
         cfg = self.model.config
-        o = self.options
-        self.temperature = float(o.get("temperature", 1.0))
-        if self.temperature <= 0:
-            raise ValueError(f"expert {self.name}: temperature must be > 0")
+        o = self.opts
+        self.temperature = o.temperature
         self.id2label = {int(k): str(v) for k, v in cfg.id2label.items()}
         self.single_logit = cfg.num_labels == 1
         self.multi_label = cfg.problem_type == "multi_label_classification"
         self.positive = [0] if self.single_logit else pick_positive(
-            self.id2label, o.get("positive_label"), o.get("positive_index"))
+            self.id2label, o.positive_label, o.positive_index)
         self.device = device
         self._torch = torch
-        self.fast = hf_common.fast_pixels_for(self.name, o, self.processor)
+        self.fast = hf_common.fast_pixels_for(o.preprocess, self.processor)
         log.info("%s: %s on %s (%s), roadwork = %s, %s preprocessing", self.name, type(self.model).__name__,
                  device, self.dtype, [self.id2label.get(i) for i in self.positive],
                  "vectorised" if self.fast else "processor")

@@ -1,12 +1,13 @@
-"""Shared plumbing for the transformers-based families: dtype choice, offline-safe loading, images.
+"""Shared plumbing for the transformers-based families: options, offline-safe loading, images.
 
 Usage (inside a family's ``load``)::
 
     from natix_miner.experts import hf_common
-    dtype = hf_common.torch_dtype(self.spec.dtype, device)        # fp32 on CPU, fp16/bf16 on CUDA
+    from natix_miner.experts.dtypes import resolve_dtype
+    dtype = resolve_dtype(self.spec.dtype, device, self.Options)  # fp32 on CPU, fp16/bf16 on CUDA
     model = hf_common.from_pretrained(AutoModel, self.resolve_model(), self.name, dtype=dtype)
     pil = hf_common.pil_images(images)                             # DecodedImage / ndarray -> PIL RGB
-    fast = hf_common.fast_pixels(processor)    # (size, mean, std) when to_batch reproduces the processor
+    fast = hf_common.fast_pixels_for(self.opts.preprocess, processor)  # vectorised when it matches
 """
 
 import logging
@@ -15,25 +16,29 @@ import typing
 import numpy as np
 
 from natix_miner.models_store import ModelUnavailable, is_offline
+from natix_miner.schema import StrictModel
 
 
-def torch_dtype(name: str, device: str):
-    """``float16``/``bfloat16`` on CUDA; float32 on CPU (half precision is slow or unsupported there).
+class HFModelOptions(StrictModel):
+    """The dtype rule of the transformers classifiers (``hf_classifier``, ``dino_head``,
+    ``clip_zeroshot``): CUDA runs float16 / bfloat16 as asked, ``auto`` = bfloat16 where the card
+    supports it, else float16; CPU runs float32; fp8 / int8 are refused (they used to run float16
+    silently)."""
 
-    ``auto`` picks bfloat16 where the card supports it, else float16. ``fp8``/``int8`` are the
-    business of families that quantise; here they fall back to float16 on CUDA.
-    """
-    import torch
+    dtypes: typing.ClassVar[typing.Tuple[str, ...]] = ("float32", "float16", "bfloat16", "auto")
+    auto_dtype: typing.ClassVar[str] = "half"
+    cpu_dtype: typing.ClassVar[str] = "float32"
 
-    if not str(device).startswith("cuda"):
-        return torch.float32
-    if name == "bfloat16":
-        return torch.bfloat16
-    if name in ("float16", "fp8", "int8"):
-        return torch.float16
-    if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
+
+Rgb = typing.Tuple[float, float, float]
+
+
+class HFOptions(HFModelOptions):
+    """:class:`HFModelOptions` plus the ``preprocess`` choice (``hf_classifier``, ``clip_zeroshot``)."""
+
+    preprocess: typing.Literal["auto", "processor"] = "auto"
+    """``auto``: one vectorised resize + normalise on the expert's device when it reproduces the
+    checkpoint's image processor on 224 px probes (checked at load); ``processor``: always the processor."""
 
 
 def from_pretrained(cls, ref: typing.Optional[str], expert: str, **kwargs):
@@ -71,12 +76,9 @@ def module_bytes(*modules) -> int:
     return total
 
 
-def fast_pixels_for(name: str, options: typing.Mapping[str, typing.Any], processor):
-    """The ``preprocess`` option of the transformers families: ``auto`` (the default) uses
-    :func:`fast_pixels` when it reproduces the processor, ``processor`` forces the processor."""
-    mode = str(options.get("preprocess", "auto"))
-    if mode not in ("auto", "processor"):
-        raise ValueError(f"expert {name}: preprocess must be auto or processor, not {mode!r}")
+def fast_pixels_for(mode: str, processor):
+    """The ``preprocess`` option (:class:`HFOptions`): ``auto`` uses :func:`fast_pixels` when it
+    reproduces the processor, ``processor`` forces the processor."""
     return fast_pixels(processor) if mode == "auto" else None
 
 

@@ -22,8 +22,9 @@ Profile entry::
 import typing
 
 import numpy as np
+import pydantic
 
-from natix_miner.experts.detection import DetectorConfigError, DetectorExpert, Detections, rgb_of, torch_dtype
+from natix_miner.experts.detection import ClosedSetOptions, DetectorConfigError, DetectorExpert, Detections, rgb_of
 
 
 def load_pretrained(loader, ref: str, what: str, **kwargs):
@@ -37,25 +38,39 @@ def load_pretrained(loader, ref: str, what: str, **kwargs):
                                 f"(offline): {exc}") from None
 
 
+class Options(ClosedSetOptions):
+    """Options of the ``hf_detector`` family (``natix-miner experts options hf_detector``). Dtype
+    ``auto`` = bfloat16: the DETR decoders (D-FINE, RT-DETR v2) collapsed in float16 on the GPU."""
+
+    auto_dtype: typing.ClassVar[str] = "bfloat16"
+
+    image_size: typing.Optional[int] = pydantic.Field(default=None, gt=0)
+    """Square resize of the image processor; None: the processor's own size."""
+    conf: float = pydantic.Field(default=0.05, ge=0, le=1)
+    """Post-processing score threshold (the aggregation has ``min_score``)."""
+
+
 class HFDetector(DetectorExpert):
     family = "hf_detector"
+    Options = Options
 
     def load_model(self, device: str) -> None:
         from transformers import AutoImageProcessor, AutoModelForObjectDetection
 
+        from natix_miner.experts.dtypes import resolve_dtype
+
         if not self.spec.model:
             raise DetectorConfigError(f"{self.name}: family 'hf_detector' needs model: <dir or hub id>")
         ref = self.resolve_model()
-        # auto -> bfloat16: the DETR decoders (D-FINE, RT-DETR v2) collapsed in float16 on the GPU smoke run
-        self.dtype = torch_dtype(self.spec.dtype, device, self.family, auto="bfloat16")
+        self.dtype = resolve_dtype(self.spec.dtype, device, self.Options)
         self.model = load_pretrained(AutoModelForObjectDetection, ref, self.name, dtype=self.dtype).eval().to(device)
         kwargs = {}
-        if self.options.get("image_size"):
-            s = int(self.options["image_size"])
+        if self.opts.image_size:
+            s = self.opts.image_size
             kwargs["size"] = {"height": s, "width": s}
         self.processor = load_pretrained(AutoImageProcessor, ref, self.name, **kwargs)
         self.names = {int(k): str(v) for k, v in (self.model.config.id2label or {}).items()}
-        self.conf = float(self.options.get("conf", 0.05))
+        self.conf = self.opts.conf
 
     def detect(self, images) -> typing.List[Detections]:
         import torch

@@ -46,7 +46,9 @@ import threading
 import time
 import typing
 
-from natix_miner.experts.base import Evidence, Expert
+import pydantic
+
+from natix_miner.experts.base import Evidence, Expert, WrapperOptions
 
 log = logging.getLogger("natix_miner.experts.isolated")
 
@@ -160,22 +162,43 @@ class _Channel:
         self.sock.close()
 
 
+class Options(WrapperOptions):
+    """Options of the ``isolated`` family (``natix-miner experts options isolated``)."""
+
+    threads: int = pydantic.Field(default=1, ge=0)
+    """torch threads in the child (0: torch's default)."""
+    families: typing.Dict[str, typing.Annotated[str, pydantic.Field(pattern=r"^[\w.]+:\w+$")]] = \
+        pydantic.Field(default_factory=dict)
+    """Plugin families to register in the child: ``{name: "module:Class"}``."""
+    start_timeout_s: float = pydantic.Field(default=300.0, gt=0)
+    """The child must load and warm up within this."""
+    call_timeout_s: float = pydantic.Field(default=30.0, gt=0)
+    """Per-call timeout when the entry has no ``timeout_s``; a late child is killed and restarted."""
+    restart_backoff_s: float = pydantic.Field(default=1.0, gt=0)
+    """First wait before restarting a dead child (doubles on each failed restart)."""
+    max_backoff_s: float = pydantic.Field(default=30.0, gt=0)
+    """Longest wait between restart attempts."""
+
+    def plugin_families(self) -> typing.Mapping[str, str]:
+        return self.families
+
+
 class IsolatedExpert(Expert):
     family = "isolated"
+    Options = Options
 
     def load(self, device: str) -> None:
-        inner = dict(self.options.get("inner") or {})
-        if "family" not in inner:
-            raise ValueError(f"isolated expert {self.name}: options.inner.family is required")
+        o = self.opts
+        inner = dict(o.inner)
         inner.setdefault("name", f"{self.name}.inner")
         self.inner_spec = inner
         self.device = device
-        self.threads = int(self.options.get("threads", 1))
-        self.families = dict(self.options.get("families") or {})  # {family: "module:Class"} to register
-        self.start_timeout_s = float(self.options.get("start_timeout_s", 300.0))
-        self.call_timeout_s = float(self.spec.timeout_s or self.options.get("call_timeout_s", 30.0))
-        self.backoff_s = float(self.options.get("restart_backoff_s", 1.0))
-        self.max_backoff_s = float(self.options.get("max_backoff_s", 30.0))
+        self.threads = o.threads
+        self.families = dict(o.families)  # {family: "module:Class"} to register
+        self.start_timeout_s = o.start_timeout_s
+        self.call_timeout_s = float(self.spec.timeout_s or o.call_timeout_s)
+        self.backoff_s = o.restart_backoff_s
+        self.max_backoff_s = o.max_backoff_s
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._proc = None

@@ -37,8 +37,11 @@ import unicodedata
 from pathlib import Path
 
 import numpy as np
+import pydantic
 
+from natix_miner.config import DTYPES
 from natix_miner.experts.base import Evidence, Expert
+from natix_miner.schema import StrictModel
 
 log = logging.getLogger("natix_miner.experts.ocr")
 
@@ -140,25 +143,49 @@ def match_terms(text: str, vocabulary: typing.Mapping[str, float] = VOCABULARY,
     return sorted(found.values(), key=lambda m: -m[2] * vocabulary[m[0]])
 
 
+Probability = typing.Annotated[float, pydantic.Field(ge=0, le=1)]
+
+
+class Options(StrictModel):
+    """Options of the ``ocr`` family (``natix-miner experts options ocr``). ONNX models: ``dtype``
+    is ignored (every value accepted)."""
+
+    dtypes: typing.ClassVar[typing.Tuple[str, ...]] = DTYPES
+
+    threshold: float = pydantic.Field(default=0.8, gt=0, le=1)
+    """Match quality (1 - edits / letters) a vocabulary term needs; terms under six letters match exactly."""
+    match_probability: Probability = 0.95
+    """P(roadwork) for a perfect, strong, confident match."""
+    no_match_probability: typing.Optional[Probability] = 0.45
+    """P(roadwork) when text was read but nothing matched; None: abstain instead."""
+    min_text_score: Probability = 0.5
+    """OCR lines below this confidence are dropped."""
+    extra_terms: typing.Dict[str, Probability] = pydantic.Field(default_factory=dict)
+    """Vocabulary term -> strength (adds or overrides; 0 removes a built-in term)."""
+    threads: typing.Optional[int] = pydantic.Field(default=None, ge=1)
+    """onnxruntime intra-op threads; None: the runtime's choice."""
+    engine: typing.Dict[str, typing.Any] = pydantic.Field(default_factory=dict)
+    """Keyword arguments passed to ``RapidOCR(...)`` (e.g. ``det_limit_side_len: 736``)."""
+
+
 class OcrExpert(Expert):
     family = "ocr"
+    Options = Options
 
     def load(self, device: str) -> None:
         from rapidocr_onnxruntime import RapidOCR
 
-        o = self.options
-        self.threshold = float(o.get("threshold", 0.8))
-        self.match_p = float(o.get("match_probability", 0.95))
-        nm = o.get("no_match_probability", 0.45)
-        self.no_match_p = None if nm is None else float(nm)
-        self.min_score = float(o.get("min_text_score", 0.5))
+        o = self.opts
+        self.threshold = o.threshold
+        self.match_p = o.match_probability
+        self.no_match_p = o.no_match_probability
+        self.min_score = o.min_text_score
         self.vocabulary = dict(VOCABULARY)
-        for term, strength in dict(o.get("extra_terms") or {}).items():
-            self.vocabulary[str(term)] = float(strength)
+        self.vocabulary.update(o.extra_terms)
         self.vocabulary = {t: s for t, s in self.vocabulary.items() if s > 0}
-        kwargs = dict(o.get("engine") or {})
-        if o.get("threads"):
-            kwargs.setdefault("intra_op_num_threads", int(o["threads"]))
+        kwargs = dict(o.engine)
+        if o.threads:
+            kwargs.setdefault("intra_op_num_threads", o.threads)
             kwargs.setdefault("inter_op_num_threads", 1)
         model_dir = self.resolve_model()
         if model_dir:

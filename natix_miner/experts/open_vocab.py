@@ -31,8 +31,9 @@ Usage (a family)::
 import typing
 
 import numpy as np
+import pydantic
 
-from natix_miner.experts.detection import DetectorConfigError, DetectorExpert, Detections, rgb_of, torch_dtype
+from natix_miner.experts.detection import DetectorConfigError, DetectorExpert, DetectorOptions, Detections, rgb_of
 
 DEFAULT_PROMPTS: typing.Dict[str, typing.List[str]] = {
     "cone": ["traffic cone"],
@@ -43,41 +44,72 @@ DEFAULT_PROMPTS: typing.Dict[str, typing.List[str]] = {
 }
 
 
+def prompt_table(prompts: typing.Mapping[str, typing.Any]
+                 ) -> typing.Tuple[typing.List[str], typing.Dict[str, typing.List[str]]]:
+    """``{roadwork class: phrase or [phrases]}`` -> (every phrase once, in order; class -> its phrases),
+    whitespace normalised. Raises :class:`DetectorConfigError` naming the class or the repeated phrase."""
+    if not isinstance(prompts, typing.Mapping):
+        raise DetectorConfigError("options.prompts: expected {roadwork_class: [phrases]}")
+    order: typing.List[str] = []
+    mapping = {}
+    for cls, phrases in prompts.items():
+        phrases = [phrases] if isinstance(phrases, str) else phrases
+        if not isinstance(phrases, (list, tuple)) or not phrases or \
+                not all(isinstance(p, str) and p.strip() for p in phrases):
+            raise DetectorConfigError(f"options.prompts.{cls}: expected a list of phrases")
+        mapping[cls] = [" ".join(p.split()) for p in phrases]
+        for p in mapping[cls]:
+            if p in order:
+                raise DetectorConfigError(f"options.prompts: {p!r} appears twice")
+            order.append(p)
+    return order, mapping
+
+
+class OpenVocabOptions(DetectorOptions):
+    """What the open-vocabulary families share (``grounding_dino``, ``owlv2``, ``sam3``): prompts
+    instead of ``classes``, and class-wise NMS on by default."""
+
+    prompts: typing.Optional[typing.Dict[str, typing.Any]] = None
+    """Roadwork class -> the phrases that find it, e.g. ``{cone: [traffic cone], worker: [worker in
+    safety vest]}``; each phrase once; None or empty: the built-in prompts (``DEFAULT_PROMPTS``)."""
+    conf: float = pydantic.Field(default=0.1, ge=0, le=1)
+    """Keep a box when its best prompt scores at least this."""
+    max_det: int = pydantic.Field(default=50, ge=1)
+    """Best boxes kept per image before NMS."""
+    nms_iou: typing.Optional[float] = pydantic.Field(default=0.5, gt=0, le=1)
+    """Class-wise NMS after mapping at this IoU (these models emit duplicates); None: off."""
+
+    @pydantic.field_validator("prompts")
+    @classmethod
+    def _prompts(cls, value):
+        if value:
+            try:
+                prompt_table(value)
+            except DetectorConfigError as exc:
+                raise ValueError(str(exc).removeprefix("options.prompts").lstrip(".: ")) from None
+        return value
+
+
 class OpenVocabDetector(DetectorExpert):
-    default_nms_iou = 0.5
+    Options = OpenVocabOptions
 
     def class_mapping(self) -> typing.Mapping[str, typing.Any]:
-        if self.options.get("classes"):
-            raise DetectorConfigError(f"{self.name}: open-vocabulary families take options.prompts, not classes")
-        prompts = self.options.get("prompts") or DEFAULT_PROMPTS
-        if not isinstance(prompts, dict):
-            raise DetectorConfigError(f"{self.name}: options.prompts: expected {{roadwork_class: [phrases]}}")
-        self.prompts: typing.List[str] = []
-        mapping = {}
-        for cls, phrases in prompts.items():
-            phrases = [phrases] if isinstance(phrases, str) else list(phrases or [])
-            if not phrases or not all(isinstance(p, str) and p.strip() for p in phrases):
-                raise DetectorConfigError(f"{self.name}: options.prompts.{cls}: expected a list of phrases")
-            for p in phrases:
-                p = " ".join(p.split())
-                if p in self.prompts:
-                    raise DetectorConfigError(f"{self.name}: options.prompts: {p!r} appears twice")
-                self.prompts.append(p)
-            mapping[cls] = [" ".join(p.split()) for p in phrases]
-        self.conf = float(self.options.get("conf", 0.1))
-        self.max_det = int(self.options.get("max_det", 50))
+        self.prompts, mapping = prompt_table(self.opts.prompts or DEFAULT_PROMPTS)
+        self.conf = self.opts.conf
+        self.max_det = self.opts.max_det
         return mapping
 
     def load_hf(self, device: str, model_cls) -> None:
         """Load ``model_cls`` and its ``AutoProcessor`` from the spec's model (dir, store or hub id)."""
         from transformers import AutoProcessor
 
+        from natix_miner.experts.dtypes import resolve_dtype
         from natix_miner.experts.hf_detector import load_pretrained
 
         if not self.spec.model:
             raise DetectorConfigError(f"{self.name}: family {self.family!r} needs model: <dir or hub id>")
         ref = self.resolve_model()
-        self.dtype = torch_dtype(self.spec.dtype, device, self.family)
+        self.dtype = resolve_dtype(self.spec.dtype, device, self.Options)
         self.model = load_pretrained(model_cls, ref, self.name, dtype=self.dtype).eval().to(device)
         self.processor = load_pretrained(AutoProcessor, ref, self.name)
 

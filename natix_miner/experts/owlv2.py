@@ -19,11 +19,17 @@ Profile entry::
 """
 
 
-from natix_miner.experts.open_vocab import OpenVocabDetector, cxcywh_to_xyxy
+from natix_miner.experts.open_vocab import OpenVocabDetector, OpenVocabOptions, cxcywh_to_xyxy
+
+
+class Options(OpenVocabOptions):
+    """Options of the ``owlv2`` family (``natix-miner experts options owlv2``): the shared
+    open-vocabulary options, nothing of its own."""
 
 
 class Owlv2Detector(OpenVocabDetector):
     family = "owlv2"
+    Options = Options
 
     def load_model(self, device: str) -> None:
         from transformers import AutoModelForZeroShotObjectDetection

@@ -24,23 +24,46 @@ Profile entry::
 import os
 import typing
 
-from natix_miner.experts.detection import DetectorConfigError, DetectorExpert, Detections, rgb_of, torch_dtype
+import pydantic
+
+from natix_miner.experts.detection import ClosedSetOptions, DetectorConfigError, DetectorExpert, Detections, rgb_of
 
 VARIANTS = {"nano": "RFDETRNano", "small": "RFDETRSmall", "medium": "RFDETRMedium", "large": "RFDETRLarge"}
 
 
+class Options(ClosedSetOptions):
+    """Options of the ``rfdetr`` family (``natix-miner experts options rfdetr``)."""
+
+    resolution: typing.Optional[int] = pydantic.Field(default=None, gt=0)
+    """Input side, a multiple of patch_size x num_windows; None: the checkpoint's."""
+    conf: float = pydantic.Field(default=0.05, ge=0, le=1)
+    """rfdetr's score threshold (the aggregation has ``min_score``)."""
+    trust_checkpoint: bool = False
+    """Allow full-pickle checkpoints (only ones you trust)."""
+    compile: bool = False
+    """rfdetr's torchscript trace at load (GPU)."""
+    variant: typing.Optional[str] = None
+    """Without ``model``: build this variant with random weights (nano, small, medium, large;
+    speed benchmarks only). ``base`` is refused: it fetches a backbone from the hub."""
+    num_classes: typing.Optional[int] = pydantic.Field(default=None, ge=1)
+    """With ``variant``: the number of classes of the random head."""
+
+
 class RFDETRDetector(DetectorExpert):
     family = "rfdetr"
+    Options = Options
 
     def load_model(self, device: str) -> None:
         import torch
 
         import rfdetr
 
-        o = self.options
+        from natix_miner.experts.dtypes import resolve_dtype
+
+        o = self.opts
         kwargs: typing.Dict[str, typing.Any] = {"device": device}
-        if o.get("resolution"):
-            kwargs["resolution"] = int(o["resolution"])
+        if o.resolution:
+            kwargs["resolution"] = o.resolution
         if self.spec.model:
             path = self.resolve_model()
             if not os.path.isfile(path):
@@ -48,24 +71,23 @@ class RFDETRDetector(DetectorExpert):
 
                 raise ModelUnavailable(f"{self.name}: rfdetr checkpoint {path!r} not found (this expert never downloads)")
             try:
-                self.rf = rfdetr.RFDETR.from_checkpoint(path, trust_checkpoint=bool(o.get("trust_checkpoint", False)),
-                                                        **kwargs)
+                self.rf = rfdetr.RFDETR.from_checkpoint(path, trust_checkpoint=o.trust_checkpoint, **kwargs)
             except Exception as exc:
                 raise RuntimeError(f"{self.name}: cannot load rfdetr checkpoint {path}: {exc}") from exc
         else:
-            variant = str(o.get("variant", "")).lower().removeprefix("rfdetr").strip("-_")
+            variant = str(o.variant or "").lower().removeprefix("rfdetr").strip("-_")
             if variant not in VARIANTS:
                 raise DetectorConfigError(f"{self.name}: give model: <checkpoint> or options.variant in {sorted(VARIANTS)} "
                                           "(RFDETRBase needs the hub)")
-            if o.get("num_classes"):
-                kwargs["num_classes"] = int(o["num_classes"])
+            if o.num_classes:
+                kwargs["num_classes"] = o.num_classes
             self.rf = getattr(rfdetr, VARIANTS[variant])(pretrain_weights=None, **kwargs)
         self.model = self.rf.model.model
         self.names = list(self.rf.class_names)
-        self.conf = float(o.get("conf", 0.05))
-        dtype = torch_dtype(self.spec.dtype, device, self.family)
-        if dtype != torch.float32 or o.get("compile"):
-            self.rf.inference(compile=bool(o.get("compile", False)), batch_size=self.spec.max_batch, dtype=dtype)
+        self.conf = o.conf
+        dtype = resolve_dtype(self.spec.dtype, device, self.Options)
+        if dtype != torch.float32 or o.compile:
+            self.rf.inference(compile=o.compile, batch_size=self.spec.max_batch, dtype=dtype)
 
     def memory_bytes(self) -> int:
         model = self.rf.model.inference_model or self.rf.model.model

@@ -25,11 +25,17 @@ Profile entry::
 import numpy as np
 
 from natix_miner.experts.detection import rgb_of
-from natix_miner.experts.open_vocab import OpenVocabDetector
+from natix_miner.experts.open_vocab import OpenVocabDetector, OpenVocabOptions
+
+
+class Options(OpenVocabOptions):
+    """Options of the ``sam3`` family (``natix-miner experts options sam3``): the shared
+    open-vocabulary options, nothing of its own."""
 
 
 class Sam3Detector(OpenVocabDetector):
     family = "sam3"
+    Options = Options
 
     def load_model(self, device: str) -> None:
         import torch

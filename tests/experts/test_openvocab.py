@@ -7,6 +7,7 @@ import pytest
 from natix_miner.experts import create_expert
 from natix_miner.experts.detection import DetectorConfigError
 from natix_miner.experts.open_vocab import DEFAULT_PROMPTS
+from natix_miner.schema import OptionsError
 from tests.support.tiny_detectors import decoded, grounding_dino, owlv2, profile_file, sam3, scenes
 
 PROMPTS = {"cone": ["traffic cone"], "barrier": ["construction barrier"], "sign": ["road work sign"],
@@ -120,9 +121,10 @@ def test_open_vocab_option_errors(profile):
     bad = spec.model_copy(update={"options": {"prompts": {"cone": ["traffic. cone"]}}})
     with pytest.raises(DetectorConfigError, match="'.'"):
         create_expert(bad, profile).load("cpu")
+    # refused at construction (profile validate), before anything loads
     bad = spec.model_copy(update={"options": {"classes": {"cone": [0]}}})
-    with pytest.raises(DetectorConfigError, match="prompts, not classes"):
-        create_expert(bad, profile).load("cpu")
+    with pytest.raises(OptionsError, match="'classes' is not an option of family 'grounding_dino'.*Valid: .*prompts"):
+        create_expert(bad, profile)
     bad = spec.model_copy(update={"options": {"prompts": {"cone": ["cone"], "worker": ["cone"]}}})
-    with pytest.raises(DetectorConfigError, match="twice"):
-        create_expert(bad, profile).load("cpu")
+    with pytest.raises(OptionsError, match=r"options\.prompts: 'cone' appears twice"):
+        create_expert(bad, profile)

@@ -98,7 +98,7 @@ def test_processor_path_equals_fast_path(tmp_path, dirs):
 
 
 def test_bad_options_fail_clearly(tmp_path, dirs):
-    with pytest.raises(ValueError, match="mode must be softmax or sigmoid"):
+    with pytest.raises(ValueError, match=r"options\.mode: Input should be 'softmax' or 'sigmoid' \(got 'argmax'\)"):
         load(tmp_path, dirs["clip"], "{mode: argmax}")
-    with pytest.raises(ValueError, match="temperature must be > 0"):
+    with pytest.raises(ValueError, match=r"options\.temperature: Input should be greater than 0"):
         load(tmp_path, dirs["siglip"], "{temperature: 0}")

@@ -14,23 +14,22 @@ Usage (a backend)::
 import typing
 
 from natix_miner.experts.base import Evidence, Expert
-from natix_miner.experts.vlm.prompt import (AnswerSet, VLMOptions, VLMOptionError, in_band,
-                                            parse_final_answer)
+from natix_miner.experts.vlm.prompt import AnswerSet, VLMOptions, VLMOptionsError, in_band, parse_final_answer
+from natix_miner.schema import OptionsError
 
 
 class VLMExpert(Expert):
-    """Shared base of the ``vllm``, ``hf_vlm`` and ``openai_vlm`` families."""
+    """Shared base of the ``vllm``, ``hf_vlm`` and ``openai_vlm`` families; each declares its
+    ``Options`` (:class:`VLMOptions` plus its backend section)."""
 
     family = "vlm"
-    backend_section: typing.ClassVar[str] = ""  # "engine" / "server" / "runtime"
+    Options = VLMOptions
 
     def __init__(self, spec, profile=None):
-        super().__init__(spec, profile)
-        self.opts = VLMOptions.parse(spec.options, where=f"experts.{spec.name}.options")
-        for section in ("engine", "server", "runtime"):
-            if section != self.backend_section and getattr(self.opts, section):
-                raise VLMOptionError(f"experts.{spec.name}.options.{section}: not used by family "
-                                     f"{self.family!r} (it reads options.{self.backend_section or '-'})")
+        try:
+            super().__init__(spec, profile)
+        except OptionsError as exc:  # also a VLMOptionError for the VLM code paths
+            raise VLMOptionsError(exc.family, exc.problems) from None
         self.answers: typing.Optional[AnswerSet] = None
         self.stats = {"direct": 0, "thinking": 0, "thinking_timeouts": 0}
 

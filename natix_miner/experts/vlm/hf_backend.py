@@ -27,33 +27,55 @@ Usage::
 import time
 import typing
 
+import pydantic
+
 from natix_miner.experts.base import Evidence
 from natix_miner.experts.vlm.common import VLMExpert
-from natix_miner.experts.vlm.prompt import AnswerSet, VLMOptionError, strip_after_marker
+from natix_miner.experts.vlm.prompt import AnswerSet, VLMOptionError, VLMOptions, strip_after_marker
+from natix_miner.schema import StrictModel
 
-_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16", "auto": "auto"}
-_RUNTIME_KEYS = {"attn_implementation", "threads", "trust_remote_code"}
+
+class RuntimeOptions(StrictModel):
+    """``options.runtime`` of the ``hf_vlm`` family."""
+
+    attn_implementation: typing.Optional[str] = None
+    """transformers' attention kernel (``sdpa``, ``eager``, ...); None: its default."""
+    threads: typing.Optional[int] = pydantic.Field(default=None, ge=1)
+    """torch threads of this process; None: unchanged."""
+    trust_remote_code: bool = False
+    """Allow the checkpoint's own Python code."""
+
+
+class Options(VLMOptions):
+    """Options of the ``hf_vlm`` family (``natix-miner experts options hf_vlm``). Dtypes: float32,
+    float16, bfloat16, ``auto`` (the checkpoint's); on CPU float16 runs float32 (bfloat16 is kept);
+    fp8 / int8 weights need the ``vllm`` family."""
+
+    dtypes: typing.ClassVar[typing.Tuple[str, ...]] = ("float32", "float16", "bfloat16", "auto")
+    auto_dtype: typing.ClassVar[str] = "model"
+    cpu_dtype: typing.ClassVar[str] = "no_float16"
+
+    runtime: RuntimeOptions = pydantic.Field(default_factory=RuntimeOptions)
+    """How transformers runs the model (see the ``runtime.*`` rows)."""
 
 
 class HFVisionLanguageExpert(VLMExpert):
     family = "hf_vlm"
-    backend_section = "runtime"
+    Options = Options
 
     def load(self, device: str) -> None:
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
+        from natix_miner.experts.dtypes import resolve_dtype
+
         rt = self.opts.runtime
-        unknown = set(rt) - _RUNTIME_KEYS
-        if unknown:
-            raise VLMOptionError(f"experts.{self.name}.options.runtime: unknown keys {sorted(unknown)} "
-                                 f"(known: {sorted(_RUNTIME_KEYS)})")
-        if rt.get("threads"):
-            torch.set_num_threads(int(rt["threads"]))
+        if rt.threads:
+            torch.set_num_threads(rt.threads)
         path = self.resolve_model()
         if not path:
             raise VLMOptionError(f"expert {self.name}: 'model' is required for family hf_vlm")
-        trust = bool(rt.get("trust_remote_code", False))
+        trust = rt.trust_remote_code
         self.processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust)
         ip = self.processor.image_processor
         if self.opts.max_pixels or self.opts.min_pixels:
@@ -67,15 +89,9 @@ class HFVisionLanguageExpert(VLMExpert):
         self.tokenizer.padding_side = "left"
         self.answers = AnswerSet.from_tokenizer(self.tokenizer, *self.words,
                                                 marked=self.opts.thinking.mode != "off")
-        dtype = _DTYPES.get(self.spec.dtype)
-        if dtype is None:
-            raise VLMOptionError(f"expert {self.name}: dtype {self.spec.dtype!r} is not supported by hf_vlm "
-                                 f"(use one of {sorted(_DTYPES)}; fp8/int8 weights need the vllm family)")
-        if device == "cpu" and dtype == "float16":
-            dtype = "float32"
-        kwargs = {"dtype": getattr(torch, dtype) if dtype != "auto" else "auto", "trust_remote_code": trust}
-        if rt.get("attn_implementation"):
-            kwargs["attn_implementation"] = rt["attn_implementation"]
+        kwargs = {"dtype": resolve_dtype(self.spec.dtype, device, self.Options), "trust_remote_code": trust}
+        if rt.attn_implementation:
+            kwargs["attn_implementation"] = rt.attn_implementation
         self.model = AutoModelForImageTextToText.from_pretrained(path, **kwargs).eval().to(device)
         self.device = device
         self.prompt_direct = self._template(thinking=False)

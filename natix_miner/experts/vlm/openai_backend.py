@@ -42,29 +42,48 @@ import typing
 
 import pydantic
 
+from natix_miner.config import DTYPES
 from natix_miner.experts.base import Evidence
 from natix_miner.experts.vlm.common import VLMExpert
-from natix_miner.experts.vlm.prompt import (AnswerSet, VLMOptionError, classify_word, restricted_softmax,
+from natix_miner.experts.vlm.prompt import (AnswerSet, VLMOptionError, VLMOptions, classify_word, restricted_softmax,
                                             strip_after_marker)
+from natix_miner.schema import StrictModel
 
 
 class ServerError(RuntimeError):
     """The remote server answered with an error or something that is not a chat completion."""
 
 
-class ServerOptions(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(extra="forbid")
+class ServerOptions(StrictModel):
+    """``options.server`` of the ``openai_vlm`` family."""
 
     base_url: str = pydantic.Field(pattern=r"^https?://")
+    """The server's OpenAI API root, e.g. ``http://10.0.0.7:8000/v1``. Required."""
     api_key_env: typing.Optional[str] = None
+    """The environment variable holding the API key (never the key itself in a profile)."""
     timeout_s: float = pydantic.Field(default=8.0, gt=0)
+    """Per-request timeout."""
     max_connections: int = pydantic.Field(default=32, ge=1)
+    """Concurrent HTTP connections to the server."""
     top_logprobs: int = pydantic.Field(default=20, ge=1, le=20)
-    vllm_extensions: bool = True  # /tokenize check, logprob_token_ids, continue_final_message
+    """Log-probabilities asked per position (a non-vLLM server: the answer words must be among them)."""
+    vllm_extensions: bool = True
+    """Use vLLM's /tokenize check, ``logprob_token_ids`` and ``continue_final_message``."""
     check_tokens: bool = True
-    # Per-request max_pixels / min_pixels: vLLM refuses them unless started with
-    # --trust-request-mm-kwargs; by default the server's own --mm-processor-kwargs set the budget.
+    """At start, check through /tokenize that every answer word is one token."""
     send_mm_processor_kwargs: bool = False
+    """Send max_pixels / min_pixels per request (vLLM refuses them unless started with
+    --trust-request-mm-kwargs; by default the server's own --mm-processor-kwargs set the budget)."""
+
+
+class Options(VLMOptions):
+    """Options of the ``openai_vlm`` family (``natix-miner experts options openai_vlm``). The server
+    runs the model: ``dtype`` is ignored (every value accepted)."""
+
+    dtypes: typing.ClassVar[typing.Tuple[str, ...]] = DTYPES
+
+    server: ServerOptions
+    """Where the model is served (see the ``server.*`` rows). Required."""
 
 
 def data_url(image) -> str:
@@ -80,15 +99,11 @@ def data_url(image) -> str:
 
 class OpenAIVisionLanguageExpert(VLMExpert):
     family = "openai_vlm"
-    backend_section = "server"
+    Options = Options
     is_async = True
 
     def load(self, device: str) -> None:
-        try:
-            self.server = ServerOptions.model_validate(self.opts.server)
-        except pydantic.ValidationError as exc:
-            raise VLMOptionError("; ".join(f"experts.{self.name}.options.server.{'.'.join(map(str, e['loc']))}: "
-                                           f"{e['msg']}" for e in exc.errors())) from None
+        self.server = self.opts.server
         if not self.spec.model:
             raise VLMOptionError(f"expert {self.name}: 'model' (the served model name) is required")
         self.model_name = self.spec.model

@@ -21,6 +21,8 @@ import typing
 
 import pydantic
 
+from natix_miner.schema import OptionsError, StrictModel
+
 DEFAULT_SYSTEM = ("You inspect dashcam images for a road-maintenance map. Roadwork means active or "
                   "signed construction: cones, barriers, barrels, closed lanes, work vehicles, workers, "
                   "roadwork signs.")
@@ -34,44 +36,56 @@ class VLMOptionError(ValueError):
     """A VLM expert's ``options`` are invalid, or the model's tokenizer cannot answer in one token."""
 
 
-class _Strict(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(extra="forbid")
+class VLMOptionsError(OptionsError, VLMOptionError):
+    """Options a VLM family refuses at construction: one ``(key, problem)`` per error (an OptionsError
+    for ``profile validate``, a VLMOptionError for the VLM code paths)."""
 
 
-class ThinkingOptions(_Strict):
+class ThinkingOptions(StrictModel):
     """``mode``: off | band (think only when the direct answer lands inside ``band``) | always."""
 
     mode: typing.Literal["off", "band", "always"] = "off"
+    """off: answer directly; band: think only when the direct answer lands inside ``band``; always."""
     band: typing.Tuple[float, float] = (0.3, 0.7)
+    """mode band: the direct P(yes) interval that triggers the thinking pass."""
     question: str = DEFAULT_THINK_QUESTION
+    """The thinking question (it must ask to end with the answer marker)."""
     max_tokens: int = pydantic.Field(default=256, ge=1, le=32768)
-    timeout_s: float = pydantic.Field(default=4.0, gt=0)  # on timeout: keep the direct answer
+    """Reasoning token budget."""
+    timeout_s: float = pydantic.Field(default=4.0, gt=0)
+    """On timeout the direct answer is kept."""
     answer_marker: str = "Answer:"
-    # Used only when a backend returns no usable logprobs for the final answer (remote servers that
-    # hide them): a parsed "yes" maps to this probability, "no" to 1 - it.
+    """The reasoning stops here; the next token is scored as the answer."""
     parsed_confidence: float = pydantic.Field(default=0.85, gt=0.5, lt=1.0)
+    """Only when a backend returns no usable logprobs for the final answer (remote servers that hide
+    them): a parsed "yes" maps to this probability, "no" to 1 - it."""
 
 
-class VLMOptions(_Strict):
-    """Options shared by the ``vllm``, ``hf_vlm`` and ``openai_vlm`` families (``spec.options``)."""
+class VLMOptions(StrictModel):
+    """Options shared by the ``vllm``, ``hf_vlm`` and ``openai_vlm`` families (``spec.options``); each
+    family's ``Options`` adds its backend section (``engine`` / ``runtime`` / ``server``)."""
 
     system_prompt: typing.Optional[str] = DEFAULT_SYSTEM
+    """System message; None: none."""
     question: str = DEFAULT_QUESTION
+    """The direct yes / no question, asked through the model's chat template with the image."""
     yes_words: typing.List[str] = pydantic.Field(default_factory=lambda: ["yes", "Yes"], min_length=1)
+    """Answer words meaning roadwork; each must be a single token (checked at load)."""
     no_words: typing.List[str] = pydantic.Field(default_factory=lambda: ["no", "No"], min_length=1)
-    # Visual token budget: images are resized to at most this many pixels by the model's processor
-    # (Qwen2/2.5-VL: one token per 28x28 px, Qwen3-VL: per 32x32). 224x224 -> 64 tokens on Qwen2-VL.
+    """Answer words meaning no roadwork; single tokens."""
     max_pixels: typing.Optional[int] = pydantic.Field(default=448 * 448, gt=0)
+    """Visual token budget: images are resized to at most this many pixels by the model's processor
+    (Qwen2/2.5-VL: one token per 28x28 px, Qwen3-VL: per 32x32; 224x224 -> 64 tokens on Qwen2-VL)."""
     min_pixels: typing.Optional[int] = pydantic.Field(default=None, gt=0)
+    """Lower bound of the resize; None: the processor's."""
     chat_template_kwargs: typing.Dict[str, typing.Any] = pydantic.Field(default_factory=dict)
-    # Platt calibration on the answer logit, fitted offline: p = sigmoid(scale * logit + bias).
+    """Extra arguments of the chat template (e.g. ``enable_thinking: false``)."""
     calibration_scale: float = 1.0
+    """Platt calibration on the answer logit, fitted offline: p = sigmoid(scale * logit + bias)."""
     calibration_bias: float = 0.0
+    """Platt calibration bias."""
     thinking: ThinkingOptions = pydantic.Field(default_factory=ThinkingOptions)
-    # Backend sections (each family reads its own; the others must stay empty).
-    engine: typing.Dict[str, typing.Any] = pydantic.Field(default_factory=dict)   # vllm
-    server: typing.Dict[str, typing.Any] = pydantic.Field(default_factory=dict)   # openai_vlm
-    runtime: typing.Dict[str, typing.Any] = pydantic.Field(default_factory=dict)  # hf_vlm
+    """The optional reasoning pass."""
 
     @classmethod
     def parse(cls, options: typing.Mapping[str, typing.Any], where: str = "options") -> "VLMOptions":

@@ -47,57 +47,92 @@ import pydantic
 
 from natix_miner.experts.base import Evidence
 from natix_miner.experts.vlm.common import VLMExpert
-from natix_miner.experts.vlm.prompt import AnswerSet, VLMOptionError, strip_after_marker
+from natix_miner.experts.vlm.prompt import AnswerSet, VLMOptionError, VLMOptions, strip_after_marker
+from natix_miner.schema import StrictModel
 
-_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16", "auto": "auto", "fp8": "auto"}
 
-
-class VLLMEngineOptions(pydantic.BaseModel):
+class VLLMEngineOptions(StrictModel):
     """``options.engine``: the vLLM engine arguments this project exposes (docs/vlm.md explains each).
 
     Anything else vLLM accepts goes under ``extra`` (checked against ``AsyncEngineArgs`` at load).
     """
 
-    model_config = pydantic.ConfigDict(extra="forbid")
-
     max_model_len: int = pydantic.Field(default=4096, ge=64)
+    """Context length (prompt + image tokens + answer)."""
     gpu_memory_utilization: float = pydantic.Field(default=0.9, gt=0, le=1)
+    """Share of each card's memory this engine may take (weights + KV cache)."""
     kv_cache_memory_bytes: typing.Optional[int] = pydantic.Field(default=None, gt=0)
-    kv_cache_dtype: typing.Literal["auto", "float16", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2",  # tested kinds
+    """KV cache size in bytes instead of the utilisation share."""
+    kv_cache_dtype: typing.Literal["auto", "float16", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2",
                                    "turboquant_k8v4", "turboquant_4bit_nc", "turboquant_k3v4_nc",
-                                   "turboquant_3bit_nc"] = "auto"  # turboquant_*: vLLM 0.32, GPU, untested
+                                   "turboquant_3bit_nc"] = "auto"
+    """KV cache dtype (turboquant_*: vLLM 0.32, GPU, untested here)."""
     enable_prefix_caching: bool = True
+    """Reuse the shared prompt prefix across requests."""
     enable_chunked_prefill: typing.Optional[bool] = None
+    """None: vLLM's default."""
     max_num_seqs: typing.Optional[int] = pydantic.Field(default=None, ge=1)
+    """Requests scheduled at once; None: vLLM's default."""
     max_num_batched_tokens: typing.Optional[int] = pydantic.Field(default=None, ge=1)
-    quantization: typing.Optional[str] = None  # fp8 | awq | awq_marlin | gptq_marlin | compressed-tensors | ...
+    """Tokens per scheduler step; None: vLLM's default."""
+    quantization: typing.Optional[str] = None
+    """fp8 | awq | awq_marlin | gptq_marlin | compressed-tensors | ... (``dtype: fp8`` implies fp8)."""
     tensor_parallel_size: int = pydantic.Field(default=1, ge=1)
+    """Cards one model is split over."""
     data_parallel_size: int = pydantic.Field(default=1, ge=1)
+    """Engine replicas inside vLLM."""
     mm_encoder_tp_mode: typing.Optional[typing.Literal["weights", "data"]] = None
+    """How the vision encoder uses tensor parallelism; None: vLLM's default."""
     speculative_config: typing.Optional[typing.Dict[str, typing.Any]] = None
+    """vLLM's speculative decoding settings (thinking pass)."""
     device_ids: typing.Optional[typing.List[int]] = None
+    """CUDA devices of this engine; None: the expert's ``device`` (cuda:N)."""
     enforce_eager: bool = False
+    """No CUDA graphs (slower, less memory, faster start)."""
     limit_mm_per_prompt: typing.Dict[str, int] = pydantic.Field(default_factory=lambda: {"image": 1, "video": 0})
+    """Multimodal items per prompt."""
     mm_processor_cache_gb: typing.Optional[float] = pydantic.Field(default=None, ge=0)
+    """Multimodal processor cache size; None: vLLM's default."""
     seed: int = 0
+    """Sampling seed."""
     trust_remote_code: bool = False
-    # Environment for this engine's processes only, set while they start (they inherit it), e.g.
-    # VLLM_CPU_OMP_THREADS_BIND: "nobind" or a core list on CPU hosts shared by several engines.
+    """Allow the checkpoint's own Python code."""
     env: typing.Dict[str, str] = pydantic.Field(default_factory=dict)
-    shutdown_timeout_s: float = pydantic.Field(default=30.0, gt=0)  # for the engine processes to exit
-    warmup: bool = True  # one scored request on a grey image at start
+    """Environment for this engine's processes only, set while they start (they inherit it), e.g.
+    ``VLLM_CPU_OMP_THREADS_BIND: nobind`` or a core list on CPU hosts shared by several engines."""
+    shutdown_timeout_s: float = pydantic.Field(default=30.0, gt=0)
+    """Time for the engine processes to exit."""
+    warmup: bool = True
+    """One scored request on a grey image at start."""
     extra: typing.Dict[str, typing.Any] = pydantic.Field(default_factory=dict)
+    """Any other ``AsyncEngineArgs`` keyword (checked against vLLM at start)."""
+
+
+class Options(VLMOptions):
+    """Options of the ``vllm`` family (``natix-miner experts options vllm``). Dtypes: float32,
+    float16, bfloat16, ``auto`` (the checkpoint's), ``fp8`` (= auto with fp8 quantisation); int8 is
+    refused (quantised weights: ``engine.quantization``)."""
+
+    dtypes: typing.ClassVar[typing.Tuple[str, ...]] = ("float32", "float16", "bfloat16", "auto", "fp8")
+    auto_dtype: typing.ClassVar[str] = "model"
+    cpu_dtype: typing.ClassVar[str] = "as_is"
+
+    engine: VLLMEngineOptions = pydantic.Field(default_factory=VLLMEngineOptions)
+    """The vLLM engine arguments (see the ``engine.*`` rows)."""
 
 
 def engine_arguments(opts: VLLMEngineOptions, model: str, dtype: str, device: str,
                      max_pixels: typing.Optional[int], min_pixels: typing.Optional[int],
                      n_logprobs: int) -> typing.Dict[str, typing.Any]:
     """Keyword arguments for ``vllm.AsyncEngineArgs`` (pure: no vLLM import, testable anywhere)."""
-    if dtype not in _DTYPES:
-        raise VLMOptionError(f"dtype {dtype!r} is not supported by the vllm family (use {sorted(_DTYPES)}; "
-                             "quantised weights: options.engine.quantization)")
+    from natix_miner.experts.dtypes import DtypeError, dtype_name
+
+    try:
+        name = dtype_name(dtype, device, Options)
+    except DtypeError as exc:
+        raise VLMOptionError(f"{exc}; quantised weights: options.engine.quantization") from None
     kw: typing.Dict[str, typing.Any] = dict(
-        model=model, dtype=_DTYPES[dtype], max_model_len=opts.max_model_len,
+        model=model, dtype="auto" if name == "fp8" else name, max_model_len=opts.max_model_len,
         gpu_memory_utilization=opts.gpu_memory_utilization, kv_cache_dtype=opts.kv_cache_dtype,
         enable_prefix_caching=opts.enable_prefix_caching, tensor_parallel_size=opts.tensor_parallel_size,
         data_parallel_size=opts.data_parallel_size, enforce_eager=opts.enforce_eager, seed=opts.seed,
@@ -148,7 +183,7 @@ def scoped_env(env: typing.Mapping[str, str]):
 
 class VLLMVisionLanguageExpert(VLMExpert):
     family = "vllm"
-    backend_section = "engine"
+    Options = Options
     is_async = True
 
     _ids = itertools.count()
@@ -157,11 +192,7 @@ class VLLMVisionLanguageExpert(VLMExpert):
         """Blocking part: options, engine arguments, the tokenizer's answer-token check (no engine yet)."""
         from transformers import AutoTokenizer
 
-        try:
-            self.engine_opts = VLLMEngineOptions.model_validate(self.opts.engine)
-        except pydantic.ValidationError as exc:
-            raise VLMOptionError("; ".join(f"experts.{self.name}.options.engine.{'.'.join(map(str, e['loc']))}: "
-                                           f"{e['msg']}" for e in exc.errors())) from None
+        self.engine_opts = self.opts.engine
         path = self.resolve_model()
         if not path:
             raise VLMOptionError(f"expert {self.name}: 'model' is required for family vllm")
