@@ -32,7 +32,7 @@ CPU_RULES = {"float32": "every dtype runs float32", "no_float16": "float16 runs 
 
 def describe(family: typing.Union[str, type]) -> str:
     """One line: the dtypes a family runs, what ``auto`` means, what runs on CPU."""
-    dtypes, auto, cpu = _rule(family)
+    dtypes, auto, cpu = rule(family)
     if tuple(dtypes) == DTYPES:
         return "any (ignored: this family runs no torch model of its own)"
     text = ", ".join(dtypes)
@@ -45,7 +45,9 @@ class DtypeError(ValueError):
     """A family cannot run the requested dtype; the message lists the ones it can."""
 
 
-def _rule(family: typing.Union[str, type]) -> typing.Tuple[typing.Tuple[str, ...], str, str]:
+def rule(family: typing.Union[str, type]) -> typing.Tuple[typing.Tuple[str, ...], str, str]:
+    """``(dtypes, auto_dtype, cpu_dtype)`` a family (name or Options class) declares; undeclared: every
+    dtype, auto = float32, CPU float32."""
     if isinstance(family, str):
         from natix_miner.experts import options_class
 
@@ -60,7 +62,7 @@ def check_dtype(spec_dtype: str, family: typing.Union[str, type], name: typing.O
                 ) -> typing.Optional[str]:
     """``None`` when ``family`` (a name, or its Options class with the family ``name``) runs
     ``spec_dtype``, else the problem."""
-    dtypes, auto, _ = _rule(family)
+    dtypes, auto, _ = rule(family)
     if spec_dtype in dtypes:
         return None
     meaning = f"; auto = {AUTO_MEANINGS[auto]}" if "auto" in dtypes else ""
@@ -75,7 +77,7 @@ def dtype_name(spec_dtype: str, device: str, family: typing.Union[str, type]) ->
     problem = check_dtype(spec_dtype, family)
     if problem:
         raise DtypeError(problem)
-    _, auto, cpu = _rule(family)
+    _, auto, cpu = rule(family)
     on_gpu = str(device).startswith("cuda")
     name = spec_dtype
     if name == "auto":
