@@ -46,7 +46,12 @@ from pathlib import Path
 log = logging.getLogger("natix_miner.training")
 
 CLASSIFIER_FAMILIES = ("timm", "hf_classifier")
-DETECTOR_FAMILIES = ("ultralytics",)
+DETECTOR_FAMILIES = ("ultralytics", "rfdetr", "hf_detector")
+DEFAULT_DETECTOR_INIT = {"rfdetr": "nano", "hf_detector": "d_fine"}  # random init (ultralytics: from the name)
+# the recipe keys each trainer's step hash covers
+CLASSIFIER_KEYS = {"init", "epochs", "batch_size", "lr", "warmup_steps", "image_size", "imgsz", "freeze_backbone",
+                   "label_smoothing", "export_dtype", "time_s", "gpu_gb"}
+DETECTOR_KEYS = CLASSIFIER_KEYS | {"augment_copies", "max_images"}
 VLM_FAMILIES = ("vllm", "hf_vlm", "openai_vlm")
 TINY = {"train_images": 24, "val_images": 16, "test_images": 16, "epochs": 1, "max_steps": 3, "imgsz": 64,
         "long_side": 128, "batch_size": 8}
@@ -175,7 +180,8 @@ def _classifier_step(ctx: Context, spec, roles, cost) -> Step:
     elif spec.family == "hf_classifier" and not rec.init:
         unavailable = "a transformers classifier needs build.experts.NAME.init: a local model folder to fine-tune"
     out = "best.pth" if spec.family == "timm" else "best"
-    return Step(f"train:{spec.name}", "train", ["data"], {"recipe": rec.model_dump(), "family": spec.family,
+    return Step(f"train:{spec.name}", "train", ["data"], {"recipe": rec.model_dump(include=CLASSIFIER_KEYS),
+                                                         "family": spec.family,
                                                          "model": spec.model, "scale": ctx.scale},
                 [f"experts/{spec.name}/{out}"], *cost, run=lambda c: _train_classifier(c, spec),
                 unavailable=unavailable,
@@ -221,25 +227,62 @@ def _train_classifier(ctx: Context, spec) -> dict:
             "val_accuracy": round(b.get("accuracy", 0.0), 4)}
 
 
-def _detector_step(ctx: Context, spec, roles, cost) -> Step:
+def _boxes_key(teachers: str) -> str:
+    return "+".join(t.strip().replace("/", "_").replace("=", "-") for t in teachers.split(",") if t.strip())
+
+
+def _detector_steps(ctx: Context, spec, roles, cost, seen: set) -> typing.List[Step]:
+    """``autolabel:EXPERT`` (data without boxes: the teachers' fused boxes) then ``train:EXPERT``."""
     rec = ctx.spec.recipe(spec.name)
-    unavailable = None
-    if not _is_procedural(ctx.data) and not _autolabel_available():
-        unavailable = ("the data has no boxes and auto-labelling (natix_miner/training/autolabel.py) is not in "
-                       "this build")
-    init = rec.init or _detector_yaml(spec.model)
-    return Step(f"train:{spec.name}", "train", ["data"], {"recipe": rec.model_dump(), "init": init,
-                                                         "options": spec.options, "scale": ctx.scale},
-                [f"experts/{spec.name}/best.pt"], *cost, run=lambda c: _train_detector(c, spec),
-                unavailable=unavailable,
-                note=f"ultralytics from {init} on " + ("the scenes' true boxes" if _is_procedural(ctx.data)
-                                                      else "auto-labelled boxes"))
+    init = _detector_init(spec, rec)
+    steps, needs = [], ["data"]
+    if not _is_procedural(ctx.data):
+        key = _boxes_key(rec.teachers)
+        name = f"autolabel:{key}"  # one per set of teachers, shared by the detectors that use it
+        if name not in seen:
+            n = ctx.spec.train_images + ctx.spec.val_images
+            k = len([t for t in rec.teachers.split(",") if t.strip()])
+            steps.append(Step(name, "autolabel", ["data"], {"teachers": rec.teachers},
+                              [f"boxes/{key}/coco/instances.json"], n * k * (0.05 if cost[1] else 1.0),
+                              run=lambda c: _autolabel(c, rec.teachers),
+                              note=f"boxes from {rec.teachers} on the training and validation images"))
+            seen.add(name)
+        needs = ["data", name]
+    inputs = {"recipe": rec.model_dump(include=DETECTOR_KEYS), "init": init, "options": spec.options,
+              "scale": ctx.scale}
+    if spec.family != "ultralytics":
+        inputs["family"] = spec.family
+    steps.append(Step(f"train:{spec.name}", "train", needs, inputs, [f"experts/{spec.name}/expert.yaml"], *cost,
+                      run=lambda c: _train_detector(c, spec),
+                      note=f"{spec.family} from {init} on " + ("the scenes' true boxes" if _is_procedural(ctx.data)
+                                                               else "auto-labelled boxes")))
+    return steps
 
 
-def _autolabel_available() -> bool:
-    import importlib.util
+def _autolabel(ctx: Context, teachers: str) -> dict:
+    from natix_miner.training.autolabel import AutolabelConfig, AutolabelError, autolabel, parse_teachers
 
-    return importlib.util.find_spec("natix_miner.training.autolabel") is not None
+    sp = ctx.splits()
+    try:
+        cfg = AutolabelConfig(data=ctx.data, teachers=parse_teachers(teachers), seed=ctx.spec.seed,
+                              out=str(ctx.out / "boxes" / _boxes_key(teachers)), device=ctx.spec.device)
+        res = autolabel(cfg, samples=sp["train"] + sp["val"], progress=ctx.progress)
+    except (AutolabelError, ValueError) as exc:
+        raise BuildError(f"autolabel:{_boxes_key(teachers)}: {exc}") from None
+    return {k: res[k] for k in ("images", "roadwork_kept", "roadwork_without_boxes", "background", "boxes")}
+
+
+def _detector_init(spec, rec) -> str:
+    """The recipe's ``init``, else a random-init start named after the profile's model path
+    (``models/yolo11x-roadwork/best.pt`` -> ``yolo11x.yaml``, ``rfdetr-medium-...`` -> ``medium``)."""
+    import re
+
+    if rec.init:
+        return rec.init
+    if spec.family == "rfdetr":
+        found = re.search(r"(nano|small|medium|large)", (spec.model or "").lower())
+        return found.group(1) if found else DEFAULT_DETECTOR_INIT["rfdetr"]
+    return DEFAULT_DETECTOR_INIT.get(spec.family) or _detector_yaml(spec.model)
 
 
 def _unfinished(last: Path) -> bool:
@@ -270,26 +313,39 @@ def _train_detector(ctx: Context, spec) -> dict:
     rec = ctx.spec.recipe(spec.name)
     work = _work(ctx, spec.name)
     sp = ctx.splits()
-    if not any(s.meta.get("boxes") for s in sp["train"]):
-        raise BuildError(f"train:{spec.name}: the training images carry no boxes (auto-labelling is not wired)")
-    ann = coco_from_samples(sp["train"] + sp["val"], work / "coco")
-    imgsz = _tiny(ctx, rec.imgsz or int(spec.options.get("imgsz", 640)), "imgsz")
-    last = work / "train" / "weights" / "last.pt"
-    cfg = DetectorConfig(coco=str(ann), out=str(work), model=rec.init or _detector_yaml(spec.model),
-                         epochs=_tiny(ctx, rec.epochs, "epochs"), imgsz=imgsz,
+    labelled = ctx.out / "boxes" / _boxes_key(rec.teachers) / "coco" / "instances.json"
+    if labelled.exists():
+        ann = labelled
+    elif any(s.meta.get("boxes") for s in sp["train"]):
+        train = sp["train"][:rec.max_images] if rec.max_images else sp["train"]
+        ann = coco_from_samples(train + sp["val"], work / "coco")
+    else:
+        raise BuildError(f"train:{spec.name}: the training images carry no boxes and none were auto-labelled")
+    size_key = "resolution" if spec.family == "rfdetr" else "imgsz"
+    imgsz = _tiny(ctx, rec.imgsz or int(spec.options.get(size_key, 640)), "imgsz")
+    extra = {}
+    if "augment_copies" in DetectorConfig.model_fields:
+        extra["augment_copies"] = 0 if ctx.scale == "tiny" else rec.augment_copies
+    if "family" in DetectorConfig.model_fields:
+        extra["family"] = spec.family
+    elif spec.family != "ultralytics":
+        raise BuildError(f"train:{spec.name}: this build's train-detector has no {spec.family} trainer")
+    cfg = DetectorConfig(coco=str(ann), out=str(work), epochs=_tiny(ctx, rec.epochs, "epochs"), imgsz=imgsz,
+                         model=_detector_init(spec, rec),
                          batch=_tiny(ctx, rec.batch_size, "batch_size"), device=ctx.spec.device,
                          seed=ctx.spec.seed, val_fraction=len(sp["val"]) / (len(sp["train"]) + len(sp["val"])),
-                         resume=_unfinished(last),
-                         name=spec.name, amp=False)
+                         resume=_unfinished(work / "train" / "weights" / "last.pt"), name=spec.name, amp=False,
+                         **extra)
     try:
         res = train_detector(cfg)
-    except (CocoError, DetectorTrainingError) as exc:
+    except (CocoError, DetectorTrainingError, ValueError) as exc:
         raise BuildError(f"train:{spec.name}: {exc}") from None
-    best = work / "best.pt"
-    shutil.copyfile(res["best"], best)
-    ctx.checkpoints[spec.name] = {"model": best, "options": {"imgsz": imgsz}}
-    return {"boxes": res["boxes"], "metrics": {k: round(v, 4) for k, v in res["metrics"].items()
-                                               if k.startswith("metrics/")}}
+    ctx.checkpoints[spec.name] = {"model": Path(res["best"]), "options": {size_key: imgsz}}
+    out = {"boxes": res["boxes"], "metrics": {k: round(v, 4) for k, v in res["metrics"].items()
+                                              if k.startswith("metrics/")}}
+    if res.get("image_level"):
+        out["image_level_mcc"] = round(float(res["image_level"].get("mcc", 0.0)), 4)
+    return out
 
 
 def _unavailable_step(ctx: Context, spec, roles, cost, why: str) -> Step:
@@ -311,7 +367,7 @@ def _expert_cost(ctx: Context, spec, kind: str) -> typing.Tuple[float, float]:
 
 def expert_steps(ctx: Context) -> typing.List[Step]:
     """One ``train:EXPERT`` step per tiered expert whose checkpoint is missing here."""
-    steps = []
+    steps, seen = [], set()
     for spec in ctx.profile.tiered_experts:
         roles = _missing_refs(spec, ctx.profile)
         if not roles and (spec.name in ctx.retrain or "all" in ctx.retrain) and spec.name in ctx.spec.experts:
@@ -322,16 +378,13 @@ def expert_steps(ctx: Context) -> typing.List[Step]:
         if fam in CLASSIFIER_FAMILIES:
             steps.append(_classifier_step(ctx, spec, roles, _expert_cost(ctx, spec, "classifier")))
         elif fam in DETECTOR_FAMILIES:
-            steps.append(_detector_step(ctx, spec, roles, _expert_cost(ctx, spec, "detector")))
+            steps += _detector_steps(ctx, spec, roles, _expert_cost(ctx, spec, "detector"), seen)
         elif fam in VLM_FAMILIES:
             steps.append(_unavailable_step(ctx, spec, roles, _expert_cost(ctx, spec, "vlm"),
                                            "VLM LoRA fine-tuning (train_vlm) is not in this build yet"))
         elif fam == "dino_head":
             steps.append(_unavailable_step(ctx, spec, roles, _expert_cost(ctx, spec, "classifier"),
                                            "fitting a DINOv2 head has no build step yet"))
-        elif fam in ("rfdetr", "hf_detector"):
-            steps.append(_unavailable_step(ctx, spec, roles, _expert_cost(ctx, spec, "detector"),
-                                           f"no {fam} trainer in this build yet"))
         else:
             from natix_miner.preflight import missing_for
 
@@ -414,11 +467,25 @@ def _run_calibrate(ctx: Context) -> dict:
 
     prof = load_profile(ctx.ready_path, stand_ins=False, device=False)
     sp = ctx.splits()
-    res = calibrate_profile(prof, ctx.data, samples=sp["val"], seed=ctx.spec.seed + 1,
-                            method=ctx.spec.calibrate_method, holdout=0.0, all_levels=ctx.spec.all_levels, write=True,
-                            progress=ctx.progress, keep_evidence=True)
-    out = {"consensus": res["path"], "after": {k: round(res["metrics"]["after"][k], 4)
-                                               for k in ("mcc", "accuracy", "reward_proxy")}}
+    methods = [ctx.spec.calibrate_method] + (["temperature"] if ctx.spec.calibrate_method != "temperature" else [])
+    problems = []
+    for method in methods:  # a model that learned nothing (tiny scale) cannot be fitted by logistic regression
+        try:
+            res = calibrate_profile(prof, ctx.data, samples=sp["val"], seed=ctx.spec.seed + 1, method=method,
+                                    holdout=0.0, all_levels=ctx.spec.all_levels, write=True,
+                                    progress=ctx.progress, keep_evidence=True)
+            break
+        except ValueError as exc:
+            problems.append(f"{method}: {exc}")
+            log.warning("calibrate (%s) failed: %s", method, exc)
+    else:
+        fitted = ctx.ready_path.with_name(ctx.ready_path.stem + ".consensus.json")
+        fitted.write_text(json.dumps({"normalize": True, "profile": prof.name, "skipped": problems}, indent=1))
+        return {"consensus": str(fitted), "skipped": problems}
+    out = {"consensus": res["path"], "method": method, "after": {k: round(res["metrics"]["after"][k], 4)
+                                                                 for k in ("mcc", "accuracy", "reward_proxy")}}
+    if problems:
+        out["fallback_from"] = problems
     if ctx.spec.fit_escalation and len(prof.tiers) > 1:
         prof = load_profile(ctx.ready_path, stand_ins=False, device=False)  # with the fitted consensus
         band = fit_escalation(prof, res["evidence"], res["labels"])
@@ -503,7 +570,9 @@ def format_report(ctx: Context, rep: dict, markers: typing.Mapping[str, dict]) -
         lines.append("")
         lines.append(rep.get("why_not", ""))
     cal = (markers.get("calibrate") or {}).get("summary") or {}
-    if cal:
+    if cal.get("skipped"):
+        lines += ["", "## Consensus and escalation", "", "Not fitted: " + "; ".join(cal["skipped"])]
+    elif cal:
         band = cal.get("escalation")
         lines += ["", "## Consensus and escalation", "",
                   f"Consensus fitted on the validation images ({Path(cal.get('consensus', '')).name}): "
@@ -555,7 +624,48 @@ def _run_install(ctx: Context) -> dict:
     target = Path(ctx.profile.path).with_name(Path(ctx.profile.path).stem + ".consensus.json")
     shutil.copyfile(fitted, target)
     copied.append(str(target))
+    for folder in sorted({Path(p).parent for p in copied[:-1]}):
+        write_manifest(ctx, folder, [Path(p) for p in copied[:-1] if Path(p).parent == folder])
     return {"installed": copied}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_manifest(ctx: Context, folder: Path, files: typing.Sequence[Path]) -> Path:
+    """``folder/MANIFEST.json``'s ``build`` key: how the installed checkpoints were made (command,
+    data, seeds, recipes), each file's sha256 and size, and the held-out figures. Other keys of an
+    existing manifest are kept."""
+    path = folder / "MANIFEST.json"
+    doc = json.loads(path.read_text()) if path.exists() else {}
+    ev = json.loads((ctx.out / "evaluation.json").read_text()) if (ctx.out / "evaluation.json").exists() else {}
+    experts = {n: ctx.profile.expert(n) for n in ctx.checkpoints}
+    entries = {}
+    for f in files:
+        if f.is_file():
+            owner = next((n for n, e in experts.items() if Path(str(e.model or "")).name == f.name
+                          or Path(str(e.options.get("weights", ""))).name == f.name), None)
+            entries[f.name] = {"sha256": _sha256(f), "bytes": f.stat().st_size, "expert": owner,
+                               "recipe": ctx.spec.recipe(owner).model_dump(exclude_defaults=True) if owner else None}
+    sp = ctx.spec
+    doc["build"] = {
+        "command": ctx.command, "profile": ctx.profile.name, "data": ctx.data, "scale": ctx.scale,
+        "seeds": {"train": sp.seed, "validation": sp.seed + 1, "test": sp.seed + 2} if _is_procedural(ctx.data)
+        else {"split": sp.seed},
+        "images": {"train": sp.train_images, "validation": sp.val_images, "test": sp.test_images},
+        "files": entries, "built": _now(),
+        "heldout": {"challenges": ev.get("n"), "cascade_mcc": ev.get("cascade", {}).get("overall", {}).get("mcc"),
+                    "cascade_accuracy": ev.get("cascade", {}).get("overall", {}).get("accuracy"),
+                    "experts_alone_mcc": {k: v["overall"]["mcc"] for k, v in ev.get("experts", {}).items()},
+                    "report": str(ctx.out / "report.md")},
+    }
+    path.write_text(json.dumps(doc, indent=2, default=_json_default) + "\n")
+    return path
 
 
 # ------------------------------------------------------------------------------------------------
@@ -597,7 +707,7 @@ def plan(profile, data: str, out: typing.Union[str, Path], scale: str = "full", 
                   note=f"train {sp.train_images}, validation {sp.val_images}, test {sp.test_images}")]
     trains = expert_steps(ctx)
     steps += trains
-    names = [s.name for s in trains if not s.unavailable]
+    names = [s.name for s in trains if not s.unavailable and s.kind == "train"]
     gpu = sp.device != "cpu" and any(not str(e.device).startswith("cpu") for e in profile.tiered_experts)
     per = 0.005 if gpu else 0.05  # seconds per challenge and expert (a rough figure)
     steps.append(Step("profile", "profile", ["data"] + names, {}, [ctx.ready_path.name], 1.0, run=_run_profile,
@@ -606,7 +716,7 @@ def plan(profile, data: str, out: typing.Union[str, Path], scale: str = "full", 
                                                               "escalation": sp.fit_escalation},
                       [ctx.ready_path.stem + ".consensus.json"], per * 4 * sp.val_images * n_experts,
                       run=_run_calibrate, note=f"{sp.calibrate_method} consensus + escalation band on "
-                                               f"{sp.val_images} x 4 validation challenges"))
+                                               f"{sp.val_images * (4 if sp.all_levels else 1)} validation challenges"))
     steps.append(Step("evaluate", "evaluate", ["calibrate"], {"all_levels": sp.all_levels},
                       ["evaluation.json"], per * 2 * n_eval * n_experts, run=_run_evaluate,
                       note=f"cascade vs each expert alone on {n_eval} held-out challenges"))
@@ -635,14 +745,14 @@ def _marker(out: Path, step: Step) -> Path:
 
 def format_plan(steps: typing.Sequence[Step], states: typing.Optional[typing.Mapping[str, str]] = None) -> str:
     """One line per step: name, state, estimated cost, what it does (``--dry-run``)."""
-    lines = [f"{'step':<24}{'state':<16}{'est. time':>10}{'GPU GB':>8}  what"]
+    lines = [f"{'step':<32}{'state':<16}{'est. time':>10}{'GPU GB':>8}  what"]
     total = 0.0
     for s in steps:
         state = (states or {}).get(s.name) or ("not available" if s.unavailable else "to run")
         total += 0 if s.unavailable else s.cost_s
         note = s.note + (f" [not available: {s.unavailable}]" if s.unavailable else "")
-        lines.append(f"{s.name:<24}{state:<16}{_duration(s.cost_s):>10}{s.gpu_gb:>8.1f}  {note}")
-    lines.append(f"{'total (to run)':<40}{_duration(total):>10}")
+        lines.append(f"{s.name:<32}{state:<16}{_duration(s.cost_s):>10}{s.gpu_gb:>8.1f}  {note}")
+    lines.append(f"{'total (to run)':<48}{_duration(total):>10}")
     return "\n".join(lines)
 
 

@@ -37,7 +37,8 @@ class ExpertRecipe(StrictModel):
     init: typing.Optional[str] = None
     """Starting weights. timm: ``package:efficientnet_lite0`` or a weights file (none: random init);
     transformers classifier: a local model folder; ultralytics: a bundled yaml (``yolo11n.yaml``:
-    random init) or a local ``.pt``; VLM: the base model. Never downloaded."""
+    random init) or a local ``.pt``; rfdetr: ``nano`` / ``small`` / ... or a local ``.pth``;
+    hf_detector: ``d_fine`` / ``rt_detr_v2`` or a local folder; VLM: the base model. Never downloaded."""
     epochs: int = pydantic.Field(default=5, ge=1, le=1000)
     """Passes over the training images."""
     batch_size: int = pydantic.Field(default=16, ge=1, le=4096)
@@ -54,6 +55,13 @@ class ExpertRecipe(StrictModel):
     """Classifiers: train the head only."""
     label_smoothing: float = pydantic.Field(default=0.0, ge=0, lt=1)
     """Classifiers: cross-entropy label smoothing."""
+    augment_copies: int = pydantic.Field(default=1, ge=0, le=8)
+    """Detectors: validator-augmented copies of each training image added to its training split."""
+    max_images: typing.Optional[int] = pydantic.Field(default=None, ge=2)
+    """Train this expert on at most this many of the training images (a cheaper second expert)."""
+    teachers: str = "grounding_dino,owlv2"
+    """Detectors on data without boxes: the ``natix-miner autolabel`` teachers (``family[=model],...``)
+    whose fused boxes it trains on; procedural scenes carry true boxes and need none."""
     export_dtype: typing.Literal["float32", "float16"] = "float32"
     """Dtype of the stored classifier checkpoint (``float16`` halves its size; the expert loads it
     into its own dtype)."""

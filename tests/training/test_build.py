@@ -76,7 +76,7 @@ def test_dry_run_lists_steps_and_costs_and_runs_nothing(tiny_profile, tmp_path, 
     text = capsys.readouterr().out
     names = [line.split()[0] for line in text.splitlines()[1:-1]]
     assert names == ["data", "train:cls", "train:det", "profile", "calibrate", "evaluate", "report"]
-    assert "train:cls               to run" in text and "30 s" in text  # the recipe's time_s hint
+    assert "train:cls                       to run" in text and "30 s" in text  # the recipe's time_s hint
     assert "ultralytics from yolo11n.yaml on the scenes' true boxes" in text
     assert not out.exists() or not any(out.rglob("*"))  # nothing written, nothing trained
 
@@ -138,13 +138,14 @@ def test_tiny_build_end_to_end_resumes_after_a_kill(tiny_profile, tmp_path):
     assert experts["det"]["model"] == "experts/det/best.pt"
     assert "build" not in prof and "escalation" in prof
     consensus = json.loads((out / "tiny.consensus.json").read_text())
-    assert set(consensus["weights"]) == {"cls", "det"}
+    assert consensus["profile"] == "tiny"  # fitted, or (a tiny model that learned nothing) why not
+    assert "weights" in consensus or "separates the classes" in " ".join(consensus["skipped"])
     ev = json.loads((out / "evaluation.json").read_text())
     assert set(ev["experts"]) == {"cls", "det"} and set(ev["tiers"]) == {"fast", "detect"}
     assert ev["n"] == 16 and ev["cascade"]["overall"]["n"] == 16
     report = (out / "report.md").read_text()
     assert "| **cascade** |" in report and "| cls alone |" in report and "| det alone |" in report
-    assert "Escalation band" in report
+    assert "## Consensus and escalation" in report
     for png in ("reliability", "pr_curve", "mcc_threshold", "mcc_per_level"):
         assert (out / "plots" / f"{png}.png").stat().st_size > 1000
     # the ready profile is a profile: it validates and answers
