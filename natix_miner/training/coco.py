@@ -154,17 +154,20 @@ def load_coco(path: typing.Union[str, Path], images_dir: typing.Optional[typing.
 
 
 def coco_to_yolo(ds: CocoDataset, out_dir: typing.Union[str, Path], val_fraction: float = 0.2,
-                 seed: int = 0, link: bool = True) -> Path:
-    """Write an ultralytics dataset (``images/{train,val}``, ``labels/{train,val}``, ``data.yaml``)."""
+                 seed: int = 0, link: bool = True,
+                 splits: typing.Optional[typing.Mapping[str, typing.Sequence[CocoImage]]] = None) -> Path:
+    """Write an ultralytics dataset (``images/{train,val}``, ``labels/{train,val}``, ``data.yaml``);
+    ``splits`` (``{"train": [...], "val": [...]}``) instead of a seeded ``val_fraction`` split of ``ds``."""
     import yaml
 
     out = Path(out_dir)
     if not ds.images:
         raise CocoError("no images to convert")
-    items = list(ds.images)
-    random.Random(seed).shuffle(items)
-    n_val = max(1, int(round(len(items) * val_fraction))) if len(items) > 1 else 0
-    splits = {"val": items[:n_val], "train": items[n_val:] or items[:n_val]}
+    if splits is None:
+        items = list(ds.images)
+        random.Random(seed).shuffle(items)
+        n_val = max(1, int(round(len(items) * val_fraction))) if len(items) > 1 else 0
+        splits = {"val": items[:n_val], "train": items[n_val:] or items[:n_val]}
     for split, ims in splits.items():
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         (out / "labels" / split).mkdir(parents=True, exist_ok=True)

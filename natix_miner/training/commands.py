@@ -3,7 +3,8 @@
     natix-miner data pull --out data/roadwork [--token T | HF_TOKEN] [--from LOCAL_PARQUET]
     natix-miner data validate DATA [--json report.json] [--strict]
     natix-miner train --data DATA --out runs/x [--arch A --weights W --epochs N --resume ...]
-    natix-miner train-detector --coco ann.json --out runs/det [--model yolo11n.yaml --imgsz 640]
+    natix-miner autolabel --data DATA --teachers grounding_dino,owlv2 --out runs/boxes [--measure]
+    natix-miner train-detector --coco ann.json --out runs/det [--family ultralytics|rfdetr|hf_detector --model M]
     natix-miner calibrate --profile P --data DATA [--method logistic|temperature|isotonic]
     natix-miner evaluate --profile P [--profile P2 | --compare P2] --data DATA [--n N] [--json PATH]
     natix-miner hard-examples --profile P --data DATA --out hard/ [--top 200]
@@ -100,21 +101,30 @@ def _train(sub) -> None:
 
 
 def _train_detector(sub) -> None:
-    p = sub.add_parser("train-detector", help="fine-tune an ultralytics detector on COCO roadwork boxes")
-    p.add_argument("--coco", required=True, help="COCO instances JSON")
+    p = sub.add_parser("train-detector", help="train a detector (ultralytics, rfdetr, hf_detector) on COCO roadwork boxes")
+    p.add_argument("--coco", required=True, help="COCO instances JSON (natix-miner autolabel writes OUT/coco/instances.json)")
     p.add_argument("--images", default=None, help="image folder (default: beside the JSON)")
     p.add_argument("--out", required=True)
-    p.add_argument("--model", default="yolo11n.yaml", help="bundled yaml or a local .pt")
-    p.add_argument("--arch", default="auto", choices=["auto", "yolo", "rtdetr"])
+    p.add_argument("--family", default="ultralytics", choices=["ultralytics", "rfdetr", "hf_detector"])
+    p.add_argument("--model", default="yolo11n.yaml",
+                   help="ultralytics: bundled yaml or local .pt; rfdetr: nano|small|medium|large or local .pth; "
+                        "hf_detector: d_fine|rt_detr_v2 or a local save_pretrained dir")
+    p.add_argument("--arch", default="auto", choices=["auto", "yolo", "rtdetr"], help="ultralytics model class")
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--imgsz", type=int, default=640)
     p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the family's own)")
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--class-map", default=None, help='JSON {"coco category": "cone" | null, ...}')
+    p.add_argument("--augment-copies", type=int, default=1,
+                   help="validator-augmented copies of each training image (boxes moved along)")
+    p.add_argument("--levels", default="0,1,2,3", help="validator levels of the image-level score ('' skips it)")
+    p.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="rfdetr constructor / hf_detector config keyword (YAML value); repeat")
     p.add_argument("--no-amp", action="store_true")
-    p.add_argument("--resume", action="store_true")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--name", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_train_detector)
@@ -283,21 +293,51 @@ def cmd_train(args) -> int:
     return _run_training(args, args.data, args.out, args.val)
 
 
+def _key_values(items) -> dict:
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--model-option {item!r}: expected KEY=VALUE")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
 def cmd_train_detector(args) -> int:
+    import pydantic
+
     from natix_miner.training.coco import CocoError
     from natix_miner.training.detector import DetectorConfig, DetectorTrainingError, train_detector
 
     try:
         cmap = json.loads(args.class_map) if args.class_map else None
-        res = train_detector(DetectorConfig(coco=args.coco, images=args.images, out=args.out, model=args.model,
-                                            arch=args.arch, epochs=args.epochs, imgsz=args.imgsz, batch=args.batch,
-                                            device=args.device, workers=args.workers, amp=not args.no_amp,
-                                            seed=args.seed, val_fraction=args.val_fraction, class_map=cmap,
-                                            resume=args.resume, name=args.name))
-    except (CocoError, DetectorTrainingError, json.JSONDecodeError) as exc:
+        levels = [int(x) for x in str(args.levels).split(",") if x.strip()]
+        cfg = DetectorConfig(coco=args.coco, images=args.images, out=args.out, family=args.family, model=args.model,
+                             arch=args.arch, epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, lr=args.lr,
+                             device=args.device, workers=args.workers, amp=not args.no_amp, seed=args.seed,
+                             val_fraction=args.val_fraction, class_map=cmap, augment_copies=args.augment_copies,
+                             eval_levels=levels, resume=args.resume, name=args.name,
+                             model_options=_key_values(args.model_option))
+    except pydantic.ValidationError as exc:
+        e = exc.errors()[0]
+        return _err(f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg'].removeprefix('Value error, ')}")
+    except (ValueError, json.JSONDecodeError) as exc:
         return _err(str(exc))
-    print(f"boxes {res['boxes']} (dropped {res['dropped']}); metrics {res['metrics']}")
-    print(f"best {res['best']}; profile entry in {args.out}/expert.yaml")
+    try:
+        res = train_detector(cfg)
+    except (CocoError, DetectorTrainingError) as exc:
+        return _err(str(exc))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: continue with the same command plus --resume (run folder {args.out})", file=sys.stderr)
+        return 130
+    print(f"boxes {res['boxes']} (dropped {res['dropped']}); split {res['split']}; metrics {res['metrics']}")
+    il = res["image_level"]
+    if il:
+        print(f"image level (held out, levels {il['levels']}, n={il['n']}): MCC {il['mcc']:.3f} acc {il['accuracy']:.3f} "
+              f"best threshold {il['best_threshold']:.3f} (MCC {il['best_mcc']:.3f}); per level {il['mcc_per_level']}")
+    print(f"best {res['best']}; profile entry in {args.out}/expert.yaml; report {args.out}/report.json")
     return 0
 
 
