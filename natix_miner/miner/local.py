@@ -51,12 +51,14 @@ class MinerThread:
     """
 
     def __init__(self, cfg, engine=None, hooks=None, wallet=None, start_timeout: float = 300.0, subtensor=None,
-                 runner=None):
+                 runner=None, engine_factory=None):
         """``runner``: anything with ``run(ready=)`` and ``request_stop()`` (a ``MinerGroup``) instead of a
-        :class:`Miner` built from the other arguments."""
+        :class:`Miner` built from the other arguments; ``engine_factory``: as :class:`Miner`'s (builds the
+        engine from the parsed profile at start)."""
         from natix_miner.miner.neuron import Miner
 
-        self.miner = runner or Miner(cfg, engine=engine, hooks=hooks, wallet=wallet, subtensor=subtensor)
+        self.miner = runner or Miner(cfg, engine=engine, hooks=hooks, wallet=wallet, subtensor=subtensor,
+                                     engine_factory=engine_factory)
         self.start_timeout = start_timeout
         self._thread = None
         self._error = None

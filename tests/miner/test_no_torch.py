@@ -42,9 +42,7 @@ SCRIPT = textwrap.dedent("""
         finally:
             await d.aclose_session()
 
-    thread = MinerThread(cfg, wallet=miner_wallet)
-    thread.miner.engine_factory = factory
-    with thread as m:
+    with MinerThread(cfg, wallet=miner_wallet, engine_factory=factory) as m:
         r = asyncio.run(ask(m.info()))
     engine = made[0]
     assert isinstance(engine, EngineClient) and engine.profile is cfg.cascade and engine.profile.name == "demo-cpu"
