@@ -136,7 +136,8 @@ async def closed_loop(call: typing.Callable[[int], typing.Awaitable[bool]], n: i
         nonlocal bad
         for i in it:
             t = time.perf_counter()
-            bad += int(await call(i))
+            failed = await call(i)  # not `bad += await ...`: that reads bad before the await and loses counts
+            bad += int(failed)
             lat.append(time.perf_counter() - t)
 
     t0 = time.perf_counter()
