@@ -4,7 +4,9 @@ Starts real miners (``neurons/miner.py --local``) on loopback, waits for ``/read
 challenge image to every hotkey through a real dendrite (a validator's challenge reaches several of
 an operator's hotkeys), then reads the resident memory of each miner process and its children from
 ``/proc`` (RSS, and PSS, which splits shared library pages fairly between processes), and the
-expert calls from ``/metrics``. The two layouts run one after the other, never at once.
+cascade runs (``natix_cascade_requests_total``: images computed, not answered from the cache) and
+expert calls from ``/metrics`` (expert calls per run vary with the time left: a slower layout skips
+late tiers). The two layouts run one after the other, never at once.
 
     python scripts/bench_hotkeys.py --profile demo-cpu --hotkeys 3 --images 20 \\
         --json docs/bench/2026-12-05-cpu-hotkeys-demo-cpu.json
@@ -193,13 +195,14 @@ def run_layout(args, layout: str, wallet, images: typing.List[str]) -> dict:
             load = asyncio.run(_challenge(wallet, miners.targets, images, args.timeout))
             time.sleep(args.settle_s)
             served = memory([p.pid for p in miners.procs])
+            runs = sum(_metric_sum(u, "natix_cascade_requests_total") for u in miners.metrics)
             calls = sum(_metric_sum(u, "natix_expert_duration_seconds_count") for u in miners.metrics)
             shared = sum(_metric_sum(u, "natix_cache_shared_hits_total") for u in miners.metrics)
         finally:
             miners.stop()
     out = {"layout": layout, "miner_processes": len(miners.procs), "hotkeys": len(miners.targets),
            "ready_s": miners.ready_s, "memory_ready": idle, "memory_after_queries": served, "queries": load,
-           "expert_calls": int(calls), "shared_cache_hits": int(shared)}
+           "cascade_runs": int(runs), "expert_calls": int(calls), "shared_cache_hits": int(shared)}
     print(json.dumps(out), flush=True)
     return out
 
