@@ -74,7 +74,17 @@ def main(args) -> int:
     enforce_offline()  # trainers start from local weights only
     from natix_miner.training.commands import _setup
 
-    _setup(args)
+    try:
+        _setup(args)
+    except ModuleNotFoundError as exc:  # a bare training host without the miner's chain client (bittensor)
+        import logging
+
+        logging.basicConfig(level=logging.INFO)
+        print(f"note: plain logging ({exc.name} is not installed here)", file=sys.stderr)
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
     command = "natix-miner build " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["build"] else [args.profile])
     try:
         summary = run_build(ctx, steps, only=only, command=command)

@@ -97,9 +97,19 @@ class Context:
 
     def splits(self) -> dict:
         """``{"train", "val", "test"}`` lists of samples (rendered or read once per process)."""
-        if self._splits is None:
+        if self._splits is None or len(self._splits) < 3:
             self._splits = load_splits(self.data, self.spec, progress=self.progress)
         return self._splits
+
+    def split(self, name: str) -> list:
+        """One split; procedural data renders only that one (calibrate needs no training scenes)."""
+        if self._splits is not None and name in self._splits:
+            return self._splits[name]
+        if not _is_procedural(self.data):
+            return self.splits()[name]
+        self._splits = dict(self._splits or {})
+        self._splits[name] = load_splits(self.data, self.spec, progress=self.progress, only=name)[name]
+        return self._splits[name]
 
     @property
     def ready_path(self) -> Path:
@@ -114,9 +124,9 @@ def _is_procedural(data: str) -> bool:
     return data == "procedural" or data.startswith("procedural:")
 
 
-def load_splits(data: str, spec, progress: bool = True) -> dict:
+def load_splits(data: str, spec, progress: bool = True, only: typing.Optional[str] = None) -> dict:
     """Train / validation / test samples. Procedural data renders three seeds (``seed``, ``seed + 1``,
-    ``seed + 2``: disjoint scenes); a dataset is split by label, seeded."""
+    ``seed + 2``: disjoint scenes; ``only``: just that split); a dataset is split by label, seeded."""
     from natix_miner.training.datasets import (DataError, balanced_subset, from_procedural, load_samples,
                                                split_samples)
 
@@ -125,7 +135,7 @@ def load_splits(data: str, spec, progress: bool = True) -> dict:
         long_side = int(parts[2]) if len(parts) > 2 else spec.long_side
         return {name: from_procedural(n, seed=spec.seed + k, long_side=long_side, progress=progress)
                 for k, (name, n) in enumerate((("train", spec.train_images), ("val", spec.val_images),
-                                               ("test", spec.test_images)))}
+                                               ("test", spec.test_images))) if only in (None, name)}
     try:
         samples = load_samples(data, seed=spec.seed, labelled=True)
     except DataError as exc:
@@ -207,6 +217,7 @@ def _train_classifier(ctx: Context, spec) -> dict:
                       epochs=_tiny(ctx, rec.epochs, "epochs"), batch_size=_tiny(ctx, rec.batch_size, "batch_size"),
                       lr=rec.lr, warmup_steps=rec.warmup_steps, label_smoothing=rec.label_smoothing,
                       device=ctx.spec.device, seed=ctx.spec.seed, freeze_backbone=rec.freeze_backbone,
+                      workers=rec.workers,
                       max_steps_per_epoch=TINY["max_steps"] if ctx.scale == "tiny" else None)
     try:
         res = train(cfg, sp["train"], sp["val"], resume=(work / "last.pt").exists())
@@ -313,28 +324,30 @@ def _train_detector(ctx: Context, spec) -> dict:
     rec = ctx.spec.recipe(spec.name)
     work = _work(ctx, spec.name)
     sp = ctx.splits()
+    train = sp["train"][:rec.max_images] if rec.max_images else sp["train"]
     labelled = ctx.out / "boxes" / _boxes_key(rec.teachers) / "coco" / "instances.json"
     if labelled.exists():
         ann = labelled
     elif any(s.meta.get("boxes") for s in sp["train"]):
-        train = sp["train"][:rec.max_images] if rec.max_images else sp["train"]
         ann = coco_from_samples(train + sp["val"], work / "coco")
     else:
         raise BuildError(f"train:{spec.name}: the training images carry no boxes and none were auto-labelled")
     size_key = "resolution" if spec.family == "rfdetr" else "imgsz"
     imgsz = _tiny(ctx, rec.imgsz or int(spec.options.get(size_key, 640)), "imgsz")
     extra = {}
-    if "augment_copies" in DetectorConfig.model_fields:
+    fields = getattr(DetectorConfig, "model_fields", None) or {f.name for f in dataclasses.fields(DetectorConfig)}
+    if "augment_copies" in fields:
         extra["augment_copies"] = 0 if ctx.scale == "tiny" else rec.augment_copies
-    if "family" in DetectorConfig.model_fields:
+    if "family" in fields:
         extra["family"] = spec.family
     elif spec.family != "ultralytics":
         raise BuildError(f"train:{spec.name}: this build's train-detector has no {spec.family} trainer")
     cfg = DetectorConfig(coco=str(ann), out=str(work), epochs=_tiny(ctx, rec.epochs, "epochs"), imgsz=imgsz,
                          model=_detector_init(spec, rec),
                          batch=_tiny(ctx, rec.batch_size, "batch_size"), device=ctx.spec.device,
-                         seed=ctx.spec.seed, val_fraction=len(sp["val"]) / (len(sp["train"]) + len(sp["val"])),
+                         seed=ctx.spec.seed, val_fraction=len(sp["val"]) / (len(train) + len(sp["val"])),
                          resume=_unfinished(work / "train" / "weights" / "last.pt"), name=spec.name, amp=False,
+                         workers=rec.workers,
                          **extra)
     try:
         res = train_detector(cfg)
@@ -466,12 +479,11 @@ def _run_calibrate(ctx: Context) -> dict:
     from natix_miner.training.calibrate import calibrate_profile, fit_escalation
 
     prof = load_profile(ctx.ready_path, stand_ins=False, device=False)
-    sp = ctx.splits()
     methods = [ctx.spec.calibrate_method] + (["temperature"] if ctx.spec.calibrate_method != "temperature" else [])
     problems = []
     for method in methods:  # a model that learned nothing (tiny scale) cannot be fitted by logistic regression
         try:
-            res = calibrate_profile(prof, ctx.data, samples=sp["val"], seed=ctx.spec.seed + 1, method=method,
+            res = calibrate_profile(prof, ctx.data, samples=ctx.split("val"), seed=ctx.spec.seed + 1, method=method,
                                     holdout=0.0, all_levels=ctx.spec.all_levels, write=True,
                                     progress=ctx.progress, keep_evidence=True)
             break
@@ -502,7 +514,7 @@ def _run_calibrate(ctx: Context) -> dict:
 def _run_evaluate(ctx: Context) -> dict:
     from natix_miner.training.evaluate import evaluate_cascade_and_experts
 
-    rep = evaluate_cascade_and_experts(ctx.ready_path, ctx.splits()["test"], seed=ctx.spec.seed + 2,
+    rep = evaluate_cascade_and_experts(ctx.ready_path, ctx.split("test"), seed=ctx.spec.seed + 2,
                                        all_levels=ctx.spec.all_levels, progress=ctx.progress,
                                        plots=ctx.out / "plots")
     if rep["gain_over_best_expert"] < 0.05:
@@ -809,7 +821,12 @@ def run_build(ctx: Context, steps: typing.Sequence[Step], only: typing.Optional[
                 print(f"[build] {s.name}: done, skipped", flush=True)
                 continue
         if only and s.name not in only:
-            raise BuildError(f"step {s.name} is not done and --steps leaves it out: run it too")
+            summary[s.name] = "left out (--steps)"
+            print(f"[build] {s.name}: left out by --steps", flush=True)
+            continue
+        missing = [n for n in s.needs if n not in done and not summary.get(n, "").startswith("not available")]
+        if missing:
+            raise BuildError(f"step {s.name} needs {', '.join(missing)}, not done: run it too (or drop --steps)")
         started = ctx.out / ".build" / (marker.stem + ".started")
         if s.kind == "train" and started.exists() and started.read_text().strip() != h:
             shutil.rmtree(_work(ctx, s.name.split(":", 1)[1]), ignore_errors=True)  # other inputs: start over

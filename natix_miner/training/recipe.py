@@ -65,6 +65,9 @@ class ExpertRecipe(StrictModel):
     export_dtype: typing.Literal["float32", "float16"] = "float32"
     """Dtype of the stored classifier checkpoint (``float16`` halves its size; the expert loads it
     into its own dtype)."""
+    workers: int = pydantic.Field(default=0, ge=0, le=64)
+    """Data-loading processes while training (results do not depend on it: augmentation is seeded
+    per image and epoch)."""
     time_s: typing.Optional[float] = pydantic.Field(default=None, gt=0)
     """Cost hint for ``--dry-run``: seconds this step takes on the machine it is meant for."""
     gpu_gb: typing.Optional[float] = pydantic.Field(default=None, gt=0)
