@@ -84,6 +84,7 @@ class RayEngineClient:
         self.fallbacks: typing.Counter[str] = collections.Counter()
         self._remote: dict = {}  # the application's last status()
         self._last_seen = 0.0
+        self._heard = False
         self._since = 0.0  # monotonic time of the last change of ``connected``
         self._pending: typing.Dict[int, asyncio.Future] = {}
         self._ids = 0
@@ -248,11 +249,13 @@ class RayEngineClient:
             child.close()
         reader, self._writer = await asyncio.open_connection(sock=parent)
         self._last_seen = time.monotonic()
+        self._heard = False  # until the first status, the bridge has connect_timeout_s to reach the cluster
         watchdog = asyncio.get_running_loop().create_task(self._watch())
         try:
             while True:
                 msg = await read_frame(reader)
                 self._last_seen = time.monotonic()
+                self._heard = True
                 kind = msg[0]
                 if kind == "result":
                     fut = self._pending.get(msg[1])
@@ -273,11 +276,13 @@ class RayEngineClient:
             watchdog.cancel()
 
     async def _watch(self) -> None:
-        """A bridge that sends nothing for ``stale_after_s`` (a hung cluster) counts as lost."""
+        """A bridge that sends nothing for ``stale_after_s`` (a hung cluster) counts as lost; before its
+        first message it has ``connect_timeout_s`` (``ray.init`` on a loaded host takes seconds)."""
         while True:
             await asyncio.sleep(min(1.0, self.stale_after_s / 2))
-            if time.monotonic() - self._last_seen > self.stale_after_s:
-                self._set_connected(False, f"no status from the cluster for {self.stale_after_s:.0f} s")
+            limit = self.stale_after_s if self._heard else self.connect_timeout_s
+            if time.monotonic() - self._last_seen > limit:
+                self._set_connected(False, f"no status from the cluster for {limit:.0f} s")
                 if self._writer is not None:
                     self._writer.close()  # ends the reader loop
                 return
