@@ -1,0 +1,94 @@
+"""The Ray Serve plan from a profile and the miner-side client's rules, without a cluster (fast).
+
+The cluster end-to-end (deploy, miner, kill, recover) is tests/engine/test_ray_serve.py.
+"""
+
+import asyncio
+import importlib.util
+import subprocess
+import sys
+import time
+
+import pytest
+
+from natix_miner.config import ExpertSpec, MinerConfig
+from natix_miner.engine.client import EngineClient, engine_factory_for, local_engine
+from natix_miner.engine.ray_client import RayEngineClient, RayUnavailable
+from natix_miner.engine.ray_serve import expert_resources, ingress_profile, plan
+from tests.support.helpers import profile_with
+
+
+def _spec(**kw) -> ExpertSpec:
+    return ExpertSpec.model_validate({"name": "x", "family": "timm", **kw})
+
+
+def test_resources_follow_the_profile():
+    cpu = expert_resources(_spec(device="cpu", replicas=3), cpu_per_replica=2.0)
+    assert (cpu.num_replicas, cpu.num_cpus, cpu.num_gpus, cpu.device) == (3, 2.0, 0.0, "cpu")
+    hinted = expert_resources(_spec(devices=["cuda:0", "cuda:1"], memory_gb=20), gpu_memory_gb=80)
+    assert (hinted.num_replicas, hinted.num_gpus, hinted.device) == (2, 0.25, "cuda")
+    assert expert_resources(_spec(device="cuda")).num_gpus == 1.0  # no hint: a whole card
+    assert expert_resources(_spec(device="cuda", memory_gb=500)).num_gpus == 1.0  # never more than one
+    assert expert_resources(_spec(device="auto"), has_gpus=False).device == "cpu"
+    assert expert_resources(_spec(device="auto"), has_gpus=True).device == "cuda"
+
+
+def test_plan_has_one_deployment_per_tiered_expert_and_the_ingress_last():
+    prof = profile_with([("a", "x", {}), ("b", "x", {}), ("unused", "x", {})], [("fast", ["a"], 1.0),
+                                                                                ("slow", ["b"], 1.0)])
+    names = [p.name for p in plan(prof, ingress_replicas=2)]
+    assert names == ["expert-a", "expert-b", "cascade"]
+    assert plan(prof, ingress_replicas=2)[-1].num_replicas == 2
+    assert [p.name for p in plan(prof, skip={"b"})] == ["expert-a", "cascade"]
+
+
+def test_ingress_profile_passes_every_image_on_at_once():
+    prof = profile_with([("a", "x", {}), ("b", "x", {})], [("fast", ["a", "b"], 1.0)])
+    prof.experts[0].max_batch = 32
+    ing = ingress_profile(prof, {"a"})
+    a, b = ing.experts
+    assert (a.max_batch, a.max_wait_ms, a.concurrency, a.device, a.replicas) == (1, 0.0, 256, "cpu", 1)
+    assert b == prof.experts[1]
+    assert prof.experts[0].max_batch == 32  # the profile itself is untouched
+
+
+def test_the_config_picks_the_engine():
+    assert engine_factory_for(MinerConfig()) is local_engine
+    cfg = MinerConfig.model_validate({"engine": {"ray": "10.0.0.1:6379", "app": "prod"}})
+    prof = profile_with([("a", "x", {})], [("fast", ["a"], 1.0)])
+    client = engine_factory_for(cfg)(prof)
+    assert isinstance(client, RayEngineClient) and isinstance(client, EngineClient)
+    assert (client.address, client.app) == ("10.0.0.1:6379", "prod")
+
+
+async def test_not_connected_answers_the_fallback_at_once_and_never_one_half():
+    prof = profile_with([("a", "x", {})], [("fast", ["a"], 1.0)], fallback_probability=0.5)
+    client = RayEngineClient(prof, "127.0.0.1:1")
+    t0 = time.monotonic()
+    res = await client.predict(b"\xff\xd8 not started", deadline=time.monotonic() + 5)
+    assert time.monotonic() - t0 < 0.5
+    assert res.fallback and res.fallback_reason == "ray_unavailable" and res.probability == 0.4999
+    st = client.status()
+    assert st["ready"] is False and st["engine"] == "ray" and st["ray"]["fallback_total"] == 1
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs .[ray]")
+async def test_unreachable_cluster_fails_the_start_naming_the_fix():
+    prof = profile_with([("a", "x", {})], [("fast", ["a"], 1.0)])
+    client = RayEngineClient(prof, "127.0.0.1:1", app="nope", connect_timeout_s=6)
+    t0 = time.monotonic()
+    with pytest.raises(RayUnavailable) as err:
+        await client.start()
+    assert time.monotonic() - t0 < 20
+    msg = str(err.value)
+    assert "127.0.0.1:1" in msg and "natix-miner engine serve" in msg and "NATIX_ENGINE_RAY" in msg
+    assert client._proc is None and not client.ready  # the bridge is gone
+    await asyncio.sleep(0)
+
+
+def test_the_miner_side_imports_neither_torch_nor_ray():
+    code = ("import sys, natix_miner.engine.ray_client, natix_miner.engine.client; "
+            "bad = [m for m in ('torch', 'ray', 'transformers', 'natix_miner.engine.engine') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
