@@ -67,10 +67,12 @@ class HotkeyEntry(pydantic.BaseModel):
     """Port announced on chain when a NAT or proxy maps it (``--axon.external_port``); default: ``port``."""
 
 
-def _entry_errors(path: str, exc: pydantic.ValidationError, rows: list) -> typing.List[str]:
-    """``entry N (name): problem`` per error; an unknown key names the nearest known one."""
+def _entry_errors(exc: pydantic.ValidationError, rows: list) -> typing.List[str]:
+    """``entry N (name): problem`` per error; an unknown key names the nearest known one (and then the
+    key it misspelt is not also reported missing)."""
     known = list(HotkeyEntry.model_fields)
-    out = []
+    out: typing.List[typing.Tuple[typing.Any, str, str]] = []  # (entry, missing key or "", line)
+    hinted = set()
     for e in exc.errors():
         loc = list(e["loc"])
         i = loc.pop(0) if loc and isinstance(loc[0], int) else None
@@ -80,14 +82,15 @@ def _entry_errors(path: str, exc: pydantic.ValidationError, rows: list) -> typin
         if e["type"] == "extra_forbidden":
             near = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
             hint = f" (did you mean {near[0]}?)" if near else f" (known: {', '.join(known)})"
-            out.append(f"{where}: unknown key {key!r}{hint}")
+            hinted |= {(i, near[0])} if near else set()
+            out.append((i, "", f"{where}: unknown key {key!r}{hint}"))
         elif e["type"] == "missing":
-            out.append(f"{where}: {key} is required")
+            out.append((i, key, f"{where}: {key} is required"))
         elif e["type"] == "model_type":
-            out.append(f"{where}: expected a mapping {{name, wallet_name, wallet_hotkey, port, vault_path?}}")
+            out.append((i, "", f"{where}: expected a mapping {{name, wallet_name, wallet_hotkey, port, vault_path?}}"))
         else:
-            out.append(f"{where}: {key}: {e['msg'].removeprefix('Value error, ')}")
-    return out
+            out.append((i, "", f"{where}: {key}: {e['msg'].removeprefix('Value error, ')}"))
+    return [line for i, missing, line in out if not missing or (i, missing) not in hinted]
 
 
 def load_hotkeys(path: str, local: bool = False) -> typing.List[HotkeyEntry]:
@@ -109,7 +112,7 @@ def load_hotkeys(path: str, local: bool = False) -> typing.List[HotkeyEntry]:
     try:
         entries = pydantic.TypeAdapter(typing.List[HotkeyEntry]).validate_python(rows)
     except pydantic.ValidationError as exc:
-        raise ConfigError(f"{FLAG}: {path}: " + "; ".join(_entry_errors(path, exc, rows))) from None
+        raise ConfigError(f"{FLAG}: {path}: " + "; ".join(_entry_errors(exc, rows))) from None
     problems = []
     for what, key in (("name", lambda e: e.name), ("port", lambda e: e.port or None),
                       ("wallet", lambda e: None if e.vault_path else f"{e.wallet_name}/{e.wallet_hotkey}"),
@@ -289,13 +292,15 @@ class MinerGroup:
         if m is None:
             return
         code = errors.PERMISSIONS if isinstance(exc, InsecurePermissions) else getattr(exc, "code", errors.UNEXPECTED)
-        self.dropped[name], self._codes[name] = str(exc), code
+        # the entry's port is in the file, not in --axon.port
+        why = str(exc).replace("--axon.port / NATIX_AXON_PORT", f"{name}'s port in {self.cfg.hotkeys or FLAG}")
+        self.dropped[name], self._codes[name] = why, code
         self._errors.append(exc)
         try:
             m.close_axon()
         except Exception as close_exc:  # noqa: BLE001 - already failing; the first error is the one to report
             log.debug("closing %s: %s", name, close_exc)
-        log.error("hotkey %s dropped (%d left): %s", name, len(self.miners), exc)
+        log.error("hotkey %s dropped (%d left): %s", name, len(self.miners), why)
 
     def _none_left(self) -> StartupError:
         last = self._errors[-1] if self._errors else None

@@ -200,6 +200,7 @@ def test_the_run_command_prints_one_error_line_for_a_bad_file(tmp_path):
     assert out.returncode == errors.CONFIG, out.stderr[-2000:]
     lines = [ln for ln in out.stderr.strip().splitlines() if ln.startswith("error: ")]
     assert len(lines) == 1 and "unknown key 'prot' (did you mean port?)" in lines[0], out.stderr[-2000:]
+    assert "port is required" not in lines[0]  # the misspelt key is named once
     assert "Traceback" not in out.stderr
 
 
@@ -223,6 +224,7 @@ async def test_a_taken_port_drops_that_hotkey_and_the_other_serves(tmp_path, val
         group = MinerGroup(cfg, engine=Engine(prof))
         with MinerThread(cfg, runner=group):
             assert list(group.miners) == ["free"] and f":{port} is not available" in group.dropped["taken"]
+            assert f"taken's port in {hk}" in group.dropped["taken"]  # the fix names the file, not --axon.port
             r = await _query(validator_wallet, group.miners["free"], ImageSynapse(image=_b64(5)))
             assert r.axon.status_code == 200 and 0.0 <= r.prediction <= 1.0
             ok, body = group.readiness()
