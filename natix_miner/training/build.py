@@ -52,6 +52,7 @@ DEFAULT_DETECTOR_INIT = {"rfdetr": "nano", "hf_detector": "d_fine"}  # random in
 CLASSIFIER_KEYS = {"init", "epochs", "batch_size", "lr", "warmup_steps", "image_size", "imgsz", "freeze_backbone",
                    "label_smoothing", "export_dtype", "time_s", "gpu_gb"}
 DETECTOR_KEYS = CLASSIFIER_KEYS | {"augment_copies", "max_images"}
+VLM_KEYS = {"init", "epochs", "steps", "batch_size", "lr", "warmup_steps", "max_images"}
 VLM_FAMILIES = ("vllm", "hf_vlm", "openai_vlm")
 TINY = {"train_images": 24, "val_images": 16, "test_images": 16, "epochs": 1, "max_steps": 3, "imgsz": 64,
         "long_side": 128, "batch_size": 8}
@@ -361,6 +362,50 @@ def _train_detector(ctx: Context, spec) -> dict:
     return out
 
 
+def _vlm_step(ctx: Context, spec, roles, cost) -> Step:
+    """LoRA on the VLM tier's yes/no question (``natix_miner/training/vlm_lora.py``), from the recipe's
+    ``init`` (a local base model) or, with ``--retrain``, the profile's own model; the merged
+    checkpoint becomes the expert's model."""
+    import importlib.util
+
+    rec = ctx.spec.recipe(spec.name)
+    unavailable = None
+    if importlib.util.find_spec("natix_miner.training.vlm_lora") is None:
+        unavailable = "VLM LoRA fine-tuning (natix_miner/training/vlm_lora.py) is not in this build"
+    elif not rec.init and roles != ["retrain"]:
+        unavailable = (f"the base model {spec.model} is not here: set build.experts.{spec.name}.init to a local "
+                       "base model folder to fine-tune")
+    return Step(f"train:{spec.name}", "train", ["data"], {"recipe": rec.model_dump(include=VLM_KEYS),
+                                                         "family": spec.family, "scale": ctx.scale},
+                [f"experts/{spec.name}/expert.yaml"], *cost, run=lambda c: _train_vlm(c, spec),
+                unavailable=unavailable, note=f"LoRA on {rec.init or spec.model}, merged for {spec.family}")
+
+
+def _train_vlm(ctx: Context, spec) -> dict:
+    from natix_miner.training.vlm_lora import VLMTrainingError, train_vlm
+
+    rec = ctx.spec.recipe(spec.name)
+    sp = ctx.splits()
+    train = sp["train"][:rec.max_images] if rec.max_images else sp["train"]
+    steps = rec.steps or max(1, rec.epochs * len(train) // rec.batch_size)
+    if ctx.scale == "tiny":
+        steps = min(steps, TINY["max_steps"])
+    from natix_miner.experts.vlm.prompt import VLMOptions
+
+    options = {k: v for k, v in spec.options.items() if k in VLMOptions.model_fields}
+    kw = {"eval_limit": TINY["val_images"]} if ctx.scale == "tiny" else {}
+    try:
+        res = train_vlm(rec.init or spec.model, ctx.data, str(_work(ctx, spec.name)), steps=steps,
+                        resume=(_work(ctx, spec.name) / "last.pt").exists(), train_samples=train,
+                        val_samples=sp["val"], batch_size=max(2, rec.batch_size), lr=rec.lr,
+                        warmup_steps=rec.warmup_steps, options=options, name=spec.name, seed=ctx.spec.seed,
+                        device=ctx.spec.device, progress=ctx.progress, **kw)
+    except VLMTrainingError as exc:
+        raise BuildError(f"train:{spec.name}: {exc}") from None
+    ctx.checkpoints[spec.name] = {"model": Path(res["merged"])}
+    return {"steps": steps, "mcc_before": round(res["before"]["mcc"], 4), "mcc_after": round(res["after"]["mcc"], 4)}
+
+
 def _unavailable_step(ctx: Context, spec, roles, cost, why: str) -> Step:
     return Step(f"train:{spec.name}", "train", ["data"], {"family": spec.family}, [], *cost, unavailable=why,
                 note=f"{spec.family} {spec.model or ''}".strip())
@@ -393,8 +438,7 @@ def expert_steps(ctx: Context) -> typing.List[Step]:
         elif fam in DETECTOR_FAMILIES:
             steps += _detector_steps(ctx, spec, roles, _expert_cost(ctx, spec, "detector"), seen)
         elif fam in VLM_FAMILIES:
-            steps.append(_unavailable_step(ctx, spec, roles, _expert_cost(ctx, spec, "vlm"),
-                                           "VLM LoRA fine-tuning (train_vlm) is not in this build yet"))
+            steps.append(_vlm_step(ctx, spec, roles, _expert_cost(ctx, spec, "vlm")))
         elif fam == "dino_head":
             steps.append(_unavailable_step(ctx, spec, roles, _expert_cost(ctx, spec, "classifier"),
                                            "fitting a DINOv2 head has no build step yet"))

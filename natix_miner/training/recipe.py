@@ -41,6 +41,8 @@ class ExpertRecipe(StrictModel):
     hf_detector: ``d_fine`` / ``rt_detr_v2`` or a local folder; VLM: the base model. Never downloaded."""
     epochs: int = pydantic.Field(default=5, ge=1, le=1000)
     """Passes over the training images."""
+    steps: typing.Optional[int] = pydantic.Field(default=None, ge=1)
+    """VLM LoRA: optimiser steps (default: ``epochs`` passes over the training images)."""
     batch_size: int = pydantic.Field(default=16, ge=1, le=4096)
     """Images per optimiser step."""
     lr: float = pydantic.Field(default=1e-3, gt=0, le=1)
