@@ -293,7 +293,7 @@ class MinerGroup:
             return
         code = errors.PERMISSIONS if isinstance(exc, InsecurePermissions) else getattr(exc, "code", errors.UNEXPECTED)
         # the entry's port is in the file, not in --axon.port
-        why = str(exc).replace("--axon.port / NATIX_AXON_PORT", f"{name}'s port in {self.cfg.hotkeys or FLAG}")
+        why = str(exc).replace("with --axon.port / NATIX_AXON_PORT", f"for {name} in {self.cfg.hotkeys or FLAG}")
         self.dropped[name], self._codes[name] = why, code
         self._errors.append(exc)
         try:

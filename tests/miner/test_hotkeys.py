@@ -224,7 +224,7 @@ async def test_a_taken_port_drops_that_hotkey_and_the_other_serves(tmp_path, val
         group = MinerGroup(cfg, engine=Engine(prof))
         with MinerThread(cfg, runner=group):
             assert list(group.miners) == ["free"] and f":{port} is not available" in group.dropped["taken"]
-            assert f"taken's port in {hk}" in group.dropped["taken"]  # the fix names the file, not --axon.port
+            assert f"pick another port for taken in {hk}" in group.dropped["taken"]  # the file, not --axon.port
             r = await _query(validator_wallet, group.miners["free"], ImageSynapse(image=_b64(5)))
             assert r.axon.status_code == 200 and 0.0 <= r.prediction <= 1.0
             ok, body = group.readiness()
