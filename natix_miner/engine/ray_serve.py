@@ -36,8 +36,8 @@ INGRESS = "cascade"
 BATCHING = ("serve", "engine")
 # variables a replica needs to behave like this process (offline hub policy, model store, stand-ins)
 FORWARDED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "YOLO_OFFLINE",
-                 "YOLO_AUTOINSTALL", "YOLO_VERBOSE", "HF_HOME", "HF_HUB_CACHE", "NATIX_MODELS",
-                 "NATIX_ALLOW_DOWNLOADS", "NATIX_STAND_INS", "NATIX_DEVICE", "OMP_NUM_THREADS")
+                 "YOLO_AUTOINSTALL", "YOLO_VERBOSE", "HF_HOME", "HF_HUB_CACHE", "NATIX_MODEL_DIR",
+                 "NATIX_ROOT", "NATIX_ALLOW_DOWNLOADS", "NATIX_STAND_INS", "NATIX_DEVICE", "OMP_NUM_THREADS")
 
 
 @dataclasses.dataclass
