@@ -35,7 +35,8 @@ def missing_profile(tmp_path: Path, working: bool = False) -> str:
         {"name": "vit", "family": "hf_classifier", "model": "natix-network-org/roadwork", "device": "cpu"},
         {"name": "dino", "family": "dino_head", "model": "facebook/dinov2-with-registers-small", "device": "cpu",
          "options": {"head": str(tmp_path / "heads" / "nothing.npz")}},
-        {"name": "yolo", "family": "ultralytics", "model": "models/yolo11x-never-trained/best.pt", "device": "cpu"},
+        {"name": "yolo", "family": "ultralytics", "model": "models/yolo11x-never-trained/best.pt", "device": "cpu",
+         "options": {"classes": {"cone": ["traffic_cone"]}}},
     ]
     fast = ["vit", "dino"]
     if working:
