@@ -501,16 +501,14 @@ def review_export(folder: Path, samples, files, fused_of, crops: bool = True) ->
 def export_fiftyone(rows: typing.Sequence[dict], dataset_name: str) -> typing.Optional[str]:
     """A persistent FiftyOne dataset (one sample per image, the fused boxes as ``autolabel`` detections)
     when fiftyone is installed; else ``None``."""
-    try:
-        import fiftyone as fo
-    except ImportError:
+    from natix_miner.training.hard import fiftyone_dataset
+
+    made = fiftyone_dataset(dataset_name)
+    if made is None:
         return None
+    fo, ds = made
     from PIL import Image
 
-    if fo.dataset_exists(dataset_name):
-        fo.delete_dataset(dataset_name)
-    ds = fo.Dataset(dataset_name)
-    ds.persistent = True
     by_image: typing.Dict[str, typing.List[dict]] = {}
     for r in rows:
         by_image.setdefault(r["image"], []).append(r)

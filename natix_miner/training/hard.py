@@ -112,8 +112,9 @@ def mine(profile, data: str, out: typing.Union[str, Path], top: int = 100, n: ty
     return summary
 
 
-def export_fiftyone(rows: typing.Sequence[dict], names: typing.Sequence[str], dataset_name: str) -> typing.Optional[str]:
-    """A persistent FiftyOne dataset of the exported rows, when fiftyone is installed; else ``None``."""
+def fiftyone_dataset(dataset_name: str):
+    """``(fiftyone module, a new empty persistent dataset of that name)`` (an older one is replaced), or
+    ``None`` when fiftyone is not installed. Shared by the review exports (here and ``autolabel``)."""
     try:
         import fiftyone as fo
     except ImportError:
@@ -122,6 +123,15 @@ def export_fiftyone(rows: typing.Sequence[dict], names: typing.Sequence[str], da
         fo.delete_dataset(dataset_name)
     ds = fo.Dataset(dataset_name)
     ds.persistent = True
+    return fo, ds
+
+
+def export_fiftyone(rows: typing.Sequence[dict], names: typing.Sequence[str], dataset_name: str) -> typing.Optional[str]:
+    """A persistent FiftyOne dataset of the exported rows, when fiftyone is installed; else ``None``."""
+    made = fiftyone_dataset(dataset_name)
+    if made is None:
+        return None
+    fo, ds = made
     samples = []
     for r in rows:
         p = float(r["probability"])

@@ -163,3 +163,39 @@ def test_autolabel_operator_errors(tmp_path, capsys):
                 "--min-agree", "3"]) == 2
     err = capsys.readouterr().err
     assert "exceeds the number of teachers" in err and "Traceback" not in err
+
+
+def test_fiftyone_export_when_installed(tmp_path, monkeypatch):
+    """fiftyone is not installed here: a stand-in module with its API records what the export builds."""
+    import sys
+    import types
+
+    from PIL import Image
+
+    made = {}
+
+    class Dataset:
+        def __init__(self, name):
+            self.name, self.samples = name, []
+            made[name] = self
+
+        def add_samples(self, samples):
+            self.samples += samples
+
+    class Sample(dict):
+        def __init__(self, filepath, tags):
+            super().__init__(filepath=filepath, tags=tags)
+
+    fo = types.SimpleNamespace(Dataset=Dataset, Sample=Sample, dataset_exists=lambda n: n in made,
+                               delete_dataset=made.pop, Detection=lambda **kw: kw,
+                               Detections=lambda detections: detections)
+    monkeypatch.setitem(sys.modules, "fiftyone", fo)
+    Image.new("RGB", (200, 100)).save(tmp_path / "a.jpg")
+    rows = [{"image": str(tmp_path / "a.jpg"), "class": "cone", "score": 0.6, "agree": 2,
+             "x0": 20.0, "y0": 10.0, "x1": 60.0, "y1": 60.0}]
+    assert A.export_fiftyone(rows, "natix-autolabel-x") == "natix-autolabel-x"
+    assert A.export_fiftyone(rows, "natix-autolabel-x") == "natix-autolabel-x"  # an older one is replaced
+    ds = made["natix-autolabel-x"]
+    assert ds.persistent is True and len(ds.samples) == 1
+    (det,) = ds.samples[0]["autolabel"]
+    assert det == {"label": "cone", "confidence": 0.6, "bounding_box": [0.1, 0.1, 0.2, 0.5], "agree": 2}
