@@ -33,6 +33,7 @@ COMMANDS: typing.List[typing.Tuple[str, str]] = [
     ("train", "natix_miner.training.commands"),
     ("autolabel", "natix_miner.training.autolabel"),
     ("train-detector", "natix_miner.training.commands"),
+    ("train-vlm", "natix_miner.training.vlm_lora"),
     ("calibrate", "natix_miner.training.commands"),
     ("evaluate", "natix_miner.training.commands"),
     ("hard-examples", "natix_miner.training.commands"),
