@@ -49,7 +49,7 @@ def test_fusion_counts_agreement_and_averages_scores():
     assert hits == [True, False, False]
 
 
-def test_measure_oracle_is_perfect_and_jitter_is_not(scenes, truth):
+def test_measure_oracle_is_perfect_and_jitter_is_not(scenes, truth, tmp_path, capsys):
     oracle_teacher.register()
     cfg = A.AutolabelConfig(data="procedural", out="", min_agree=1, min_score=0.0, teachers=[
         A.TeacherSpec(family="oracle", model=str(truth), name="oracle"),
@@ -65,6 +65,14 @@ def test_measure_oracle_is_perfect_and_jitter_is_not(scenes, truth):
     assert m["fused"]["n_true"] == m["true_boxes"] and m["fused"]["recall"] > j["recall"]
     text = A.format_measure(m)
     assert "oracle" in text and "1.000" in text and "fused (agree>=1)" in text
+    # the command: the same scenes from the data spec (12 at long side 192, seed 3)
+    capsys.readouterr()
+    assert cli(["autolabel", "--data", "procedural:12:192", "--seed", "3", "--teachers", f"oracle={truth}",
+                "--measure", "--quiet", "--json", str(tmp_path / "m.json")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"box recall / precision at IoU 0.5 on 12 images, {m['true_boxes']} true boxes"
+    assert lines[2].split() == ["oracle", "1.000", "1.000", str(m["true_boxes"]), str(m["true_boxes"])]
+    assert json.loads((tmp_path / "m.json").read_text())["measure"]["teachers"]["oracle"]["recall"] == 1.0
 
 
 def _key(image) -> str:
