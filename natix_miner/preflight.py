@@ -29,27 +29,10 @@ import typing
 from pathlib import Path
 
 from natix_miner.config import ExpertSpec, Profile
+from natix_miner.experts import family_packages, model_is_file
 
-# families whose ``model:`` is not a file reference (a timm architecture name, a remote endpoint's model)
-MODEL_IS_NOT_A_FILE = {"timm", "openai_vlm"}
-# family -> third-party modules it needs beyond the core install
-FAMILY_PACKAGES: typing.Dict[str, typing.Tuple[str, ...]] = {
-    "timm": ("timm",),
-    "hf_classifier": ("transformers",),
-    "dino_head": ("transformers",),
-    "clip_zeroshot": ("transformers",),
-    "ocr": ("rapidocr_onnxruntime",),
-    "ultralytics": ("ultralytics",),
-    "rfdetr": ("rfdetr",),
-    "hf_detector": ("transformers",),
-    "grounding_dino": ("transformers",),
-    "owlv2": ("transformers",),
-    "sam3": ("transformers",),
-    "depth": ("transformers",),
-    "vllm": ("vllm",),
-    "hf_vlm": ("transformers",),
-    "openai_vlm": ("aiohttp",),
-}
+# Each family declares on its Options (natix_miner/experts/) the packages it needs beyond the core
+# install (``packages``) and whether its ``model:`` is a file reference (``model_is_file``).
 STAND_IN_FIX = "--stand-ins DIR (`natix-miner models stand-in PROFILE --out DIR`: random weights, same architecture)"
 
 
@@ -83,7 +66,7 @@ class MissingModel:
 
 def missing_packages(family: str) -> typing.List[str]:
     """Modules ``family`` imports that are not installed here."""
-    return [m for m in FAMILY_PACKAGES.get(family, ()) if importlib.util.find_spec(m) is None]
+    return [m for m in family_packages(family) if importlib.util.find_spec(m) is None]
 
 
 def expert_refs(spec: ExpertSpec, profile: typing.Optional[Profile] = None,
@@ -96,9 +79,9 @@ def expert_refs(spec: ExpertSpec, profile: typing.Optional[Profile] = None,
     seen = _seen if _seen is not None else set()
     seen.add(spec.name)
     out: typing.List[Ref] = []
-    if spec.family not in FAMILY_PACKAGES:  # wrappers (chaos, isolated) and families registered elsewhere
+    if not family_packages(spec.family):  # wrappers (chaos, isolated) and families registered elsewhere
         return out
-    if spec.model and spec.family not in MODEL_IS_NOT_A_FILE and not spec.model.startswith(("http://", "https://")):
+    if spec.model and model_is_file(spec.family) and not spec.model.startswith(("http://", "https://")):
         out.append(Ref("model", spec.model, spec.family))
     for key in ("weights", "head"):
         value = spec.options.get(key)

@@ -22,7 +22,7 @@ import sys
 import textwrap
 import typing
 
-from natix_miner.preflight import FAMILY_PACKAGES, missing_packages  # noqa: F401 - re-exported
+from natix_miner.preflight import missing_packages
 
 
 def add_parser(sub) -> None:
@@ -36,15 +36,16 @@ def add_parser(sub) -> None:
 
 def schema(family: str) -> dict:
     """``{"family", "dtypes", "options": [{"key", "type", "default", "doc"}]}`` of a known family."""
-    from natix_miner.experts import options_class
+    from natix_miner.experts import family_packages, options_class
     from natix_miner.experts.dtypes import describe
     from natix_miner.schema import schema_rows
 
     model = options_class(family)
     if model is None:
-        return {"family": family, "dtypes": "", "doc": "", "options": []}
+        return {"family": family, "dtypes": "", "packages": [], "doc": "", "options": []}
     doc = " ".join((model.__doc__ or "").split())
-    return {"family": family, "dtypes": describe(model), "doc": doc, "options": schema_rows(model)}
+    return {"family": family, "dtypes": describe(model), "packages": list(family_packages(family)), "doc": doc,
+            "options": schema_rows(model)}
 
 
 def _short(text: str, limit: int = 40) -> str:
@@ -56,7 +57,8 @@ def options_table(data: dict, width: int = 100) -> str:
     rows = data["options"]
     wk = max([len("key")] + [len(r["key"]) for r in rows])
     wt = min(34, max([len("type")] + [len(r["type"]) for r in rows]))
-    lines = [f"family {data['family']}: dtypes {data['dtypes']}", "",
+    needs = f"; needs {', '.join(data['packages'])}" if data["packages"] else ""
+    lines = [f"family {data['family']}: dtypes {data['dtypes']}{needs}", "",
              f"{'key':<{wk}}  {'type':<{wt}}  default"]
     for r in rows:
         lines.append(f"{r['key']:<{wk}}  {r['type']:<{wt}}  {_short(r['default'])}")
@@ -79,7 +81,8 @@ def docs_block() -> str:
     out = [DOCS_BEGIN, ""]
     for family in sorted(FAMILIES):
         data = schema(family)
-        out += [f"### `{family}`", "", f"Dtypes: {data['dtypes']}.", ""]
+        needs = f" Needs: {', '.join(f'`{p}`' for p in data['packages'])}." if data["packages"] else ""
+        out += [f"### `{family}`", "", f"Dtypes: {data['dtypes']}.{needs}", ""]
         if not data["options"]:
             out += ["No options.", ""]
             continue

@@ -73,6 +73,20 @@ def options_class(family: str):
     return getattr(expert_class(family), "Options", None)
 
 
+def family_packages(family: str) -> typing.Tuple[str, ...]:
+    """Third-party modules ``family`` imports when it loads, beyond the core install (its Options'
+    ``packages``); ``()`` for wrappers (``isolated``, ``chaos``) and plugin families."""
+    if family not in FAMILIES:
+        return ()
+    return tuple(getattr(options_class(family), "packages", ()))
+
+
+def model_is_file(family: str) -> bool:
+    """Whether the family's ``model:`` names a file / directory / hub id (not a timm architecture
+    name or a remote server's model name)."""
+    return bool(getattr(options_class(family), "model_is_file", True)) if family in FAMILIES else False
+
+
 def spec_problems(spec) -> typing.List[typing.Tuple[str, str]]:
     """``[(key, problem)]`` for an expert entry's ``dtype`` and ``options`` against its family's
     declarations (keys relative to the entry: ``dtype``, ``options.decode``); nothing is built."""

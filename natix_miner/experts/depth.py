@@ -83,6 +83,7 @@ class CheckOptions(StrictModel):
     dtypes: typing.ClassVar[typing.Tuple[str, ...]] = DetectorOptions.dtypes
     auto_dtype: typing.ClassVar[str] = DetectorOptions.auto_dtype
     cpu_dtype: typing.ClassVar[str] = DetectorOptions.cpu_dtype
+    packages: typing.ClassVar[typing.Tuple[str, ...]] = ("transformers",)
 
     image_size: int = pydantic.Field(default=518, gt=0)
     """Square input side, a multiple of the model's patch size (14)."""

@@ -28,6 +28,7 @@ class HFModelOptions(StrictModel):
     dtypes: typing.ClassVar[typing.Tuple[str, ...]] = ("float32", "float16", "bfloat16", "auto")
     auto_dtype: typing.ClassVar[str] = "half"
     cpu_dtype: typing.ClassVar[str] = "float32"
+    packages: typing.ClassVar[typing.Tuple[str, ...]] = ("transformers",)
 
 
 Rgb = typing.Tuple[float, float, float]

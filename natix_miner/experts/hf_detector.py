@@ -43,6 +43,7 @@ class Options(ClosedSetOptions):
     ``auto`` = bfloat16: the DETR decoders (D-FINE, RT-DETR v2) collapsed in float16 on the GPU."""
 
     auto_dtype: typing.ClassVar[str] = "bfloat16"
+    packages: typing.ClassVar[typing.Tuple[str, ...]] = ("transformers",)
 
     image_size: typing.Optional[int] = pydantic.Field(default=None, gt=0)
     """Square resize of the image processor; None: the processor's own size."""

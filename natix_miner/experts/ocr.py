@@ -151,6 +151,7 @@ class Options(StrictModel):
     is ignored (every value accepted)."""
 
     dtypes: typing.ClassVar[typing.Tuple[str, ...]] = DTYPES
+    packages: typing.ClassVar[typing.Tuple[str, ...]] = ("rapidocr_onnxruntime",)
 
     threshold: float = pydantic.Field(default=0.8, gt=0, le=1)
     """Match quality (1 - edits / letters) a vocabulary term needs; terms under six letters match exactly."""

@@ -69,6 +69,8 @@ class OpenVocabOptions(DetectorOptions):
     """What the open-vocabulary families share (``grounding_dino``, ``owlv2``, ``sam3``): prompts
     instead of ``classes``, and class-wise NMS on by default."""
 
+    packages: typing.ClassVar[typing.Tuple[str, ...]] = ("transformers",)
+
     prompts: typing.Optional[typing.Dict[str, typing.Any]] = None
     """Roadwork class -> the phrases that find it, e.g. ``{cone: [traffic cone], worker: [worker in
     safety vest]}``; each phrase once; None or empty: the built-in prompts (``DEFAULT_PROMPTS``)."""

@@ -34,6 +34,8 @@ VARIANTS = {"nano": "RFDETRNano", "small": "RFDETRSmall", "medium": "RFDETRMediu
 class Options(ClosedSetOptions):
     """Options of the ``rfdetr`` family (``natix-miner experts options rfdetr``)."""
 
+    packages: typing.ClassVar[typing.Tuple[str, ...]] = ("rfdetr",)
+
     resolution: typing.Optional[int] = pydantic.Field(default=None, gt=0)
     """Input side, a multiple of patch_size x num_windows; None: the checkpoint's."""
     conf: float = pydantic.Field(default=0.05, ge=0, le=1)

@@ -101,6 +101,8 @@ class Options(StrictModel):
     dtypes: typing.ClassVar[typing.Tuple[str, ...]] = ("float32", "float16", "bfloat16", "auto")
     auto_dtype: typing.ClassVar[str] = "float32"  # fp8 / int8 used to run float32 silently: refused now
     cpu_dtype: typing.ClassVar[str] = "float32"
+    packages: typing.ClassVar[typing.Tuple[str, ...]] = ("timm",)  # beyond the core install (preflight)
+    model_is_file: typing.ClassVar[bool] = False  # ``model:`` is an architecture name; files: weights / head
 
     weights: typing.Optional[str] = None
     """Checkpoint: a .pth / .safetensors path, ``store:NAME``, or ``package:efficientnet_lite0``

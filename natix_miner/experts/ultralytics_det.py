@@ -76,6 +76,7 @@ class Options(ClosedSetOptions):
     ultralytics runs float16 (``half``) or float32, so ``bfloat16`` (which ran float32) is refused."""
 
     dtypes: typing.ClassVar[typing.Tuple[str, ...]] = ("float32", "float16", "auto")
+    packages: typing.ClassVar[typing.Tuple[str, ...]] = ("ultralytics",)
 
     arch: typing.Literal["auto", "yolo", "rtdetr"] = "auto"
     """Model class; ``auto``: RT-DETR when the checkpoint or file name says so, else YOLO."""

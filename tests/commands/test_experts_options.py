@@ -17,7 +17,8 @@ DOC = Path(REPO_ROOT) / "docs" / "experts.md"
 def test_options_table_lists_every_key_with_type_default_and_doc(capsys):
     assert cli_main(["experts", "options", "timm"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("family timm: dtypes float32, float16, bfloat16, auto; auto = float32")
+    assert out.startswith("family timm: dtypes float32, float16, bfloat16, auto; auto = float32; CPU: every dtype "
+                          "runs float32; needs timm")
     row = next(line for line in out.splitlines() if line.startswith("decode "))
     assert row.split() == ["decode", "gpu", "|", "cpu", "|", "hw", "'gpu'"]
     assert "Bulk path: ``hw`` (the card's JPEG engines" in out

@@ -195,3 +195,14 @@ def test_resolve_refuses_what_the_family_cannot_run():
     with pytest.raises(OptionsError, match=r"dtype: dtype 'int8' is not supported by family 'hf_detector'"):
         create_expert(ExpertSpec(name="d", family="hf_detector", model="m", dtype="int8",
                                  options={"classes": {"cone": ["cone"]}}))
+
+
+def test_families_declare_their_packages_and_model_kind():
+    """What preflight and ``experts list`` read (once a table in preflight.py)."""
+    from natix_miner.experts import family_packages, model_is_file
+
+    assert family_packages("timm") == ("timm",) and family_packages("ocr") == ("rapidocr_onnxruntime",)
+    assert family_packages("owlv2") == family_packages("depth") == family_packages("hf_vlm") == ("transformers",)
+    assert family_packages("vllm") == ("vllm",) and family_packages("openai_vlm") == ("aiohttp",)
+    assert family_packages("isolated") == family_packages("chaos") == family_packages("not_a_family") == ()
+    assert not model_is_file("timm") and not model_is_file("openai_vlm") and model_is_file("ultralytics")

@@ -54,6 +54,7 @@ class Options(VLMOptions):
     dtypes: typing.ClassVar[typing.Tuple[str, ...]] = ("float32", "float16", "bfloat16", "auto")
     auto_dtype: typing.ClassVar[str] = "model"
     cpu_dtype: typing.ClassVar[str] = "no_float16"
+    packages: typing.ClassVar[typing.Tuple[str, ...]] = ("transformers",)
 
     runtime: RuntimeOptions = pydantic.Field(default_factory=RuntimeOptions)
     """How transformers runs the model (see the ``runtime.*`` rows)."""

@@ -81,6 +81,8 @@ class Options(VLMOptions):
     runs the model: ``dtype`` is ignored (every value accepted)."""
 
     dtypes: typing.ClassVar[typing.Tuple[str, ...]] = DTYPES
+    packages: typing.ClassVar[typing.Tuple[str, ...]] = ("aiohttp",)
+    model_is_file: typing.ClassVar[bool] = False  # the served model's name
 
     server: ServerOptions
     """Where the model is served (see the ``server.*`` rows). Required."""

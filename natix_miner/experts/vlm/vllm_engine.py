@@ -116,6 +116,7 @@ class Options(VLMOptions):
     dtypes: typing.ClassVar[typing.Tuple[str, ...]] = ("float32", "float16", "bfloat16", "auto", "fp8")
     auto_dtype: typing.ClassVar[str] = "model"
     cpu_dtype: typing.ClassVar[str] = "as_is"
+    packages: typing.ClassVar[typing.Tuple[str, ...]] = ("vllm",)
 
     engine: VLLMEngineOptions = pydantic.Field(default_factory=VLLMEngineOptions)
     """The vLLM engine arguments (see the ``engine.*`` rows)."""
