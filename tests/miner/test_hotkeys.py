@@ -97,6 +97,9 @@ def two_hotkeys(tmp_path_factory, validator_wallet):
     with MinerThread(cfg, runner=group):
         assert {n: m.wallet.hotkey.ss58_address for n, m in group.miners.items()} == {
             n: w.hotkey.ss58_address for n, w in zip(("hk1", "hk2"), wallets.values())}  # the files were read
+        for m in group.miners.values():  # one engine, one admission queue; a gate per hotkey
+            assert m.engine is group.engine and m.admission is group.admission
+        assert group.miners["hk1"].gate is not group.miners["hk2"].gate
         yield group, hooks
 
 
