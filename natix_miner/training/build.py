@@ -390,9 +390,10 @@ def _train_vlm(ctx: Context, spec) -> dict:
     steps = rec.steps or max(1, rec.epochs * len(train) // rec.batch_size)
     if ctx.scale == "tiny":
         steps = min(steps, TINY["max_steps"])
-    from natix_miner.experts.vlm.prompt import VLMOptions
+    from natix_miner.experts import options_class
 
-    options = {k: v for k, v in spec.options.items() if k in VLMOptions.model_fields}
+    # the keys the trained hf_vlm expert serves with (a vllm entry's ``engine`` is not one of them)
+    options = {k: v for k, v in spec.options.items() if k in options_class("hf_vlm").model_fields}
     kw = {"eval_limit": TINY["val_images"]} if ctx.scale == "tiny" else {}
     try:
         res = train_vlm(rec.init or spec.model, ctx.data, str(_work(ctx, spec.name)), steps=steps,
