@@ -7,9 +7,16 @@
     natix-miner profile plan h100x2 --gpus 2 --gpu-gb 80   # dry-run placement; exit 1 if a card is over budget
 
 ``validate`` checks the schema, the references between keys, the fitted consensus file beside the
-profile, that every expert family is known and that each family accepts its options (experts are
-constructed, never loaded: no weights are needed). ``--check-models`` adds the models (offline,
-nothing loads; ``natix_miner/preflight.py``): one line per missing model naming the fix, exit 1.
+profile, that every expert family is known (else the nearest name), that each expert's options are
+its family's typed ``Options`` (an unknown key names the nearest valid one; a bad value names the key
+and what it should be) and that its ``dtype`` is one the family runs. Experts are constructed, never
+loaded: no weights, and no model library is imported (``natix-miner experts options FAMILY`` prints
+a family's schema). ``--check-models`` adds the models (offline, nothing loads;
+``natix_miner/preflight.py``): one line per missing model naming the fix, exit 1.
+
+    invalid profile:
+    bad.yaml: experts.0(effnet_lite0).options.decode: Input should be 'gpu', 'cpu' or 'hw' (got 'bogus')
+    bad.yaml: experts.0(effnet_lite0).options.nonsense_key: 'nonsense_key' is not an option of family 'timm'. Valid: ...
 """
 
 import sys
