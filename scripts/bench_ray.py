@@ -7,8 +7,12 @@ app deployed by ``natix-miner engine serve`` (once per ``--batching``: Ray Serve
 and the engine's MicroBatcher), called as a miner does, through
 :class:`~natix_miner.engine.ray_client.RayEngineClient`. Latencies through ``natix_miner.stats.percentile``.
 
-    .venv/bin/python scripts/bench_ray.py --profile demo-cpu --concurrency 8,32 --requests 160 \\
-        --json docs/bench/2026-12-05-cpu-ray-serve-demo-cpu.json
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_ray.py --profile demo-cpu --concurrency 8,32 \\
+        --requests 128 --json docs/bench/2026-12-05-cpu-ray-serve-demo-cpu.json
+
+``OMP_NUM_THREADS=1`` for both sides: Ray gives each replica one intra-op thread anyway, and on an
+oversubscribed host torch's multi-threaded kernels collapse (EfficientNet-Lite0 3 s per image instead
+of 0.3 s at a load average of 15 on 2 cores).
 """
 
 import argparse
@@ -18,6 +22,7 @@ import datetime
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -95,6 +100,7 @@ def main() -> int:
     p.add_argument("--cpus-per-replica", type=float, default=0.5)
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a stopped run still ends its Ray cluster
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     from natix_miner.config import load_profile
     from natix_miner.offline import apply_download_policy
@@ -121,6 +127,7 @@ def main() -> int:
                             "ray.init(address=sys.argv[1], logging_level='ERROR'); serve.delete(sys.argv[2])",
                             cluster.address, app], capture_output=True, cwd=ROOT)  # free the cores for the next
     out = {"date": datetime.date.today().isoformat(), "host": platform.node(), "cpus": os.cpu_count(),
+           "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
            "profile": args.profile, "ray_cluster_cpus": args.num_cpus, "deploy_seconds": deploy_s,
            "command": " ".join(["scripts/bench_ray.py"] + sys.argv[1:]), "rows": rows}
     if args.json:

@@ -249,11 +249,30 @@ def build_app(profile: Profile, skip: typing.Iterable[str] = (), batching: str =
     return app, plans
 
 
+def reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Raise ``ConnectionError`` at once when nothing listens on a ``HOST:PORT`` (``ray.init`` would
+    retry for minutes); ``auto`` and ``ray://`` addresses are left to ``ray.init``."""
+    import socket
+
+    if address == "auto" or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except ValueError:
+        raise ConnectionError(f"{address!r} is not HOST:PORT") from None
+    except OSError as exc:
+        raise ConnectionError(f"nothing answers on {address} ({exc.strerror or exc})") from None
+
+
 def connect(address: str, namespace: typing.Optional[str] = None) -> None:
-    """``ray.init`` on ``address`` quietly (no worker logs on this process's stdout), once."""
+    """``ray.init`` on ``address`` quietly (no worker logs on this process's stdout), once; a
+    ``HOST:PORT`` where nothing listens is a ``ConnectionError`` at once."""
     import ray
 
     if not ray.is_initialized():
+        reachable(address)
         ray.init(address=address, namespace=namespace, logging_level=logging.WARNING, log_to_driver=False,
                  configure_logging=True)
 

@@ -92,3 +92,16 @@ def test_the_miner_side_imports_neither_torch_nor_ray():
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs .[ray]")
+def test_engine_serve_on_a_dead_address_is_one_error_line():
+    from tests.support.ops_support import free_port
+
+    cmd = [sys.executable, "-m", "natix_miner.cli", "engine", "serve", "--profile", "demo-cpu", "--ray",
+           f"127.0.0.1:{free_port()}"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: cannot reach the Ray cluster"), r.stderr
+    assert "ray start --head" in lines[0]
