@@ -79,6 +79,7 @@ class ExpertSpec(StrictModel):
     concurrency: int = pydantic.Field(default=1, ge=1, le=256)  # batches in flight per replica
     timeout_s: typing.Optional[float] = pydantic.Field(default=None, gt=0)
     memory_gb: typing.Optional[float] = pydantic.Field(default=None, gt=0)  # placement hint, per replica
+    # the family's typed Options (natix-miner experts options FAMILY), checked when the expert is constructed
     options: typing.Dict[str, typing.Any] = pydantic.Field(default_factory=dict)
 
     @pydantic.model_validator(mode="after")

@@ -21,7 +21,7 @@ import typing
 
 import pydantic
 
-from natix_miner.schema import OptionsError, StrictModel
+from natix_miner.schema import OptionsError, StrictModel, validate_options
 
 DEFAULT_SYSTEM = ("You inspect dashcam images for a road-maintenance map. Roadwork means active or "
                   "signed construction: cones, barriers, barrels, closed lanes, work vehicles, workers, "
@@ -88,12 +88,12 @@ class VLMOptions(StrictModel):
     """The optional reasoning pass."""
 
     @classmethod
-    def parse(cls, options: typing.Mapping[str, typing.Any], where: str = "options") -> "VLMOptions":
+    def parse(cls, options: typing.Mapping[str, typing.Any], family: str = "vlm") -> "VLMOptions":
+        """Validated options; a :class:`VLMOptionsError` names every bad key (``options.thinking.mode``)."""
         try:
-            return cls.model_validate(dict(options))
-        except pydantic.ValidationError as exc:
-            msgs = "; ".join(f"{where}.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            raise VLMOptionError(msgs) from None
+            return validate_options(cls, options, family)
+        except OptionsError as exc:
+            raise VLMOptionsError(exc.family, exc.problems) from None
 
     def messages(self, thinking: bool = False, image: typing.Any = None) -> typing.List[dict]:
         """Chat messages with one image slot (``{"type": "image"}`` or the given content part)."""
