@@ -139,8 +139,9 @@ def schema_rows(model: typing.Type[pydantic.BaseModel], prefix: str = "") -> typ
         else:
             default = repr(field.default)
         doc = " ".join((field.description or "").split())
-        if sub is not None and not field.is_required() and field.default_factory is not None:
-            rows.append({"key": prefix + name, "type": sub.__name__, "default": "(below)", "doc": doc})
+        if sub is not None:  # a section: its own row, then its keys (``engine.max_model_len``)
+            shown = "required" if field.is_required() else "(below)" if field.default_factory else default
+            rows.append({"key": prefix + name, "type": type_name(field.annotation), "default": shown, "doc": doc})
             rows += schema_rows(sub, prefix=f"{prefix}{name}.")
             continue
         rows.append({"key": prefix + name, "type": type_name(field.annotation), "default": default, "doc": doc})

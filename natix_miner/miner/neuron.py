@@ -21,7 +21,7 @@ import time
 import typing
 
 from natix_miner.config import MinerConfig
-from natix_miner.engine.client import EngineClient, EngineFactory, engine_factory_for
+from natix_miner.engine.client import EngineClient, EngineFactory, EngineUnavailable, engine_factory_for
 from natix_miner.engine.result import safe_probability
 from natix_miner.miner import errors
 from natix_miner.miner.admission import Admission, Overloaded
@@ -460,6 +460,8 @@ class Miner:
                 await self.engine.start()
         except StartupError:
             raise
+        except EngineUnavailable as exc:  # a remote engine (--engine.ray) not reachable: its message names the fix
+            raise StartupError(errors.MODELS, str(exc)) from exc
         except Exception as exc:
             raise StartupError(errors.MODELS, f"loading profile {self.profile.name} failed ({type(exc).__name__}: "
                                               f"{exc}); `natix-miner profile validate {self.profile.name}` and "
