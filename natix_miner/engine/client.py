@@ -37,6 +37,11 @@ if typing.TYPE_CHECKING:  # pragma: no cover
     from natix_miner.engine.result import PredictResult
 
 
+class EngineUnavailable(RuntimeError):
+    """An engine that cannot serve at :meth:`EngineClient.start` for a reason outside the profile (a
+    remote engine not reachable); the message names the fix and the miner prints it as is (exit 7)."""
+
+
 @typing.runtime_checkable
 class EngineClient(typing.Protocol):
     """What the miner layer needs from an engine.

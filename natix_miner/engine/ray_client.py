@@ -34,6 +34,7 @@ import sys
 import time
 import typing
 
+from natix_miner.engine.client import EngineUnavailable
 from natix_miner.engine.result import PredictResult, safe_probability
 
 if typing.TYPE_CHECKING:  # pragma: no cover
@@ -46,7 +47,7 @@ _HEADER = struct.Struct("!I")
 LOST = "the ray bridge was lost"  # a pending request's error when its bridge went away
 
 
-class RayUnavailable(RuntimeError):
+class RayUnavailable(EngineUnavailable):
     """The Ray Serve application could not be reached at start; the message names the fix."""
 
 

@@ -105,3 +105,24 @@ def test_engine_serve_on_a_dead_address_is_one_error_line():
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: cannot reach the Ray cluster"), r.stderr
     assert "ray start --head" in lines[0]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs .[ray]")
+def test_miner_with_an_unreachable_ray_engine_exits_7_naming_the_fix(tmp_path):
+    import os
+
+    from tests.support.ops_support import free_port
+    from tests.support.paths import REPO_ROOT
+
+    dead = f"127.0.0.1:{free_port()}"
+    cmd = [sys.executable, os.path.join(REPO_ROOT, "neurons", "miner.py"), "--local", "--profile", "demo-cpu",
+           "--engine.ray", dead, "--axon.ip", "127.0.0.1", "--axon.port", str(free_port()),
+           "--metrics.enabled", "false", "--wallet.path", str(tmp_path / "w"), "--axon.state_dir", str(tmp_path)]
+    env = dict(os.environ)
+    env.pop("BT_NO_PARSE_CLI_ARGS", None)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert r.returncode == 7, r.stdout[-2000:] + r.stderr[-2000:]
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and dead in errors[0] and "natix-miner engine serve" in errors[0], r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
