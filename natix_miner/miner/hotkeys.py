@@ -245,6 +245,7 @@ class MinerGroup:
                                         hooks=_HotkeyHooks(self, e.name, _hooks_for(self.hooks, e.name)),
                                         wallet=(wallets or {}).get(e.name), subtensor=subtensor,
                                         engine_factory=engine_factory, admission=self.admission)
+            self.miners[e.name].name = e.name
         self._factory = next(iter(self.miners.values())).engine_factory
         self.loop: typing.Optional[asyncio.AbstractEventLoop] = None
         self._stop: typing.Optional[asyncio.Event] = None

@@ -129,6 +129,7 @@ class Miner:
         self._axon_socket = None
         self._external_ip: typing.Optional[str] = None  # looked up at start when --axon.external_ip is not given
         self.degraded: typing.List[str] = []  # tiers with no loadable expert (served with --allow-degraded)
+        self.name: typing.Optional[str] = None  # the --hotkeys entry this miner serves (in its log lines)
 
     # -- request path ------------------------------------------------------------------------
     def _budget(self, synapse) -> float:
@@ -167,8 +168,9 @@ class Miner:
         if outcome in ("answered", "fallback"):
             self._answers += 1
         tiers = ",".join(getattr(result, "tiers_run", None) or []) or "-"
-        log.info("%s %s from %s: p=%.4f tiers=%s %.0f ms%s", outcome, route, _short(hotkey), synapse.prediction,
-                 tiers, seconds * 1000, " (demo model)" if self.profile.demo else "")
+        log.info("%s %s from %s: p=%.4f tiers=%s %.0f ms%s%s", outcome, route, _short(hotkey), synapse.prediction,
+                 tiers, seconds * 1000, " (demo model)" if self.profile.demo else "",
+                 f" on {self.name}" if self.name else "")
         self.hooks.request(route, outcome, seconds, result=result, hotkey=hotkey)
         return synapse
 
@@ -277,7 +279,7 @@ class Miner:
         log.info("status: uid %s | stake %.4f | trust %.4f | incentive %.6f | emission %.6f | validators %d | "
                  "answers %d in the last %.0f s | hotkey %s", "-" if st["uid"] < 0 else st["uid"], st["stake"],
                  st["trust"], st["incentive"], st["emission"], st["validators"], st["answers"], st["window_s"],
-                 _short(st["hotkey"]))
+                 _short(st["hotkey"]) + (f" ({self.name})" if self.name else ""))
         self.hooks.status(st)
         self._answers, self._window_start = 0, time.time()
         self._warn_degraded()

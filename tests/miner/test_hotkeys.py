@@ -214,9 +214,12 @@ def _held_port():
     return s, s.getsockname()[1]
 
 
-async def test_a_taken_port_drops_that_hotkey_and_the_other_serves(tmp_path, validator_wallet):
+async def test_a_taken_port_drops_that_hotkey_and_the_other_serves(tmp_path, validator_wallet, caplog):
     from natix_miner.engine import Engine
+    from natix_miner.ops.logs import unmute_project_loggers
 
+    unmute_project_loggers()  # importing bittensor mutes the loggers that exist by then (natix-miner run undoes it too)
+    caplog.set_level("INFO", logger="natix_miner")
     _wallets(tmp_path, "m1", "m2")
     prof = _profile(tmp_path)
     holder, port = _held_port()
@@ -232,6 +235,10 @@ async def test_a_taken_port_drops_that_hotkey_and_the_other_serves(tmp_path, val
             assert r.axon.status_code == 200 and 0.0 <= r.prediction <= 1.0
             ok, body = group.readiness()
             assert ok and set(body["hotkeys"]) == {"free"} and "taken" in body["dropped"]
+        lines = [r.getMessage() for r in caplog.records]
+        assert any(ln.startswith("hotkey taken dropped (1 left): axon port") for ln in lines), lines[-20:]
+        assert any(ln.startswith("answered ImageSynapse from ") and ln.endswith(" on free") for ln in lines)
+        assert any(ln.startswith("status: uid - |") and ln.endswith("(free)") for ln in lines)
         # every port taken: nothing left to serve, the port's exit code
         hk = _write(tmp_path / "hk2.yaml", [{"name": "taken", "wallet_name": "m1", "wallet_hotkey": "default", "port": port}])
         cfg = _cfg(tmp_path, hk, validator_wallet.hotkey.ss58_address, prof)
