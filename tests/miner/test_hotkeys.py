@@ -349,3 +349,48 @@ def test_the_mock_validator_queries_every_hotkey_of_one_process(two_hotkeys, val
     assert all(m["answered"] == 3 and m["invalid"] == 0 for m in miners.values())
     # 3 challenges and the unscored warm-up probe, each sent to both hotkeys at once: each computed once
     assert _images(group.engine) - images == 4
+
+
+@pytest.mark.slow
+async def test_the_run_command_serves_every_hotkey_of_the_file(tmp_path, validator_wallet):
+    """``neurons/miner.py --local --hotkeys FILE`` on the default profile, as an operator starts it."""
+    import signal
+
+    from natix_miner.validator.targets import targets_from_miner
+
+    hk = _write(tmp_path / "hk.yaml", [{"name": n, "wallet_name": n, "wallet_hotkey": "default", "port": 0}
+                                       for n in ("a", "b")])
+    url = f"http://127.0.0.1:{_free_port()}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NATIX_")}
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO_ROOT, "neurons", "miner.py"), "--local", "--hotkeys", hk,
+                             "--axon.ip", "127.0.0.1", "--metrics.port", url.rsplit(":", 1)[1],
+                             "--wallet.path", str(tmp_path / "wallets"),
+                             "--blacklist.allowed_hotkeys", validator_wallet.hotkey.ss58_address],
+                            env={**env, "TMPDIR": str(tmp_path)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, cwd=REPO_ROOT)
+    try:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 180:
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            try:
+                if requests.get(url + "/readyz", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            await asyncio.sleep(0.5)
+        targets = targets_from_miner(url)
+        assert sorted(t.name for t in targets) == ["a", "b"] and len({t.port for t in targets}) == 2
+        d = loopback_dendrite(validator_wallet)
+        try:
+            answers = await asyncio.gather(*(d.forward(t.axon_info(), ImageSynapse(image=_b64(8)), timeout=9.0,
+                                                       deserialize=False) for t in targets))
+        finally:
+            await d.aclose_session()
+        assert [r.axon.status_code for r in answers] == [200, 200] and answers[0].prediction == answers[1].prediction
+        text = requests.get(url + "/metrics", timeout=5).text
+        assert "natix_cache_shared_hits_total" in text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out[-3000:]
+    assert "serving 2 hotkeys on one engine (profile demo-cpu): a " in out
