@@ -4,7 +4,7 @@ Shipped with natix-miner (read-only; the same files in a checkout and in an inst
 
     configs/*.yaml, configs/*.consensus.json   the profiles and their fitted consensus
     models/manifests/*.json, models/cards/*.md the committed model manifests and cards
-    models/demo/*                              the demo profile's fitted head
+    models/demo/*                              the demo profile's checkpoints (and the older fitted head)
     models/README.md
 
 They are found under one **root**, the first of:
@@ -41,7 +41,7 @@ PACKAGED_ROOT = Path(__file__).resolve().parent / "_shipped"  # written by setup
 # what a root holds, relative to it: setup.py copies these globs into PACKAGED_ROOT (MANIFEST.in too)
 SHIPPED_GLOBS: typing.Tuple[str, ...] = (
     "configs/*.yaml", "configs/*.consensus.json", "models/README.md", "models/manifests/*.json",
-    "models/cards/*.md", "models/demo/*.json", "models/demo/*.npz")
+    "models/cards/*.md", "models/demo/*.json", "models/demo/*.npz", "models/demo/*.pt", "models/demo/*.pth")
 
 
 class RootError(RuntimeError):

@@ -686,18 +686,12 @@ def _run_install(ctx: Context) -> dict:
     return {"installed": copied}
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def write_manifest(ctx: Context, folder: Path, files: typing.Sequence[Path]) -> Path:
     """``folder/MANIFEST.json``'s ``build`` key: how the installed checkpoints were made (command,
     data, seeds, recipes), each file's sha256 and size, and the held-out figures. Other keys of an
     existing manifest are kept."""
+    from natix_miner.training.hub import _sha256
+
     path = folder / "MANIFEST.json"
     doc = json.loads(path.read_text()) if path.exists() else {}
     ev = json.loads((ctx.out / "evaluation.json").read_text()) if (ctx.out / "evaluation.json").exists() else {}
