@@ -61,9 +61,11 @@ def _run(args) -> int:
         log.warning("configuration: %s", line)
     entries = None
     if cfg.hotkeys:  # many hotkeys, one engine (natix_miner/miner/hotkeys.py): the file is checked before any port
-        from natix_miner.miner.hotkeys import load_hotkeys
+        from natix_miner.miner.hotkeys import load_hotkeys, replaced_flags
 
         entries = load_hotkeys(cfg.hotkeys, cfg.local)
+        for line in replaced_flags(args):
+            log.warning("configuration: %s", line)
     hooks = None
     try:
         from natix_miner.ops.runtime import build_hooks

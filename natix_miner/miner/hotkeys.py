@@ -132,6 +132,17 @@ def load_hotkeys(path: str, local: bool = False) -> typing.List[HotkeyEntry]:
     return entries
 
 
+REPLACED_FLAGS = (("--wallet.name", "wallet.name"), ("--wallet.hotkey", "wallet.hotkey"), ("--axon.port", "axon.port"),
+                  ("--axon.external_port", "axon.external_port"), ("--vault.path", "vault.path"))
+
+
+def replaced_flags(namespace) -> typing.List[str]:
+    """Warnings for single-hotkey flags given on the command line that each ``--hotkeys`` entry replaces."""
+    given = vars(namespace) if namespace is not None else {}
+    return [f"{flag} {given[key]} is not used with --hotkeys: each entry of the file sets its own"
+            for flag, key in REPLACED_FLAGS if key in given]
+
+
 def entry_config(cfg: MinerConfig, entry: HotkeyEntry) -> MinerConfig:
     """The process's configuration for one entry: its wallet, port and Vault path; everything else
     (chain, blacklist, limits, profile, the parsed cascade) shared."""

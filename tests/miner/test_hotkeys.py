@@ -363,7 +363,7 @@ async def test_the_run_command_serves_every_hotkey_of_the_file(tmp_path, validat
     url = f"http://127.0.0.1:{_free_port()}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("NATIX_")}
     proc = subprocess.Popen([sys.executable, os.path.join(REPO_ROOT, "neurons", "miner.py"), "--local", "--hotkeys", hk,
-                             "--axon.ip", "127.0.0.1", "--metrics.port", url.rsplit(":", 1)[1],
+                             "--axon.ip", "127.0.0.1", "--metrics.port", url.rsplit(":", 1)[1], "--axon.port", "1",
                              "--wallet.path", str(tmp_path / "wallets"),
                              "--blacklist.allowed_hotkeys", validator_wallet.hotkey.ss58_address],
                             env={**env, "TMPDIR": str(tmp_path)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -394,3 +394,4 @@ async def test_the_run_command_serves_every_hotkey_of_the_file(tmp_path, validat
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out[-3000:]
     assert "serving 2 hotkeys on one engine (profile demo-cpu): a " in out
+    assert "--axon.port 1 is not used with --hotkeys: each entry of the file sets its own" in out
