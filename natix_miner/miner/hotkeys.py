@@ -241,6 +241,8 @@ class MinerGroup:
 
         self.cfg = cfg
         self.entries = list(entries) if entries is not None else load_hotkeys(cfg.hotkeys, cfg.local)
+        if not self.entries:
+            raise ConfigError(f"{FLAG}: no hotkey to serve (the file lists none)")
         self.profile = engine.profile if engine is not None else cfg.load_cascade()
         self.engine = engine
         self.hooks = hooks or MinerHooks()
@@ -257,6 +259,7 @@ class MinerGroup:
                                         wallet=(wallets or {}).get(e.name), subtensor=subtensor,
                                         engine_factory=engine_factory, admission=self.admission)
             self.miners[e.name].name = e.name
+        self.every = dict(self.miners)  # name -> miner, dropped ones too: their natix_axon_serving stays 0
         self._factory = next(iter(self.miners.values())).engine_factory
         self.loop: typing.Optional[asyncio.AbstractEventLoop] = None
         self._stop: typing.Optional[asyncio.Event] = None
@@ -264,6 +267,11 @@ class MinerGroup:
         self.serving = False
 
     # -- what ops reads (metrics, /readyz) --------------------------------------------------------
+    @property
+    def axons(self) -> typing.Dict[str, typing.Any]:
+        """ss58 -> miner for every hotkey whose wallet loaded, dropped ones included (``serving`` False)."""
+        return {m.wallet.hotkey.ss58_address: m for m in self.every.values() if m.wallet is not None}
+
     @property
     def shared_hits(self) -> typing.Dict[str, float]:
         """Answers per hotkey (ss58) computed for another hotkey of this process."""

@@ -95,7 +95,10 @@ INFO_LABELS = ("hotkey", "name", "profile", "version", "mode")
 
 
 def _axons(miner) -> typing.Dict[str, typing.Any]:
-    """hotkey (ss58) -> miner: the live miners of a ``MinerGroup``, or the one miner."""
+    """hotkey (ss58) -> miner: every hotkey of a ``MinerGroup`` (a dropped one reads not serving), or the one miner."""
+    axons = getattr(miner, "axons", None)
+    if isinstance(axons, dict):
+        return axons
     many = getattr(miner, "miners", None)
     miners = list(many.values()) if isinstance(many, dict) else ([miner] if miner is not None else [])
     out = {}

@@ -261,8 +261,12 @@ async def test_chain_mode_serves_each_hotkey_and_drops_one_deregistered(tmp_path
     hk = _write(tmp_path / "hk.yaml", [{"name": n, "wallet_name": n, "wallet_hotkey": "default", "port": _free_port()}
                                        for n in wallets])
     cfg = _cfg(tmp_path, hk, validator_wallet.hotkey.ss58_address, prof, local=False, sync_interval_s=0.2,
-               axon={"ip": "127.0.0.1", "external_ip": "127.0.0.1"})
-    group = MinerGroup(cfg, engine=Engine(prof), subtensor=chain)
+               axon={"ip": "127.0.0.1", "external_ip": "127.0.0.1"},
+               metrics={"enabled": True, "host": "127.0.0.1", "port": 0})
+    from natix_miner.ops.runtime import build_hooks
+
+    hooks = build_hooks(cfg)
+    group = MinerGroup(cfg, engine=Engine(prof), subtensor=chain, hooks=hooks)
     with MinerThread(cfg, runner=group):
         assert sorted(s[3] for s in chain.served) == sorted(w.hotkey.ss58_address for w in wallets.values())
         assert {n: m.uid for n, m in group.miners.items()} == {"m1": 1, "m2": 2}
@@ -277,6 +281,10 @@ async def test_chain_mode_serves_each_hotkey_and_drops_one_deregistered(tmp_path
         assert 1 <= chain.syncs - syncs <= 5  # one metagraph read per resync for every hotkey
         r = await _query(validator_wallet, group.miners["m1"], ImageSynapse(image=_b64(6)))
         assert r.axon.status_code == 200
+        s = scrape(hooks.url)  # the dropped hotkey reads not serving (NatixMinerNotReady fires), its uid -1
+        h1, h2 = (wallets[n].hotkey.ss58_address for n in ("m1", "m2"))
+        assert metric(s, "natix_axon_serving", hotkey=h1) == 1 and metric(s, "natix_axon_serving", hotkey=h2) == 0
+        assert metric(s, "natix_miner_uid", hotkey=h1) == 1 and metric(s, "natix_miner_uid", hotkey=h2) == -1
 
 
 def test_shared_hits_count_whatever_order_the_answers_complete_in():
