@@ -195,14 +195,13 @@ class CascadePolicy:
         return (None if math.isnan(p[0]) else float(p[0])), bool(climb[0])
 
     # -- many images (bulk, replay) -----------------------------------------------------------
-    def cascade(self, n: int, tier_logits: TierLogits, tiers: typing.Optional[int] = None,
-                all_tiers: bool = False) -> Outcome:
+    def cascade(self, n: int, tier_logits: TierLogits, tiers: typing.Optional[int] = None) -> Outcome:
         """Run the first ``tiers`` tiers (default all) over ``n`` images at once.
 
         ``tier_logits(i, rows)``: for tier ``i`` and the indices of the images still climbing, the
         tier's experts' logits ({name: (len(rows),) array}, NaN = no opinion), or an empty mapping
         when the tier cannot run (no expert available; the online engine skips it the same way).
-        ``all_tiers``: every image runs every tier (``predict --all-tiers``)."""
+        ``tiers``: stop after that many (as the online engine does when the later ones are skipped)."""
         count = len(self.tier_names) if tiers is None else min(int(tiers), len(self.tier_names))
         p = np.full(n, np.nan)
         ran = np.zeros((n, len(self.tier_names)), dtype=bool)
@@ -220,7 +219,6 @@ class CascadePolicy:
             names = list(seen)
             Z = np.stack([seen[name][rows] for name in names], axis=1)
             p[rows], climb = self.step(i, names, Z, p[rows])
-            if not all_tiers:
-                rows = rows[climb]
+            rows = rows[climb]
         probs = np.array([self.answer(float(x)) for x in p], dtype=np.float64)
         return Outcome(probabilities=probs, pooled=p, ran=ran, tier_names=list(self.tier_names))

@@ -211,6 +211,37 @@ def test_bulk_uses_the_stage_rule_of_the_tier_it_stops_at():
     assert depth.tolist() == [1, 1, 1]
 
 
+async def test_bulk_first_tiers_only_answer_as_the_engine_with_the_later_tiers_down():
+    """``BulkPredictor(tiers=1)``: the online answer when the second tier cannot run."""
+    from tests.support.engine_experts import register
+
+    register()
+    prof = _profile(experts=[{"name": "a", "family": FAMILY}, {"name": "b", "family": "engine_test_bad_load"}],
+                    escalation={"low": 0.1, "high": 0.9}, fallback_probability=0.3,
+                    consensus={"stages": {"first": {"weights": {"a": 0.5}, "bias": 0.2}}})
+    TABLE.clear()
+    TABLE["a"] = dict(zip(SHAS, [0.5, 0.95, "abstain", 0.02]))
+    got, depth = _bulk_tiers(prof, 4, tiers=1)
+    engine = Engine(prof)
+    await engine.start()
+    try:
+        online = [await engine.predict(d) for d in IMAGES[:4]]
+    finally:
+        await engine.close()
+    assert [r.probability for r in online] == got.tolist()
+    assert [len(r.tiers_run) for r in online] == depth.tolist() == [1, 1, 1, 1]
+    assert online[2].fallback and got[2] == 0.3 and online[0].skipped == {"b": "failed", "second": "no_expert_available"}
+
+
+def _bulk_tiers(profile: Profile, n: int, tiers: int):
+    bulk = BulkPredictor(profile, ["cpu"], tiers=tiers, batch_size=3, mode="thread")
+    bulk.load()
+    try:
+        return bulk.predict(IMAGES[:n], with_tiers=True)
+    finally:
+        bulk.close()
+
+
 def test_bulk_refuses_a_tier_without_a_bulk_path_and_names_the_fix():
     from tests.support.engine_experts import register
 
