@@ -403,3 +403,12 @@ async def test_the_run_command_serves_every_hotkey_of_the_file(tmp_path, validat
     assert proc.returncode == 0, out[-3000:]
     assert "serving 2 hotkeys on one engine (profile demo-cpu): a " in out
     assert "--axon.port 1 is not used with --hotkeys: each entry of the file sets its own" in out
+
+
+def test_the_mock_validator_says_when_a_miner_url_cannot_be_read(capsys):
+    from natix_miner.validator.cli import main
+
+    url = f"http://127.0.0.1:{_free_port()}"
+    assert main(["--miner-url", url, "--n", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: --miner-url {url}: cannot read its /readyz") and "--metrics.port" in err[-1]
