@@ -43,13 +43,14 @@ def _row(kind: str, concurrency: int, lat, bad: int, wall: float, n: int, **extr
     return row
 
 
-async def _measure(engine, kind: str, concurrencies, requests: int, seed: int, **extra) -> list:
+async def _measure(engine, kind: str, concurrencies, requests: int, **extra) -> list:
     from natix_miner.benchmark import closed_loop, make_jpegs
 
     rows = []
     for k, c in enumerate(concurrencies):
         n = max(requests, 4 * c)
-        datas = make_jpegs(n, unique=n, seed=seed * 10 + k)  # unique images: no cache hit
+        # every path gets the same images; within a path every request a new one (no cache hit)
+        datas = make_jpegs(n, unique=n, seed=k + 1)
 
         reasons: typing.Counter[str] = collections.Counter()
         escalated = 0
@@ -62,7 +63,7 @@ async def _measure(engine, kind: str, concurrencies, requests: int, seed: int, *
                 reasons[(res.fallback_reason or "?").split(":")[0]] += 1
             return bool(res.fallback)
 
-        await engine.predict(make_jpegs(1, unique=1, seed=999 + seed)[0])  # warm the path
+        await engine.predict(make_jpegs(1, unique=1, seed=999)[0])  # warm the path
         lat, bad, wall = await closed_loop(call, n, c)
         rows.append(_row(kind, c, lat, bad, wall, n, escalated=escalated, fallback_reasons=dict(reasons), **extra))
     return rows
@@ -74,18 +75,18 @@ async def in_process(profile, concurrencies, requests: int) -> list:
     engine = Engine(profile)
     await engine.start()
     try:
-        return await _measure(engine, "in-process", concurrencies, requests, seed=1)
+        return await _measure(engine, "in-process", concurrencies, requests)
     finally:
         await engine.close()
 
 
-async def through_ray(profile, address: str, app: str, concurrencies, requests: int, batching: str, seed: int):
+async def through_ray(profile, address: str, app: str, concurrencies, requests: int, batching: str):
     from natix_miner.engine.ray_client import RayEngineClient
 
     client = RayEngineClient(profile, address, app, connect_timeout_s=120)
     await client.start()
     try:
-        return await _measure(client, "ray-serve", concurrencies, requests, seed=seed, batching=batching)
+        return await _measure(client, "ray-serve", concurrencies, requests, batching=batching)
     finally:
         await client.close()
 
@@ -112,7 +113,7 @@ def main() -> int:
     rows = asyncio.run(in_process(profile, conc, args.requests))
     deploy_s = {}
     with LocalRayCluster(num_cpus=args.num_cpus) as cluster:
-        for k, batching in enumerate(args.batching.split(",")):
+        for batching in args.batching.split(","):
             app = f"bench-{batching}"
             t0 = time.perf_counter()
             r = subprocess.run([sys.executable, "-m", "natix_miner.cli", "engine", "serve", "--profile", args.profile,
@@ -122,7 +123,7 @@ def main() -> int:
             if r.returncode:
                 sys.exit(f"engine serve failed: {r.stderr[-2000:]}")
             deploy_s[batching] = round(time.perf_counter() - t0, 1)
-            rows += asyncio.run(through_ray(profile, cluster.address, app, conc, args.requests, batching, seed=2 + k))
+            rows += asyncio.run(through_ray(profile, cluster.address, app, conc, args.requests, batching))
             subprocess.run([sys.executable, "-c", "import ray, sys; from ray import serve; "
                             "ray.init(address=sys.argv[1], logging_level='ERROR'); serve.delete(sys.argv[2])",
                             cluster.address, app], capture_output=True, cwd=ROOT)  # free the cores for the next
