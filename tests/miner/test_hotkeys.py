@@ -412,3 +412,27 @@ def test_the_mock_validator_says_when_a_miner_url_cannot_be_read(capsys):
     assert main(["--miner-url", url, "--n", "1", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(f"error: --miner-url {url}: cannot read its /readyz") and "--metrics.port" in err[-1]
+
+
+def test_bench_hotkeys_sums_the_memory_of_a_process_tree():
+    """scripts/bench_hotkeys.py's reading (docs/scaling.md's figures): a process and its children, RSS and PSS."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_hotkeys", os.path.join(REPO_ROOT, "scripts", "bench_hotkeys.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    parent = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
+                               "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)']); "
+                               "print(c.pid, flush=True); time.sleep(30)"], stdout=subprocess.PIPE, text=True)
+    child = None
+    try:
+        child = int(parent.stdout.readline())
+        one = bench.memory([child])
+        both = bench.memory([parent.pid])
+        assert one["processes"] == 1 and both["processes"] == 2
+        assert 0 < one["pss_mib"] <= one["rss_mib"] and both["rss_mib"] > one["rss_mib"] and both["pss_mib"] > one["pss_mib"]
+    finally:
+        parent.kill()
+        parent.wait(10)
+        if child is not None:
+            os.kill(child, 9)
