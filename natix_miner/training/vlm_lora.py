@@ -20,7 +20,8 @@ image at one fixed augmentation level (levels balanced per label), and reported 
 ``OUT`` gets:
 
 * ``last.pt`` every ``checkpoint_every`` steps (adapter weights, optimiser, step, history, RNG):
-  ``resume=True`` continues from it;
+  ``resume=True`` continues from it (a finished run, ``report.json`` and ``merged/`` written,
+  returns its report without loading anything);
 * ``adapter/``: the LoRA adapters (``PeftModel.from_pretrained(base, OUT/adapter)``);
 * ``merged/``: the adapters merged into the base weights plus the base's processor, tokenizer and
   chat template: a standard Hugging Face checkpoint directory that ``hf_vlm`` (transformers),
@@ -336,6 +337,15 @@ def _run(cfg: VLMTrainConfig, resume: bool, train_samples, val_samples) -> dict:
         raise VLMTrainingError(f"levels must be among 0..3, got {list(cfg.levels)}")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    ck = torch.load(last, map_location="cpu", weights_only=False) if resume and last.exists() else None
+    if ck is not None and ck["config"] != cfg.model_dump(exclude={"progress"}):
+        changed = sorted(k for k, v in cfg.model_dump(exclude={"progress"}).items() if ck["config"].get(k) != v)
+        raise VLMTrainingError(f"{last} was written with other settings ({', '.join(changed)}); "
+                               "resume with the same flags, or choose another --out")
+    done = out / "report.json"
+    if ck is not None and ck["step"] >= cfg.steps and done.exists() and (out / "merged" / "config.json").exists():
+        _say(cfg, f"{out}: already trained ({cfg.steps} steps, merged checkpoint written); nothing to do")
+        return json.loads(done.read_text())
     device = resolve_device(cfg.device)
     dtype = _resolve_dtype(cfg, device)
     expert = make_expert(cfg.model, cfg.options, device, dtype, cfg.name)  # bad options fail first
@@ -346,11 +356,6 @@ def _run(cfg: VLMTrainConfig, resume: bool, train_samples, val_samples) -> dict:
     expert = load_expert(cfg.model, cfg.options, device, dtype, cfg.name, expert=expert)
     base_path = expert.resolve_model()
     views, vlabels, vlevels = _held_out_views(val_s, cfg.levels, cfg.seed)
-    ck = torch.load(last, map_location="cpu", weights_only=False) if resume and last.exists() else None
-    if ck is not None and ck["config"] != cfg.model_dump(exclude={"progress"}):
-        changed = sorted(k for k, v in cfg.model_dump(exclude={"progress"}).items() if ck["config"].get(k) != v)
-        raise VLMTrainingError(f"{last} was written with other settings ({', '.join(changed)}); "
-                               "resume with the same flags, or choose another --out")
     if ck is None:
         before = evaluate_views(expert, views, vlabels, vlevels, cfg.eval_batch_size)
         _say(cfg, f"before: P(yes) MCC {before['mcc']:.3f} acc {before['accuracy']:.3f} on {len(views)} held-out "
@@ -378,6 +383,7 @@ def _run(cfg: VLMTrainConfig, resume: bool, train_samples, val_samples) -> dict:
     for step in range(start, cfg.steps):
         pool.epoch = step  # the augmentation of image i at this step: seeded by (seed, step, i)
         idx = balanced_batch(labels, step, cfg.batch_size, cfg.seed)
+        t_step = time.perf_counter()
         batch = [pool.view(i) for i in idx]
         lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup_steps)
         for g in opt.param_groups:
@@ -389,6 +395,7 @@ def _run(cfg: VLMTrainConfig, resume: bool, train_samples, val_samples) -> dict:
         opt.step()
         y = np.asarray([b[1] for b in batch])
         history.append({"step": step + 1, "loss": float(loss.item()), "lr": lr,
+                        "seconds": round(time.perf_counter() - t_step, 3),  # augmentation + forward + backward
                         "p_yes_roadwork": float(p_yes[y == 1].mean()), "p_yes_none": float(p_yes[y == 0].mean())})
         if cfg.progress and (step == start or (step + 1) % max(1, cfg.steps // 20) == 0 or step + 1 == cfg.steps):
             h = history[-1]
@@ -412,7 +419,7 @@ def _run(cfg: VLMTrainConfig, resume: bool, train_samples, val_samples) -> dict:
               "history": history, "adapter": str(adapter), "merged": str(merged),
               "expert_yaml": str(out / "expert.yaml"), "seconds": round(time.perf_counter() - t0, 1),
               "config": cfg.model_dump()}
-    (out / "report.json").write_text(json.dumps(report, indent=1, default=float))
+    done.write_text(json.dumps(report, indent=1, default=float))
     return report
 
 

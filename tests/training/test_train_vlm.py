@@ -57,6 +57,9 @@ def test_resume_continues_from_the_checkpoint(run):
     assert steps == list(range(1, 11))
     assert report["history"][:5] == interrupted["history"]  # the first five steps were not run again
     assert report["before"] == interrupted["before"]  # "before" was measured once, before any training
+    # a finished run resumed again is not trained again (the build command resumes every step)
+    again = vlm_lora.train_vlm(run[0], DATA, run[1], resume=True, **SETTINGS)
+    assert again["history"] == json.loads(json.dumps(report["history"]))
 
 
 def test_loss_falls_and_outputs_are_written(run):
