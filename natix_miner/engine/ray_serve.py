@@ -92,6 +92,20 @@ def ingress_profile(profile: Profile, remote: typing.Iterable[str]) -> Profile:
     return profile.model_copy(update={"experts": experts})
 
 
+def plain(value: typing.Any) -> typing.Any:
+    """``value`` as builtins only: numpy scalars and arrays become numbers and lists, containers are
+    walked, anything else (a tensor, an object) becomes its ``str``."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if type(value).__module__ == "numpy":
+        return plain(value.tolist())
+    return str(value)
+
+
 class RemoteExpert(Expert):
     """An expert that lives in a Ray Serve deployment: ``predict_batch_async`` sends each image's
     encoded bytes through the deployment's handle (Ray routes to the least busy replica)."""
@@ -215,7 +229,10 @@ class CascadeServer:
         deadline) -> :class:`~natix_miner.engine.result.PredictResult`."""
         if not self.engine.ready:
             await asyncio.wait_for(self.ready(), timeout=max(0.001, budget_s))
-        return await self.engine.predict(image, time.monotonic() + max(0.0, budget_s), all_tiers=all_tiers)
+        res = await self.engine.predict(image, time.monotonic() + max(0.0, budget_s), all_tiers=all_tiers)
+        for ev in res.evidence.values():  # the miner unpickles this: plain values only (never a tensor: no torch there)
+            ev.detail = plain(ev.detail)
+        return res
 
     def status(self) -> dict:
         """The ingress engine's ``status()`` plus its ``degraded_report`` (``degraded``)."""

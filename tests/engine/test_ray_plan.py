@@ -126,3 +126,17 @@ def test_miner_with_an_unreachable_ray_engine_exits_7_naming_the_fix(tmp_path):
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and dead in errors[0] and "natix-miner engine serve" in errors[0], r.stderr[-2000:]
     assert "Traceback" not in r.stderr
+
+
+def test_evidence_details_cross_as_plain_values():
+    import numpy as np
+
+    from natix_miner.engine.ray_serve import plain
+
+    class Tensorish:
+        def __str__(self):
+            return "tensor([1.])"
+
+    got = plain({"logit": np.float32(1.5), "boxes": np.array([[1, 2], [3, 4]]), "t": Tensorish(), 3: ("a", None)})
+    assert got == {"logit": 1.5, "boxes": [[1, 2], [3, 4]], "t": "tensor([1.])", "3": ["a", None]}
+    assert type(got["logit"]) is float
