@@ -147,3 +147,24 @@ def test_balanced_batches_are_balanced_and_reproducible():
     assert a != vlm_lora.balanced_batch(labels, 6, 6, seed=0)
     with pytest.raises(vlm_lora.VLMTrainingError, match="both classes"):
         vlm_lora.balanced_batch([1, 1], 0, 2, seed=0)
+
+
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl"])
+def test_lora_targets_of_every_qwen_vl_generation(arch):
+    """``target: language`` adapts the text decoder only, ``all`` the vision tower too; one backward pass
+    of the answer loss reaches every adapter (the trained run above covers Qwen2-VL)."""
+    from natix_miner.training.datasets import from_procedural
+
+    scenes = from_procedural(2, seed=0, long_side=96)
+    images, labels = [s.image() for s in scenes], [s.label for s in scenes]
+    for target in ("language", "all"):
+        expert = vlm_lora.load_expert(tiny_vlm(arch), {"max_pixels": 112 * 112}, "cpu", "float32")
+        model = vlm_lora._lora(expert, vlm_lora.VLMTrainConfig(model="m", data="d", out="o", target=target))
+        trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        assert trained and all("lora_" in n for n in trained)
+        assert any("visual" in n for n in trained) == (target == "all"), sorted(trained)[:4]
+        loss, p_yes = vlm_lora.answer_loss(expert, images, labels)
+        loss.backward()
+        assert math.isfinite(loss.item()) and all(0.0 < p < 1.0 for p in p_yes)
+        # LoRA's B starts at zero, so A gets no gradient on the first pass; every B does
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in trained.items() if "lora_B" in n)
