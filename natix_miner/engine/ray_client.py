@@ -68,8 +68,11 @@ class RayEngineClient:
     """Answers through a Ray Serve application (see the module docstring); implements ``EngineClient``."""
 
     def __init__(self, profile: "Profile", address: str, app: str = "natix", connect_timeout_s: float = 60.0,
-                 probe_interval_s: float = 1.0, stale_after_s: float = 5.0, max_backoff_s: float = 5.0):
+                 probe_interval_s: float = 1.0, stale_after_s: float = 5.0, max_backoff_s: float = 5.0,
+                 bridge: str = "natix_miner.engine.ray_bridge"):
+        """``bridge``: the module run as the child (``python -m``); tests put a scripted one there."""
         self.profile = profile
+        self.bridge = bridge
         self.address = address
         self.app = app
         self.connect_timeout_s = connect_timeout_s
@@ -106,7 +109,7 @@ class RayEngineClient:
         Raises :class:`RayUnavailable` naming the fix when ray is missing or the app never answers."""
         if self.started:
             return
-        if importlib.util.find_spec("ray") is None:
+        if self.bridge.startswith("natix_miner.") and importlib.util.find_spec("ray") is None:
             raise RayUnavailable("--engine.ray needs Ray Serve in this environment: pip install -e '.[ray]'")
         loop = asyncio.get_running_loop()
         self._first = loop.create_future()
@@ -240,7 +243,7 @@ class RayEngineClient:
     async def _run_bridge(self) -> None:
         parent, child = socket.socketpair()
         try:
-            cmd = [sys.executable, "-m", "natix_miner.engine.ray_bridge", "--fd", str(child.fileno()),
+            cmd = [sys.executable, "-m", self.bridge, "--fd", str(child.fileno()),
                    "--address", self.address, "--app", self.app, "--probe-interval", str(self.probe_interval_s)]
             self._proc = await asyncio.create_subprocess_exec(*cmd, pass_fds=(child.fileno(),),
                                                               stdin=asyncio.subprocess.DEVNULL,

@@ -140,3 +140,79 @@ def test_evidence_details_cross_as_plain_values():
     got = plain({"logit": np.float32(1.5), "boxes": np.array([[1, 2], [3, 4]]), "t": Tensorish(), 3: ("a", None)})
     assert got == {"logit": 1.5, "boxes": [[1, 2], [3, 4]], "t": "tensor([1.])", "3": ["a", None]}
     assert type(got["logit"]) is float
+
+
+# -- the client's rules against a scripted bridge (tests/support/fake_ray_bridge.py) ------------------
+
+FAKE = "tests.support.fake_ray_bridge"
+
+
+@pytest.fixture()
+def fake_bridge(monkeypatch, tmp_path):
+    from tests.support.paths import REPO_ROOT
+
+    monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT))
+    count = tmp_path / "starts"
+    monkeypatch.setenv("FAKE_BRIDGE_COUNT", str(count))
+
+    def make(mode: str, **kw) -> RayEngineClient:
+        monkeypatch.setenv("FAKE_BRIDGE_MODE", mode)
+        prof = profile_with([("a", "x", {})], [("fast", ["a"], 1.0)], fallback_probability=0.3)
+        return RayEngineClient(prof, "127.0.0.1:1", bridge=FAKE, connect_timeout_s=30, probe_interval_s=0.2, **kw)
+
+    make.starts = lambda: len(count.read_text().splitlines()) if count.exists() else 0
+    return make
+
+
+async def test_an_answer_of_one_half_never_crosses_the_boundary(fake_bridge):
+    client = fake_bridge("answer")
+    await client.start()
+    try:
+        assert client.ready and client.status()["experts"]["a"]["load"] == "loaded"
+        res = await client.predict(b"jpeg", deadline=time.monotonic() + 2)
+        assert not res.fallback and res.probability == 0.4999 and res.tiers_run == ["fast"]
+    finally:
+        await client.close()
+
+
+async def test_a_slow_cluster_costs_the_fallback_inside_the_deadline(fake_bridge):
+    client = fake_bridge("hang")
+    await client.start()
+    try:
+        t0 = time.monotonic()
+        res = await client.predict(b"jpeg", deadline=t0 + 1.0)
+        dt = time.monotonic() - t0
+        assert res.fallback and res.fallback_reason == "ray_timeout" and res.probability == 0.3
+        assert 0.8 < dt < 1.15, dt  # answered at the deadline less 50 ms (a loaded host may run the timer late)
+    finally:
+        await client.close()
+
+
+async def test_a_hung_or_dead_cluster_is_lost_then_reconnected(fake_bridge, monkeypatch):
+    client = fake_bridge("silent", stale_after_s=1.0, max_backoff_s=0.5)
+    await client.start()
+    try:
+        end = time.monotonic() + 10
+        while client.connected and time.monotonic() < end:
+            await asyncio.sleep(0.1)
+        assert not client.connected and "no status" in client.status()["error"]
+        t0 = time.monotonic()
+        res = await client.predict(b"jpeg", deadline=t0 + 5)
+        assert res.fallback_reason == "ray_unavailable" and time.monotonic() - t0 < 0.2
+        monkeypatch.setenv("FAKE_BRIDGE_MODE", "answer")  # the cluster is back: the next bridge answers
+        while not client.ready and time.monotonic() < end:
+            await asyncio.sleep(0.1)
+        assert client.ready and client.reconnects >= 1 and fake_bridge.starts() >= 2
+        assert not (await client.predict(b"jpeg", deadline=time.monotonic() + 2)).fallback
+        monkeypatch.setenv("FAKE_BRIDGE_MODE", "die")  # the bridge process exits: lost at once
+        monkeypatch.setenv("FAKE_BRIDGE_DIE_S", "0.3")
+        client._writer.close()  # end the current bridge so the next one starts in "die" mode
+        end = time.monotonic() + 10
+        seen_lost = False
+        while time.monotonic() < end and fake_bridge.starts() < 4:
+            seen_lost = seen_lost or not client.connected
+            await asyncio.sleep(0.05)
+        assert seen_lost and fake_bridge.starts() >= 4  # died, restarted, died, restarted
+    finally:
+        await client.close()
+    assert client._proc is None
