@@ -7,8 +7,9 @@ Families (registered in ``natix_miner.experts.FAMILIES``; modules import their h
 * ``openai_vlm`` -> :mod:`.openai_backend` - an OpenAI-compatible server elsewhere (``vllm serve``).
 
 Shared: :mod:`.prompt` (options, answer tokens, probability, thinking parse), :mod:`.common` (the
-expert base). Tools: :mod:`.hf_server` (an OpenAI-compatible server on transformers) and :mod:`.tiny`
-(tiny Qwen-VL checkpoints built offline, for tests and laptops).
+expert base). Tool: :mod:`.hf_server` (an OpenAI-compatible server on transformers). Tiny Qwen-VL
+checkpoints built offline: :mod:`natix_miner.standins.tiny_vlm`; LoRA fine-tuning:
+:mod:`natix_miner.training.vlm_lora`.
 
 Usage::
 
