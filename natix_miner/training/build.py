@@ -50,8 +50,8 @@ DETECTOR_FAMILIES = ("ultralytics", "rfdetr", "hf_detector")
 DEFAULT_DETECTOR_INIT = {"rfdetr": "nano", "hf_detector": "d_fine"}  # random init (ultralytics: from the name)
 # the recipe keys each trainer's step hash covers
 CLASSIFIER_KEYS = {"init", "epochs", "batch_size", "lr", "warmup_steps", "image_size", "imgsz", "freeze_backbone",
-                   "label_smoothing", "export_dtype", "time_s", "gpu_gb"}
-DETECTOR_KEYS = CLASSIFIER_KEYS | {"augment_copies", "max_images"}
+                   "label_smoothing", "export_dtype", "time_s", "gpu_gb", "max_images"}
+DETECTOR_KEYS = CLASSIFIER_KEYS | {"augment_copies"}
 VLM_KEYS = {"init", "epochs", "steps", "batch_size", "lr", "warmup_steps", "max_images"}
 VLM_FAMILIES = ("vllm", "hf_vlm", "openai_vlm")
 TINY = {"train_images": 24, "val_images": 16, "test_images": 16, "epochs": 1, "max_steps": 3, "imgsz": 64,
@@ -220,8 +220,9 @@ def _train_classifier(ctx: Context, spec) -> dict:
                       device=ctx.spec.device, seed=ctx.spec.seed, freeze_backbone=rec.freeze_backbone,
                       workers=rec.workers,
                       max_steps_per_epoch=TINY["max_steps"] if ctx.scale == "tiny" else None)
+    train_samples = sp["train"][:rec.max_images] if rec.max_images else sp["train"]
     try:
-        res = train(cfg, sp["train"], sp["val"], resume=(work / "last.pt").exists())
+        res = train(cfg, train_samples, sp["val"], resume=(work / "last.pt").exists())
     except TrainingError as exc:
         raise BuildError(f"train:{spec.name}: {exc}") from None
     entry = res["expert"]
