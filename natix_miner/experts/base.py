@@ -14,7 +14,7 @@ refuses an unknown key (with the nearest valid name), a wrong type or an unsuppo
 
 Usage (writing a family)::
 
-    class Options(StrictModel):
+    class Options(ExpertOptions):
         threshold: float = 0.5
         '''Answer 1 above this.'''
 
@@ -88,7 +88,15 @@ def validate_spec(model: typing.Type[StrictModel], spec: ExpertSpec
     return opts, problems
 
 
-class WrapperOptions(StrictModel):
+class ExpertOptions(StrictModel):
+    """What every family's ``Options`` starts from: the keys the engine itself reads from ``options``."""
+
+    require_gpu: bool = False
+    """Placement: an expert pinned to ``cuda:N`` fails to start when no GPU is visible, instead of
+    running on the CPU with a warning (``natix_miner/engine/placement.py``)."""
+
+
+class WrapperOptions(ExpertOptions):
     """Families that wrap another expert (``isolated``, ``chaos``): the wrapped expert's entry, checked
     like a profile's (its family, dtype and options). Their own dtype is ignored: the inner entry has one."""
 

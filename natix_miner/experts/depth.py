@@ -58,9 +58,9 @@ import typing
 import numpy as np
 import pydantic
 
-from natix_miner.experts.base import Evidence, Expert
+from natix_miner.experts.base import Evidence, Expert, ExpertOptions
 from natix_miner.experts.detection import DetectorConfigError, DetectorOptions, rgb_of
-from natix_miner.schema import OptionsError, StrictModel, validate_options
+from natix_miner.schema import OptionsError, validate_options
 
 # metres: (low, high); None = not checked. Ranges are for one object seen from any side.
 DEFAULT_SIZES: typing.Dict[str, typing.Dict[str, typing.Optional[typing.Tuple[float, float]]]] = {
@@ -76,7 +76,7 @@ Fraction = typing.Annotated[float, pydantic.Field(ge=0, le=1)]
 Range = typing.Tuple[pydantic.PositiveFloat, pydantic.PositiveFloat]
 
 
-class CheckOptions(StrictModel):
+class CheckOptions(ExpertOptions):
     """The depth check's camera, size and curve settings: the ``depth`` family's options without
     ``detector``, and a detector's ``depth_options``. Dtype rule: a detector's (``auto`` = float16)."""
 

@@ -58,7 +58,7 @@ import typing
 import numpy as np
 import pydantic
 
-from natix_miner.experts.base import Evidence, Expert
+from natix_miner.experts.base import Evidence, Expert, ExpertOptions
 from natix_miner.schema import OptionsError, StrictModel, validate_options
 
 ROADWORK_CLASSES: typing.Tuple[str, ...] = ("cone", "barrier", "sign", "construction_vehicle", "worker")
@@ -149,7 +149,7 @@ class Calibration(StrictModel):
 
 
 Unit = typing.Annotated[float, pydantic.Field(ge=0, le=1)]
-class DetectorOptions(StrictModel):
+class DetectorOptions(ExpertOptions):
     """What every detector family shares: aggregation, calibration, NMS, depth check and the dtype
     rule (CUDA: float16 / bfloat16 as asked, ``auto`` = float16; CPU: float32; fp8 / int8 refused)."""
 

@@ -15,11 +15,11 @@ import typing
 
 import numpy as np
 
+from natix_miner.experts.base import ExpertOptions
 from natix_miner.models_store import ModelUnavailable, is_offline
-from natix_miner.schema import StrictModel
 
 
-class HFModelOptions(StrictModel):
+class HFModelOptions(ExpertOptions):
     """The dtype rule of the transformers classifiers (``hf_classifier``, ``dino_head``,
     ``clip_zeroshot``): CUDA runs float16 / bfloat16 as asked, ``auto`` = bfloat16 where the card
     supports it, else float16; CPU runs float32; fp8 / int8 are refused (they used to run float16

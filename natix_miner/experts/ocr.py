@@ -40,8 +40,7 @@ import numpy as np
 import pydantic
 
 from natix_miner.config import DTYPES
-from natix_miner.experts.base import Evidence, Expert
-from natix_miner.schema import StrictModel
+from natix_miner.experts.base import Evidence, Expert, ExpertOptions
 
 log = logging.getLogger("natix_miner.experts.ocr")
 
@@ -146,7 +145,7 @@ def match_terms(text: str, vocabulary: typing.Mapping[str, float] = VOCABULARY,
 Probability = typing.Annotated[float, pydantic.Field(ge=0, le=1)]
 
 
-class Options(StrictModel):
+class Options(ExpertOptions):
     """Options of the ``ocr`` family (``natix-miner experts options ocr``). ONNX models: ``dtype``
     is ignored (every value accepted)."""
 

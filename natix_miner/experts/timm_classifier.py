@@ -42,8 +42,7 @@ import typing
 import numpy as np
 import pydantic
 
-from natix_miner.experts.base import Evidence, Expert
-from natix_miner.schema import StrictModel
+from natix_miner.experts.base import Evidence, Expert, ExpertOptions
 
 log = logging.getLogger("natix_miner.experts.timm")
 
@@ -95,7 +94,7 @@ def bucket(n: int) -> int:
 Rgb = typing.Tuple[float, float, float]
 
 
-class Options(StrictModel):
+class Options(ExpertOptions):
     """Options of the ``timm`` family (``natix-miner experts options timm``)."""
 
     dtypes: typing.ClassVar[typing.Tuple[str, ...]] = ("float32", "float16", "bfloat16", "auto")

@@ -206,3 +206,11 @@ def test_families_declare_their_packages_and_model_kind():
     assert family_packages("vllm") == ("vllm",) and family_packages("openai_vlm") == ("aiohttp",)
     assert family_packages("isolated") == family_packages("chaos") == family_packages("not_a_family") == ()
     assert not model_is_file("timm") and not model_is_file("openai_vlm") and model_is_file("ultralytics")
+
+
+def test_engine_level_option_is_accepted_by_every_family():
+    """``require_gpu`` is read by placement (engine/placement.py), whatever the family."""
+    for family in FAMILIES:
+        assert "require_gpu" in options_class(family).model_fields, family
+    spec = ExpertSpec(name="t", family="timm", device="cuda:0", options={"require_gpu": True})
+    assert spec_problems(spec) == [] and create_expert(spec).opts.require_gpu is True

@@ -21,6 +21,7 @@ import typing
 
 import pydantic
 
+from natix_miner.experts.base import ExpertOptions
 from natix_miner.schema import OptionsError, StrictModel, validate_options
 
 DEFAULT_SYSTEM = ("You inspect dashcam images for a road-maintenance map. Roadwork means active or "
@@ -61,7 +62,7 @@ class ThinkingOptions(StrictModel):
     them): a parsed "yes" maps to this probability, "no" to 1 - it."""
 
 
-class VLMOptions(StrictModel):
+class VLMOptions(ExpertOptions):
     """Options shared by the ``vllm``, ``hf_vlm`` and ``openai_vlm`` families (``spec.options``); each
     family's ``Options`` adds its backend section (``engine`` / ``runtime`` / ``server``)."""
 
