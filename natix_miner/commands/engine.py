@@ -17,8 +17,9 @@ import sys
 def add_parser(sub) -> None:
     p = sub.add_parser("engine", help="deploy the cascade on a Ray cluster (Ray Serve)")
     verbs = p.add_subparsers(dest="engine_command", metavar="VERB")
-    s = verbs.add_parser("serve", help="deploy the profile as a Ray Serve application and wait until it loaded")
-    s.add_argument("--profile", default=None, help="profile name (configs/NAME.yaml) or path (default: demo-cpu)")
+    s = verbs.add_parser("serve", help="deploy the profile as a Ray Serve application and wait until it loaded",
+                         formatter_class=p.formatter_class)  # the project's defaults formatter (natix_miner/cli.py)
+    s.add_argument("--profile", default="demo-cpu", help="profile name (configs/NAME.yaml) or path")
     _cluster_args(s)
     s.add_argument("--batching", choices=["serve", "engine"], default="serve",
                    help="who batches inside an expert deployment: Ray Serve's @serve.batch, or the engine's "
@@ -38,7 +39,7 @@ def add_parser(sub) -> None:
 
     add_arguments(s)  # --stand-ins DIR, --device D (applied where the profile loads; forwarded to replicas)
     s.set_defaults(func=serve_main)
-    st = verbs.add_parser("status", help="the application's engine status (JSON)")
+    st = verbs.add_parser("status", help="the application's engine status (JSON)", formatter_class=p.formatter_class)
     _cluster_args(st)
     st.set_defaults(func=status_main)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])

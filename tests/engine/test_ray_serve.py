@@ -6,6 +6,7 @@ from the models again once the cluster is back and the app redeployed.
 
 import asyncio
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -92,6 +93,12 @@ async def test_miner_answers_through_ray_serve_falls_back_when_the_cluster_dies_
         cluster.start()
         out = _deploy(cluster.address).stdout
         assert "expert-effnet_lite0: 1 replica(s)" in out and "cascade: 1 replica(s)" in out
+        st = subprocess.run([sys.executable, "-m", "natix_miner.cli", "engine", "status", "--ray", cluster.address,
+                             "--app", "natix-test"], capture_output=True, text=True, env=_env(), timeout=120)
+        assert st.returncode == 0, st.stderr[-2000:]
+        status = json.loads(st.stdout)
+        assert status["ready"] and status["engine"] == "ray" and status["degraded"] == []
+        assert {n: e["load"] for n, e in status["experts"].items()} == {"effnet_lite0": "loaded", "ocr": "loaded"}
 
         axon_port, metrics_port = free_port(), free_port()
         url = f"http://127.0.0.1:{metrics_port}"
