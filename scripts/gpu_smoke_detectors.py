@@ -62,8 +62,10 @@ def run(family: str, device: str, images, d: Path) -> dict:
     fam = family.split(":")[0].replace("_rtdetr", "")
     if fam == "depth":
         fam = "ultralytics"
+    from natix_miner.experts.dtypes import check_dtype
+
     out = {}
-    for dtype in ("float32", "float16", "bfloat16"):
+    for dtype in [d for d in ("float32", "float16", "bfloat16") if check_dtype(d, fam) is None]:  # ultralytics: no bf16
         spec = ExpertSpec(name="smoke", family=fam, model=model, dtype=dtype, options=options)
         ex = create_expert(spec)
         t0 = time.perf_counter()
