@@ -67,7 +67,8 @@ class TeacherSpec(StrictModel):
 
     family: str = pydantic.Field(min_length=1)
     """An expert family that detects (``grounding_dino``, ``owlv2``, ``sam3``; also ``ultralytics``,
-    ``rfdetr``, ``hf_detector`` with ``options.classes``)."""
+    ``rfdetr``, ``hf_detector``: their ``options.classes`` default to the roadwork class names, as
+    ``train-detector`` writes them)."""
     model: typing.Optional[str] = None
     """Local directory / file, model-store name or cached hub id; default: ``DEFAULT_TEACHER_MODELS[family]``."""
     name: typing.Optional[str] = None
@@ -289,6 +290,7 @@ def load_teachers(cfg: AutolabelConfig) -> typing.Dict[str, typing.Any]:
     from natix_miner.experts import expert_class
     from natix_miner.experts.detection import DetectorExpert
     from natix_miner.experts.open_vocab import DEFAULT_PROMPTS, OpenVocabDetector
+    from natix_miner.models_store import ModelUnavailable
     from natix_miner.schema import OptionsError
 
     classes = cfg.class_list()
@@ -306,6 +308,8 @@ def load_teachers(cfg: AutolabelConfig) -> typing.Dict[str, typing.Any]:
             options = dict(t.options)
             if issubclass(cls, OpenVocabDetector):
                 options.setdefault("prompts", {c: DEFAULT_PROMPTS[c] for c in classes})
+            elif "classes" in getattr(getattr(cls, "Options", None), "model_fields", {}):
+                options.setdefault("classes", {c: [c] for c in classes})  # a detector train-detector wrote
             if "conf" in getattr(getattr(cls, "Options", None), "model_fields", {}):
                 options.setdefault("conf", cfg.conf)
             spec = ExpertSpec(name=name, family=t.family, model=t.model or DEFAULT_TEACHER_MODELS.get(t.family),
@@ -314,7 +318,13 @@ def load_teachers(cfg: AutolabelConfig) -> typing.Dict[str, typing.Any]:
                 expert = cls(spec, None)
             except OptionsError as exc:
                 raise AutolabelError(f"teacher {name}: {exc}") from None
-            expert.load(device)
+            try:
+                expert.load(device)
+            except ModelUnavailable:
+                raise
+            except Exception as exc:  # a wrong file, a broken checkpoint: the operator fixes --teachers
+                raise AutolabelError(f"teacher {name}: cannot load {spec.model!r}: {type(exc).__name__}: "
+                                     f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
             out[name] = expert
     except BaseException:
         _close(out)

@@ -322,7 +322,9 @@ def cmd_train_detector(args) -> int:
                              model_options=_key_values(args.model_option))
     except pydantic.ValidationError as exc:
         e = exc.errors()[0]
-        return _err(f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg'].removeprefix('Value error, ')}")
+        key = str(e["loc"][0])
+        flag = {"eval_levels": "levels", "model_options": "model-option", "amp": "no-amp"}.get(key, key.replace("_", "-"))
+        return _err(f"--{flag}: {e['msg'].removeprefix('Value error, ')}")
     except (ValueError, json.JSONDecodeError) as exc:
         return _err(str(exc))
     try:
