@@ -123,6 +123,10 @@ class RayEngineClient:
             await self.close()
             raise RayUnavailable(self._unreachable(self.last_error or "the bridge exited"))
         self.started = True
+        served = self._remote.get("profile")
+        if served and served != self.profile.name:  # the deadline and fallback come from --profile
+            log.warning("ray app %s serves profile %s but this miner runs with --profile %s (its deadline and "
+                        "fallback); use the profile you deployed", self.app, served, self.profile.name)
 
     def _unreachable(self, why: str) -> str:
         return (f"Ray Serve application {self.app!r} at {self.address} is not reachable ({why}); start the "

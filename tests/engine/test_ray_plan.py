@@ -216,3 +216,12 @@ async def test_a_hung_or_dead_cluster_is_lost_then_reconnected(fake_bridge, monk
     finally:
         await client.close()
     assert client._proc is None
+
+
+async def test_a_profile_other_than_the_deployed_one_is_warned(fake_bridge, caplog):
+    client = fake_bridge("answer")  # the scripted app serves profile "test"
+    client.profile = client.profile.model_copy(update={"name": "other"})
+    with caplog.at_level("WARNING", logger="natix_miner.engine.ray"):
+        await client.start()
+    await client.close()
+    assert any("serves profile test" in r.getMessage() and "--profile other" in r.getMessage() for r in caplog.records)
