@@ -243,7 +243,7 @@ def _train_rfdetr(cfg: DetectorConfig, out: Path, train, held, classes) -> dict:
         train_kwargs = dict(dataset_dir=str(data), epochs=cfg.epochs, batch_size=cfg.batch, grad_accum_steps=1,
                             output_dir=str(run), device=device, num_workers=cfg.workers, resolution=cfg.imgsz,
                             seed=cfg.seed, checkpoint_interval=max(2, cfg.epochs), run_test=False,
-                            amp_dtype=None if device == "cpu" or not cfg.amp else "bfloat16")
+                            amp_dtype="auto" if cfg.amp and device.startswith("cuda") else None)  # auto: bf16 on Ampere+
         if cfg.lr:
             train_kwargs["lr"] = cfg.lr
         if cfg.resume:
