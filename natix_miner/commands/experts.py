@@ -73,13 +73,13 @@ DOCS_END = "<!-- options:end -->"
 
 def docs_block() -> str:
     """docs/experts.md's generated options reference: per family, its dtypes and a markdown table."""
-    from natix_miner.experts import FAMILIES
+    from natix_miner.experts import BUILTIN_FAMILIES
 
     def cell(text: str) -> str:
         return text.replace("|", "\\|").replace("\n", " ")
 
     out = [DOCS_BEGIN, ""]
-    for family in sorted(FAMILIES):
+    for family in sorted(BUILTIN_FAMILIES):
         data = schema(family)
         needs = f" Needs: {', '.join(f'`{p}`' for p in data['packages'])}." if data["packages"] else ""
         out += [f"### `{family}`", "", f"Dtypes: {data['dtypes']}.{needs}", ""]

@@ -35,6 +35,8 @@ FAMILIES: typing.Dict[str, str] = {
     "hf_vlm": "natix_miner.experts.vlm.hf_backend:HFVisionLanguageExpert",
     "openai_vlm": "natix_miner.experts.vlm.openai_backend:OpenAIVisionLanguageExpert",
 }
+# the families this package ships (FAMILIES may grow at run time: plugins, test doubles)
+BUILTIN_FAMILIES: typing.Tuple[str, ...] = tuple(FAMILIES)
 
 
 class UnknownFamily(KeyError):

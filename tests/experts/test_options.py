@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from natix_miner.config import CONFIG_DIR, DTYPES, ExpertSpec, load_profile
-from natix_miner.experts import FAMILIES, create_expert, options_class, spec_problems
+from natix_miner.experts import BUILTIN_FAMILIES, create_expert, options_class, spec_problems
 from natix_miner.experts.dtypes import AUTO_MEANINGS, CPU_RULES, DtypeError, check_dtype, dtype_name, rule
 from natix_miner.schema import OptionsError, StrictModel
 from tests.support.paths import REPO_ROOT
@@ -56,7 +56,7 @@ def test_stand_in_option_overrides_validate():
 
 
 def test_every_family_declares_documented_typed_options():
-    for family in FAMILIES:
+    for family in BUILTIN_FAMILIES:
         model = options_class(family)
         assert model is not None and issubclass(model, StrictModel), family
         dtypes, auto, cpu = rule(model)
@@ -210,7 +210,7 @@ def test_families_declare_their_packages_and_model_kind():
 
 def test_engine_level_option_is_accepted_by_every_family():
     """``require_gpu`` is read by placement (engine/placement.py), whatever the family."""
-    for family in FAMILIES:
+    for family in BUILTIN_FAMILIES:
         assert "require_gpu" in options_class(family).model_fields, family
     spec = ExpertSpec(name="t", family="timm", device="cuda:0", options={"require_gpu": True})
     assert spec_problems(spec) == [] and create_expert(spec).opts.require_gpu is True
