@@ -901,9 +901,12 @@ def run_build(ctx: Context, steps: typing.Sequence[Step], only: typing.Optional[
 def cascade_gain_note(rep: dict) -> str:
     """Why the cascade does not beat its best expert by 0.05, from the evaluation's own numbers."""
     c = rep["cascade"]
-    esc = 1.0 - c["exits"].get(next(iter(c["exits"]), ""), 0) / max(1, rep["n"])
-    return (f"Why not: {esc:.0%} of the challenges went past the first tier; the later tiers' experts alone "
-            "score " + ", ".join(f"{k} {v['overall']['mcc']:.3f}" for k, v in rep["experts"].items()) +
-            ". A cascade can only add what its later experts know that the first does not.")
+    tiers = list(rep["tiers"])
+    esc = 1.0 - c["exits"].get(tiers[0], 0) / max(1, rep["n"]) if tiers else 0.0
+    steps = ", ".join(f"after {t}: {v['overall']['mcc']:.3f}" for t, v in rep["tiers"].items())
+    return (f"Why not: {esc:.0%} of the challenges went past the first tier; the experts alone score "
+            + ", ".join(f"{k} {v['overall']['mcc']:.3f}" for k, v in rep["experts"].items())
+            + f"; the replayed cascade's MCC {steps}. A later tier can only add what its experts know "
+            "that the first does not, on the images the first leaves uncertain.")
 
 
