@@ -320,8 +320,8 @@ def load_teachers(cfg: AutolabelConfig) -> typing.Dict[str, typing.Any]:
                 raise AutolabelError(f"teacher {name}: {exc}") from None
             try:
                 expert.load(device)
-            except ModelUnavailable:
-                raise
+            except ModelUnavailable as exc:  # not on this host: the message names how to get it
+                raise AutolabelError(f"teacher {name}: {exc}") from None
             except Exception as exc:  # a wrong file, a broken checkpoint: the operator fixes --teachers
                 raise AutolabelError(f"teacher {name}: cannot load {spec.model!r}: {type(exc).__name__}: "
                                      f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
@@ -568,7 +568,6 @@ def add_parser(sub) -> None:
 
 
 def cmd_autolabel(args) -> int:
-    from natix_miner.models_store import ModelUnavailable
     from natix_miner.training.coco import CocoError
     from natix_miner.training.datasets import DataError, load_samples
 
@@ -602,7 +601,7 @@ def cmd_autolabel(args) -> int:
     except pydantic.ValidationError as exc:
         e = exc.errors()[0]
         return err(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg'].removeprefix('Value error, ')}")
-    except (AutolabelError, DataError, CocoError, ModelUnavailable) as exc:
+    except (AutolabelError, DataError, CocoError) as exc:
         return err(str(exc))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -83,7 +83,7 @@ class DetectorConfig(StrictModel):
     device: str = "auto"
     """auto (the first GPU, else cpu), cpu, cuda, cuda:N (ultralytics also accepts 0, 1, ...)."""
     workers: int = pydantic.Field(default=0, ge=0)
-    """Data loader processes."""
+    """Data loader processes (ultralytics, rfdetr; hf_detector loads in its own loop)."""
     amp: bool = True
     """Mixed precision on GPUs (always off on the CPU)."""
     seed: int = 0

@@ -171,6 +171,10 @@ def test_autolabel_operator_errors(tmp_path, capsys):
                 "--min-agree", "3"]) == 2
     err = capsys.readouterr().err
     assert "exceeds the number of teachers" in err and "Traceback" not in err
+    assert cli(["autolabel", "--data", "procedural:2:64", "--teachers", "owlv2=/nonexistent/owl", "--out",
+                str(tmp_path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "error: teacher owlv2: local path /nonexistent/owl does not exist" in err and "Traceback" not in err
 
 
 def test_fiftyone_export_when_installed(tmp_path, monkeypatch):
