@@ -20,6 +20,7 @@ Imports only pydantic (no torch, no model libraries).
 """
 
 import difflib
+import re
 import typing
 
 import pydantic
@@ -93,13 +94,37 @@ def _problem(model: typing.Type[pydantic.BaseModel], err: dict, family: str) -> 
     return key, msg
 
 
+_UNION_TAG = re.compile(r"^(str|int|float|bool|bytes|none|[a-z_-]+\[.*\])$")
+
+
+def _merge_union_members(problems: typing.List[typing.Tuple[str, str]]) -> typing.List[typing.Tuple[str, str]]:
+    """pydantic reports a union once per member (``positive_label.str``, ``positive_label.list[str]``):
+    one line per key instead (``positive_label: Input should be a valid string, or a valid list (got 5)``)."""
+    merged: typing.Dict[str, typing.List[str]] = {}
+    for key, msg in problems:
+        parts = key.split(".")
+        while len(parts) > 1 and _UNION_TAG.match(parts[-1]):
+            parts.pop()
+        merged.setdefault(".".join(parts), []).append(msg)
+    out = []
+    for key, msgs in merged.items():
+        if len(msgs) == 1:
+            out.append((key, msgs[0]))
+            continue
+        got = re.search(r" \(got .*\)$", msgs[-1])
+        bare = [re.sub(r" \(got .*\)$", "", m) for m in msgs]
+        text = bare[0] + "".join(", or " + m.removeprefix("Input should be ") for m in bare[1:])
+        out.append((key, text + (got.group(0) if got else "")))
+    return out
+
+
 def validate_options(model: typing.Type[pydantic.BaseModel], options: typing.Optional[typing.Mapping[str, typing.Any]],
                      family: str) -> typing.Any:
     """``model.model_validate(options)``; a failure raises :class:`OptionsError` naming every key."""
     try:
         return model.model_validate(dict(options or {}))
     except pydantic.ValidationError as exc:
-        raise OptionsError(family, [_problem(model, e, family) for e in exc.errors()]) from None
+        raise OptionsError(family, _merge_union_members([_problem(model, e, family) for e in exc.errors()])) from None
 
 
 def type_name(annotation: typing.Any) -> str:

@@ -85,6 +85,9 @@ def test_bad_values_name_the_key_and_the_expected_type():
     assert problems["options.decode"] == "Input should be 'gpu', 'cpu' or 'hw' (got 'bogus')"
     assert problems["options.hw_share"].startswith("Input should be a valid number")
     assert problems["options.image_size"].startswith("Input should be greater than 0")
+    # a union is one line per key, not one per member type
+    (key, msg), = spec_problems(ExpertSpec(name="h", family="hf_classifier", options={"positive_label": 5}))
+    assert (key, msg) == ("options.positive_label", "Input should be a valid string, or a valid list (got 5)")
     # rules that span keys are checked up front too
     assert spec_problems(ExpertSpec(name="t", family="timm", options={"cuda_graphs": True, "bucket_batches": False}))
 
