@@ -264,8 +264,8 @@ class DepthChecker:
     def __init__(self, model: str, options: typing.Union[CheckOptions, typing.Mapping[str, typing.Any], None] = None,
                  dtype: str = "float32"):
         self.model_ref = model
-        self.options = check_options(options)
-        self.rules = SizeRules(self.options)
+        self.opts = check_options(options)
+        self.rules = SizeRules(self.opts)
         self.spec_dtype = dtype
         self.model = None
 
@@ -285,7 +285,7 @@ class DepthChecker:
                                    f"hub cache (offline): {exc}") from None
         self.model = self.model.eval().to(device)
         self.device = device
-        kind = self.options.kind or getattr(config, "depth_estimation_type", None)
+        kind = self.opts.kind or getattr(config, "depth_estimation_type", None)
         if kind is None:
             kind = "metric" if config.model_type in ("zoedepth", "depth_pro") else "relative"
         if kind not in ("relative", "metric"):
@@ -298,7 +298,7 @@ class DepthChecker:
             mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
         self.mean, self.std = tuple(mean), tuple(std)
         patch = int(getattr(config, "patch_size", 14) or 14)
-        self.size = self.options.image_size
+        self.size = self.opts.image_size
         if self.size % patch:
             raise DetectorConfigError(f"depth: image_size {self.size} must be a multiple of the patch size {patch}")
         return self
