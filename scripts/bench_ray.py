@@ -66,6 +66,9 @@ async def _measure(engine, kind: str, concurrencies, requests: int, **extra) -> 
         await engine.predict(make_jpegs(1, unique=1, seed=999)[0])  # warm the path
         lat, bad, wall = await closed_loop(call, n, c)
         rows.append(_row(kind, c, lat, bad, wall, n, escalated=escalated, fallback_reasons=dict(reasons), **extra))
+    # the path's own cost: images answered before (cache hits, no expert runs), one at a time
+    lat, bad, wall = await closed_loop(lambda i: call(i % 20), 20, 1)
+    rows.append(_row(f"{kind} (cached)", 1, lat, bad, wall, 20, **extra))
     return rows
 
 
