@@ -128,9 +128,14 @@ class RemoteExpert(Expert):
 
 
 class ExpertServer:
-    """Body of an expert deployment: loads one expert on the replica's device and batches calls."""
+    """Body of an expert deployment: loads one expert on the replica's device and batches calls.
 
-    def __init__(self, profile: Profile, name: str, device: str, batching: str = "serve"):
+    The constructor is async (Ray Serve awaits it): a replica loads and warms its model before Ray
+    marks it running, so no request ever reaches a replica that is still loading (a restarted or
+    added replica included), and ``serve.run`` returns once every replica of every expert has loaded.
+    """
+
+    async def __init__(self, profile: Profile, name: str, device: str, batching: str = "serve"):
         from natix_miner.experts import create_expert
 
         if batching not in BATCHING:
@@ -142,8 +147,7 @@ class ExpertServer:
         self.batching = batching
         self._batcher = None
         self._pool = None
-        self._started = False
-        self._lock: typing.Optional[asyncio.Lock] = None
+        await self._start()
 
     async def _start(self) -> None:
         from natix_miner.engine.batching import DaemonExecutor, MicroBatcher
@@ -166,16 +170,9 @@ class ExpertServer:
             await loop.run_in_executor(self._pool, self.expert.warmup)
         log.info("expert %s (%s) loaded on %s in %.1fs, batching: %s", self.spec.name, self.spec.family,
                  self.device, time.perf_counter() - t0, self.batching)
-        self._started = True
 
     async def ready(self) -> bool:
-        """Load on first use (the constructor must return quickly for Ray's health checks)."""
-        if not self._started:
-            if self._lock is None:
-                self._lock = asyncio.Lock()
-            async with self._lock:
-                if not self._started:
-                    await self._start()
+        """True: a replica that answers has loaded (its constructor did)."""
         return True
 
     async def _run_batch(self, images) -> typing.List[Evidence]:
@@ -188,7 +185,6 @@ class ExpertServer:
         from natix_miner.engine.batching import _coerce
         from natix_miner.imaging.decode import probe
 
-        await self.ready()
         img = probe(data, max_pixels=self.max_pixels)
         if self._batcher is not None:
             return await self._batcher.submit(img)
