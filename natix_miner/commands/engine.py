@@ -57,6 +57,10 @@ def _error(message: str) -> int:
     return 2
 
 
+def _unreachable(address: str, exc: BaseException) -> int:
+    return _error(f"cannot reach the Ray cluster at {address} ({exc}); start it with `ray start --head` or fix --ray")
+
+
 def serve_main(args) -> int:
     import importlib.util
 
@@ -95,8 +99,7 @@ def serve_main(args) -> int:
                          ingress_cpus=args.ingress_cpus, ingress_replicas=args.ingress_replicas,
                          timeout_s=args.timeout)
     except ConnectionError as exc:
-        return _error(f"cannot reach the Ray cluster at {args.ray} ({exc}); start it with `ray start --head` "
-                      f"or fix --ray")
+        return _unreachable(args.ray, exc)
     except Exception as exc:  # noqa: BLE001 - deployment failures (a replica that cannot load): one line
         return _error(f"deploying {profile.name} as {args.app!r} on {args.ray} failed: {type(exc).__name__}: "
                       f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}")
@@ -119,8 +122,13 @@ def status_main(args) -> int:
 
     try:
         connect(args.ray)
+    except ConnectionError as exc:
+        return _unreachable(args.ray, exc)
+    try:
         st = serve.get_app_handle(args.app).status.remote().result(timeout_s=30)
     except Exception as exc:  # noqa: BLE001 - one line
-        return _error(f"no Ray Serve app {args.app!r} at {args.ray}: {type(exc).__name__}: {exc}")
+        return _error(f"no answer from Ray Serve app {args.app!r} at {args.ray} ({type(exc).__name__}: "
+                      f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}); deploy it with "
+                      f"`natix-miner engine serve --ray {args.ray} --app {args.app}`")
     print(json.dumps(st, indent=2, default=str))
     return 0

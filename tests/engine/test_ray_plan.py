@@ -95,11 +95,11 @@ def test_the_miner_side_imports_neither_torch_nor_ray():
 
 
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs .[ray]")
-def test_engine_serve_on_a_dead_address_is_one_error_line():
+@pytest.mark.parametrize("verb", [["serve", "--profile", "demo-cpu"], ["status"]])
+def test_engine_commands_on_a_dead_address_are_one_error_line(verb):
     from tests.support.ops_support import free_port
 
-    cmd = [sys.executable, "-m", "natix_miner.cli", "engine", "serve", "--profile", "demo-cpu", "--ray",
-           f"127.0.0.1:{free_port()}"]
+    cmd = [sys.executable, "-m", "natix_miner.cli", "engine", *verb, "--ray", f"127.0.0.1:{free_port()}"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]

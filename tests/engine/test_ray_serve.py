@@ -99,6 +99,10 @@ async def test_miner_answers_through_ray_serve_falls_back_when_the_cluster_dies_
         status = json.loads(st.stdout)
         assert status["ready"] and status["engine"] == "ray" and status["degraded"] == []
         assert {n: e["load"] for n, e in status["experts"].items()} == {"effnet_lite0": "loaded", "ocr": "loaded"}
+        st = subprocess.run([sys.executable, "-m", "natix_miner.cli", "engine", "status", "--ray", cluster.address,
+                             "--app", "nope"], capture_output=True, text=True, env=_env(), timeout=120)
+        errors = [ln for ln in st.stderr.splitlines() if ln.startswith("error:")]
+        assert st.returncode == 2 and len(errors) == 1 and "natix-miner engine serve" in errors[0], st.stderr[-2000:]
 
         axon_port, metrics_port = free_port(), free_port()
         url = f"http://127.0.0.1:{metrics_port}"
