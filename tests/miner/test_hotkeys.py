@@ -421,8 +421,10 @@ def test_bench_hotkeys_sums_the_memory_of_a_process_tree():
     spec = importlib.util.spec_from_file_location("bench_hotkeys", os.path.join(REPO_ROOT, "scripts", "bench_hotkeys.py"))
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    # the grandchild says it is up (its interpreter running, not a fresh fork) before its pid is read
     parent = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
-                               "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)']); "
+                               "c = subprocess.Popen([sys.executable, '-c', 'import time; print(1, flush=True); "
+                               "time.sleep(30)'], stdout=subprocess.PIPE); c.stdout.readline(); "
                                "print(c.pid, flush=True); time.sleep(30)"], stdout=subprocess.PIPE, text=True)
     child = None
     try:
