@@ -370,7 +370,9 @@ class Miner:
                 raise ConfigError(f"axon.state_dir {a.state_dir} is not a writable directory ({exc.strerror or exc}); "
                                   f"point --axon.state_dir / NATIX_AXON_STATE_DIR at one") from None
         wallet_path = getattr(self.wallet, "path", None)
-        dirs = [os.path.join(os.path.expanduser(wallet_path), "natix-state")] if isinstance(wallet_path, str) else []
+        # a wallet read from Vault has no folder (its path is "<memory>"): never a folder under the cwd
+        on_disk = isinstance(wallet_path, str) and os.path.isdir(os.path.expanduser(wallet_path))
+        dirs = [os.path.join(os.path.expanduser(wallet_path), "natix-state")] if on_disk else []
         for d in dirs + [os.path.expanduser("~/.natix-miner/state")]:
             try:
                 return ReplayGuard(os.path.join(d, name), window_s=a.nonce_window_s)

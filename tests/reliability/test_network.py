@@ -617,3 +617,23 @@ def test_unwritable_state_dir_is_a_configuration_error(tmp_path):
             pass
     assert isinstance(info.value.__cause__, ConfigError), info.value
     assert "--axon.state_dir" in str(info.value.__cause__)
+
+
+def test_a_vault_wallet_keeps_its_nonces_in_the_home_state_dir_not_the_cwd(tmp_path, monkeypatch):
+    """A wallet read from Vault has no folder (path "<memory>"): the nonce file goes to
+    ~/.natix-miner/state, never to ./<memory>/natix-state under whatever folder pm2 started in."""
+    from types import SimpleNamespace
+
+    from natix_miner.config import AxonConfig
+    from natix_miner.miner.neuron import Miner
+
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir(), cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    w = ephemeral_wallet("m", "m", str(tmp_path / "w"))
+    fake = SimpleNamespace(cfg=SimpleNamespace(axon=AxonConfig()),
+                           wallet=SimpleNamespace(path="<memory>", hotkey=w.hotkey))
+    guard = Miner._replay_guard(fake)
+    assert list(cwd.iterdir()) == []
+    assert (home / ".natix-miner" / "state").is_dir(), guard
