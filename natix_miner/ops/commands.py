@@ -94,7 +94,13 @@ def add_parser(sub) -> None:
 def card_main(args) -> int:
     from natix_miner.ops.card import build_card, write_card
 
-    wallet = _hotkey(args)
+    from natix_miner.miner.errors import StartupError
+
+    try:
+        wallet = _hotkey(args)
+    except (StartupError, ValueError, FileNotFoundError) as exc:  # the same operator mistakes as register
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     card = build_card(args.model_name, args.description, args.model_version, wallet.hotkey.ss58_address)
     path = write_card(card, args.output)
     print(json.dumps({"written": path, **card}, indent=2))

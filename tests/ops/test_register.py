@@ -175,9 +175,11 @@ def test_card_validation(tmp_path):
 
 def test_card_without_a_wallet_says_what_to_do(tmp_path, capsys):
     prof = write_profile(tmp_path / "p.yaml", [("a", "timm", {})], [("t", ["a"], 1.0)])
-    with pytest.raises(FileNotFoundError, match="Vault"):
-        main(["card", "--profile", prof, "--wallet.path", str(tmp_path / "none"), "--model-name", "m",
-              "--model-version", "1.0.0"])
+    rc = main(["card", "--profile", prof, "--wallet.path", str(tmp_path / "none"), "--model-name", "m",
+               "--model-version", "1.0.0"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith("error: ") and "Vault" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_register_finds_its_uid_on_chain(tmp_path, monkeypatch, capsys):
