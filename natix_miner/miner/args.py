@@ -306,6 +306,9 @@ def settings_table() -> str:
         d = default_of(key)
         shown = "" if d in (None, "", []) else (str(d).lower() if isinstance(d, bool) else str(d))
         rows.append(f"| `{flag}` | `{env_name(key)}` | {f'`{shown}`' if shown else ''} | {help_.replace('|', '/')} |")
+    from natix_miner.standins import PROFILE_FLAGS
+
+    rows += [f"| `{flag}` | `{env}` |  | {help_} |" for flag, _, _, env, help_ in PROFILE_FLAGS]
     return "\n".join(rows)
 
 

@@ -166,14 +166,19 @@ def apply(profile, stand_ins: typing.Optional[typing.Union[str, Path]] = None, d
 
 
 # -- command-line flags (every command that loads a profile) ------------------------------------------
+# (flag, dest, metavar, environment variable, what it does): the parsers and the README's settings table
+PROFILE_FLAGS = (
+    ("--stand-ins", "stand_ins", "DIR", "NATIX_STAND_INS",
+     "load every expert from the stand-in weights in DIR (`natix-miner models stand-in`)"),
+    ("--device", "device", "DEVICE", "NATIX_DEVICE",
+     "put every expert and replica on DEVICE (cpu, cuda, cuda:N); on cpu the vllm family runs through hf_vlm"),
+)
+
+
 def add_arguments(parser) -> None:
     """``--stand-ins DIR`` and ``--device D`` on a command's parser; :func:`use_arguments` applies them."""
-    parser.add_argument("--stand-ins", dest="stand_ins", default=None, metavar="DIR",
-                        help="load every expert from the stand-in weights in DIR (`natix-miner models stand-in`; "
-                             "env NATIX_STAND_INS)")
-    parser.add_argument("--device", dest="device", default=None, metavar="DEVICE",
-                        help="put every expert and replica on DEVICE (cpu, cuda, cuda:N; env NATIX_DEVICE); "
-                             "on cpu the vllm family runs through hf_vlm")
+    for flag, dest, metavar, env, help_ in PROFILE_FLAGS:
+        parser.add_argument(flag, dest=dest, default=None, metavar=metavar, help=f"{help_} (env {env})")
 
 
 def use_arguments(args) -> None:
