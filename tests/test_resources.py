@@ -132,7 +132,10 @@ def test_calibrate_refuses_to_write_into_the_installed_copy(installed):
     shipped = installed[0] / "natix_miner" / "_shipped" / "configs" / "demo-cpu.yaml"
     assert "inside the installed package's read-only copy" in r.stderr
     assert f"cp {shipped} ./my-profile.yaml) and pass --profile ./my-profile.yaml" in r.stderr
-    assert not list((installed[0] / "natix_miner" / "_shipped" / "configs").glob("*.consensus.json"))
+    shipped_fits = sorted(p.name for p in (installed[0] / "natix_miner" / "_shipped" / "configs").glob("*.consensus.json"))
+    assert shipped_fits == sorted(p.name for p in (Path(REPO_ROOT) / "configs").glob("*.consensus.json"))  # none added
+    fitted = shipped.with_name("demo-cpu.consensus.json")  # the demo's own fit ships, untouched
+    assert fitted.read_bytes() == (Path(REPO_ROOT) / "configs" / "demo-cpu.consensus.json").read_bytes()
 
 
 def test_check_writable_allows_the_checkout_and_refuses_the_packaged_copy():

@@ -167,3 +167,22 @@ def test_tiny_build_end_to_end_resumes_after_a_kill(tiny_profile, tmp_path):
 
     ctx, steps = plan(load_profile(tiny_profile), "procedural", out, scale="tiny")
     assert set(states(ctx, steps).values()) == {"done"}
+
+
+DEMO_HELD_OUT_SEED = 7  # the demo build trains on seed 1, calibrates on 2, reports on 3: 7 is none of them
+DEMO_MCC_FLOOR = 0.59  # measured 0.668 (2026-12-05, 120 scenes, seed 7); margin 0.08 for 120-scene noise
+
+
+@pytest.mark.slow
+def test_the_embedded_demo_scores_held_out_scenes_through_the_engine(capsys):
+    """configs/demo-cpu.yaml as shipped (built by `natix-miner build`), 120 procedural scenes it never saw,
+    levels balanced, through the engine; the floor is the measured figure minus a margin for 120 scenes."""
+    from natix_miner.training.evaluate import evaluate_profiles, format_evaluation
+
+    rep = evaluate_profiles(["demo-cpu"], "procedural", n=120, seed=DEMO_HELD_OUT_SEED, progress=False,
+                            allow_degraded=False)
+    with capsys.disabled():
+        print("\n" + format_evaluation(rep))
+    r = rep["profiles"]["demo-cpu"]
+    assert r["fallbacks"] == {} and set(r["exits"]) <= {"fast", "detect"}
+    assert r["overall"]["mcc"] >= DEMO_MCC_FLOOR, r["overall"]
