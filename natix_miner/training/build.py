@@ -582,7 +582,7 @@ def _run_report(ctx: Context) -> dict:
     rep = json.loads((ctx.out / "evaluation.json").read_text())
     found = [json.loads(p.read_text()) for p in (ctx.out / ".build").glob("*.json")]
     markers = {m["step"]: m for m in sorted(found, key=lambda m: m.get("finished", ""))}
-    text = format_report(ctx, rep, markers)
+    text = format_build_report(ctx, rep, markers)
     (ctx.out / "report.md").write_text(text)
     return {"report": str(ctx.out / "report.md")}
 
@@ -591,7 +591,7 @@ def _fmt(x) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
-def format_report(ctx: Context, rep: dict, markers: typing.Mapping[str, dict]) -> str:
+def format_build_report(ctx: Context, rep: dict, markers: typing.Mapping[str, dict]) -> str:
     """The markdown build report: steps, the cascade against each expert alone, per tier / level / source."""
     levels = sorted({int(k) for r in [rep["cascade"]] + list(rep["experts"].values()) for k in r["per_level"]})
     lines = [f"# Build report: {ctx.profile.name}", "",
