@@ -133,12 +133,14 @@ def load_splits(data: str, spec, progress: bool = True, only: typing.Optional[st
 
     if _is_procedural(data):
         parts = data.split(":")
-        long_side = int(parts[2]) if len(parts) > 2 else spec.long_side
-        return {name: from_procedural(n, seed=spec.seed + k, long_side=long_side, progress=progress)
+        sides = {"train": spec.long_side, "val": spec.eval_long_side, "test": spec.eval_long_side}
+        if len(parts) > 2:  # procedural:N:SIDE renders every split at SIDE
+            sides = dict.fromkeys(sides, int(parts[2]))
+        return {name: from_procedural(n, seed=spec.seed + k, long_side=sides[name], progress=progress)
                 for k, (name, n) in enumerate((("train", spec.train_images), ("val", spec.val_images),
                                                ("test", spec.test_images))) if only in (None, name)}
     try:
-        samples = load_samples(data, seed=spec.seed, labelled=True)
+        samples = load_samples(data, seed=spec.seed, labelled=True, progress=progress)
     except DataError as exc:
         raise BuildError(str(exc)) from None
     total = spec.train_images + spec.val_images + spec.test_images
@@ -730,7 +732,8 @@ def scaled_spec(profile, scale: str):
     if scale == "tiny":
         spec = spec.model_copy(update={k: min(getattr(spec, k), TINY[k]) for k in ("train_images", "val_images",
                                                                                   "test_images")}
-                               | {"long_side": min(spec.long_side or TINY["long_side"], TINY["long_side"])})
+                               | {side: min(getattr(spec, side) or TINY["long_side"], TINY["long_side"])
+                                  for side in ("long_side", "eval_long_side")})
     elif scale != "full":
         raise BuildError(f"--scale must be tiny or full, got {scale!r}")
     return spec
@@ -754,7 +757,8 @@ def plan(profile, data: str, out: typing.Union[str, Path], scale: str = "full", 
     n_eval = sp.test_images * (4 if sp.all_levels else 1)
     n_experts = len(profile.tiered_experts)
     steps = [Step("data", "data", [], {"data": ctx.data, "sizes": [sp.train_images, sp.val_images, sp.test_images],
-                                       "seed": sp.seed, "long_side": sp.long_side}, ["data.json"],
+                                       "seed": sp.seed, "long_side": sp.long_side,
+                                       "eval_long_side": sp.eval_long_side}, ["data.json"],
                   0.012 * (sp.train_images + sp.val_images + sp.test_images), run=_run_data,
                   note=f"train {sp.train_images}, validation {sp.val_images}, test {sp.test_images}")]
     trains = expert_steps(ctx)

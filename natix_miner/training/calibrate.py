@@ -377,7 +377,7 @@ def calibrate_profile(profile, data: str, n: typing.Optional[int] = None, seed: 
 
         check_writable(prof.consensus_file, "the fitted consensus", prof.path)  # before the run, not after it
     if samples is None:
-        samples = load_samples(data, limit=n, seed=seed, labelled=True)
+        samples = load_samples(data, limit=n, seed=seed, labelled=True, progress=progress)
     ch = make_challenges(samples, seed=seed, all_levels=all_levels, progress=progress)
     views = [decode_bytes(c.jpeg) for c in ch]
     y = np.array([c.label for c in ch])

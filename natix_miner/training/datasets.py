@@ -261,9 +261,10 @@ def from_procedural(n: int = DEFAULT_PROCEDURAL, seed: int = 0, long_side: typin
 
 
 def load_samples(spec: typing.Union[str, Path], limit: typing.Optional[int] = None, seed: int = 0,
-                 labelled: typing.Optional[bool] = None) -> typing.List[Sample]:
+                 labelled: typing.Optional[bool] = None, progress: bool = True) -> typing.List[Sample]:
     """Read a data spec (see the module docstring). ``limit`` keeps a seeded, class-balanced subset;
-    ``labelled=True`` fails on unlabelled data, ``False`` accepts it."""
+    ``labelled=True`` fails on unlabelled data, ``False`` accepts it; ``progress``: a bar while
+    procedural scenes render."""
     s = str(spec)
     if s == "procedural" or s.startswith("procedural:"):
         parts = s.split(":")
@@ -272,7 +273,7 @@ def load_samples(spec: typing.Union[str, Path], limit: typing.Optional[int] = No
             long_side = int(parts[2]) if len(parts) > 2 else None
         except ValueError:
             raise DataError(f"{s}: expected procedural[:N[:LONG_SIDE]]") from None
-        samples = from_procedural(n, seed=seed, long_side=long_side, progress=True)
+        samples = from_procedural(n, seed=seed, long_side=long_side, progress=progress)
     else:
         p = Path(s)
         if not p.exists():

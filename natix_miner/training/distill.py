@@ -41,7 +41,7 @@ def pseudo_label(teacher, data: str, out: typing.Union[str, Path], low: float = 
         raise ValueError("need 0 <= low < 0.5 < high <= 1")
     prof = teacher if isinstance(teacher, Profile) else load_profile(teacher)
     if samples is None:
-        samples = load_samples(data, limit=n, seed=seed)
+        samples = load_samples(data, limit=n, seed=seed, progress=progress)
     views, kept = level0_views(samples)
     if not kept:
         raise ValueError(f"{data}: no readable image")

@@ -139,7 +139,7 @@ def evaluate_profiles(profiles: typing.Sequence, data: str, n: typing.Optional[i
     if not profs:
         raise ValueError("no profile to evaluate")
     if samples is None:
-        samples = load_samples(data, limit=n, seed=seed, labelled=True)
+        samples = load_samples(data, limit=n, seed=seed, labelled=True, progress=progress)
     challenges = make_challenges(samples, seed=seed, all_levels=all_levels, progress=progress)
     names = _unique_names(profs)
     report: dict = {"data": str(data), "n": len(challenges), "images": len(samples), "seed": seed,

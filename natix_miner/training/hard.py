@@ -71,7 +71,7 @@ def mine(profile, data: str, out: typing.Union[str, Path], top: int = 100, n: ty
 
     prof = profile if isinstance(profile, Profile) else load_profile(profile)
     if samples is None:
-        samples = load_samples(data, limit=n, seed=seed)
+        samples = load_samples(data, limit=n, seed=seed, progress=progress)
     views, kept = level0_views(samples)
     if not kept:
         raise ValueError(f"{data}: no readable image")

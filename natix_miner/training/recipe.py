@@ -90,7 +90,12 @@ class BuildSpec(StrictModel):
     """Procedural data: training scenes use ``seed``, validation ``seed + 1``, test ``seed + 2``;
     a dataset: the seed of its split."""
     long_side: typing.Optional[int] = pydantic.Field(default=320, ge=32)
-    """Procedural scenes are rendered at this long side (None: the generator's own sizes)."""
+    """Procedural training scenes are rendered at this long side (None: the generator's own sizes)."""
+    eval_long_side: typing.Optional[int] = pydantic.Field(default=None, ge=32)
+    """Procedural validation and test scenes (the consensus fit, the escalation band, the report) are
+    rendered at this long side; None: the generator's own sizes, as ``natix-miner evaluate`` and the
+    mock validator render them. Calibrating on smaller renders than the miner is scored on shifts the
+    fitted threshold (demo-cpu: fitted on 320-px renders, its best threshold on full-size scenes was 0.33)."""
     all_levels: bool = False
     """Evaluate every held-out image at all four augmentation levels (default: levels balanced)."""
     calibrate_method: typing.Literal["logistic", "temperature", "isotonic"] = "logistic"

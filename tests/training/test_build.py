@@ -93,6 +93,28 @@ def test_plan_reports_what_this_build_cannot_train(tmp_path):
     assert by["train:qwen3_vl_8b"].gpu_gb > 0
 
 
+def test_validation_and_test_scenes_render_at_the_size_the_miner_is_scored_on():
+    """Training scenes at ``long_side``; the consensus fit and the report at the generator's own sizes
+    (what ``evaluate`` and the mock validator send), unless ``procedural:N:SIDE`` says otherwise."""
+    import io
+
+    from PIL import Image
+
+    from natix_miner.training.build import load_splits
+    from natix_miner.training.recipe import BuildSpec
+
+    def long_sides(splits):
+        return {name: {max(Image.open(io.BytesIO(s.bytes())).size) for s in v} for name, v in splits.items()}
+
+    spec = BuildSpec(train_images=2, val_images=2, test_images=2, long_side=96)
+    got = long_sides(load_splits("procedural", spec, progress=False))
+    assert got["train"] == {96}
+    assert min(got["val"] | got["test"]) > 96
+    assert long_sides(load_splits("procedural:2:64", spec, progress=False)) == dict.fromkeys(got, {64})
+    assert long_sides(load_splits("procedural", spec.model_copy(update={"eval_long_side": 80}), progress=False,
+                                  only="val")) == {"val": {80}}
+
+
 def test_operator_mistakes_are_one_error_line(tiny_profile, tmp_path, capsys):
     assert cli(["build", "no-such-profile", "--data", "procedural", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
