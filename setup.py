@@ -25,6 +25,10 @@ class BuildWithShipped(build_py):
         super().run()
         if getattr(self, "editable_mode", False):
             return
+        if not os.path.exists(os.path.join("natix_miner", "resources.py")):
+            # a dependencies-only build of a stub package (Dockerfile.miner's deps stage): nothing ships
+            print("BuildWithShipped: natix_miner/resources.py absent (a stub package): no shipped files")
+            return
         from pathlib import Path
 
         res = _resources()

@@ -60,6 +60,15 @@ async def _ask(wallet, info, seed: int, route=ImageSynapse):
     return r, time.monotonic() - t0
 
 
+def _demo_experts():
+    from natix_miner.config import load_profile
+
+    return [e.name for e in load_profile("demo-cpu").tiered_experts]
+
+
+DEMO_EXPERTS = _demo_experts()  # the embedded profile's experts, in tier order (what the cluster loads)
+
+
 def _ready(url: str):
     try:
         r = requests.get(url + "/readyz", timeout=2)
@@ -98,7 +107,7 @@ async def test_miner_answers_through_ray_serve_falls_back_when_the_cluster_dies_
         assert st.returncode == 0, st.stderr[-2000:]
         status = json.loads(st.stdout)
         assert status["ready"] and status["engine"] == "ray" and status["degraded"] == []
-        assert {n: e["load"] for n, e in status["experts"].items()} == {"effnet_lite0": "loaded", "ocr": "loaded"}
+        assert {n: e["load"] for n, e in status["experts"].items()} == dict.fromkeys(DEMO_EXPERTS, "loaded")
         st = subprocess.run([sys.executable, "-m", "natix_miner.cli", "engine", "status", "--ray", cluster.address,
                              "--app", "nope"], capture_output=True, text=True, env=_env(), timeout=120)
         errors = [ln for ln in st.stderr.splitlines() if ln.startswith("error:")]
@@ -123,7 +132,7 @@ async def test_miner_answers_through_ray_serve_falls_back_when_the_cluster_dies_
             return body if code == 200 else None
 
         body = await _wait(ready, 90, "/readyz 200", log_path)
-        assert body["checks"]["engine"]["loaded"] == ["effnet_lite0", "ocr"]
+        assert body["checks"]["engine"]["loaded"] == DEMO_EXPERTS
         info = axon_info("127.0.0.1", axon_port, miner_wallet.hotkey.ss58_address)
 
         # through Ray Serve: both routes, the model's answers (random noise is far from the fallback)
