@@ -1,7 +1,7 @@
 """Issue 7's CI check: a small model trained for a few minutes on procedural scenes, scored on a
 held-out procedural set under the validator's augmentation, per level, through the real engine.
 
-This is the slowest test in the suite (about 5 minutes on 2 idle CPU cores): it runs
+This is the slowest test in the suite (about 7 minutes on 2 idle CPU cores): it runs
 `scripts/train_procedural.py` as a user would and reads its report. The figures are printed (run
 pytest with -s to see them) and the report is kept under the test's tmp dir.
 """
@@ -18,7 +18,8 @@ ROOT = REPO_ROOT
 def test_small_model_learns_procedural_roadwork_per_level(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, os.path.join(ROOT, "scripts", "train_procedural.py"), "--out", str(out),
-           "--train", "640", "--val", "96", "--test", "160", "--long-side", "320", "--epochs", "3", "--seed", "0"]
+           "--train", "640", "--val", "160", "--test", "160", "--long-side", "320", "--epochs", "3", "--lr", "5e-4",
+           "--seed", "0"]
     # run it as a user would: without the OMP_NUM_THREADS=1 that importing ultralytics (in an earlier
     # test of this pytest process) leaves in os.environ; one thread gives other numbers (measured:
     # L0 0.770 and a calibrated threshold of 0.285 with it, on the same seed)
@@ -31,8 +32,9 @@ def test_small_model_learns_procedural_roadwork_per_level(tmp_path):
           f"train {report['seconds']['train']:.0f}s")
     assert set(per_level) == {0, 1, 2, 3}
     # it learned: well above chance at every level the validator sends, strongest at level 0
-    # (measured 2026-12-05 on 2 cores: L0 0.829, L1 0.781, L2 0.754, L3 0.682 on 160 held-out scenes;
-    # bounds leave room)
+    # (measured 2026-12-05 on 2 cores: L0 0.879, L1 0.820, L2 0.864, L3 0.682 on 160 held-out scenes,
+    # calibrated threshold 0.50; lr 1e-3 with 96 validation scenes was unstable across hosts: L0 0.829 on
+    # one, 0.635 on another with the same seeds; docs/training.md; bounds leave room)
     assert per_level[0] >= 0.65, per_level
     assert min(per_level.values()) >= 0.4, per_level
     # calibration put the MCC-best threshold near the validator's fixed 0.5
