@@ -205,6 +205,11 @@ def _tiny(ctx: Context, value, key: str):
     return min(value, TINY[key]) if ctx.scale == "tiny" and value is not None else value
 
 
+def _training_samples(splits: dict, rec) -> list:
+    """The training split, cut to the recipe's ``max_images`` when it sets one (every trainer)."""
+    return splits["train"][:rec.max_images] if rec.max_images else splits["train"]
+
+
 def _train_classifier(ctx: Context, spec) -> dict:
     import torch
 
@@ -222,9 +227,8 @@ def _train_classifier(ctx: Context, spec) -> dict:
                       device=ctx.spec.device, seed=ctx.spec.seed, freeze_backbone=rec.freeze_backbone,
                       workers=rec.workers,
                       max_steps_per_epoch=TINY["max_steps"] if ctx.scale == "tiny" else None)
-    train_samples = sp["train"][:rec.max_images] if rec.max_images else sp["train"]
     try:
-        res = train(cfg, train_samples, sp["val"], resume=(work / "last.pt").exists())
+        res = train(cfg, _training_samples(sp, rec), sp["val"], resume=(work / "last.pt").exists())
     except TrainingError as exc:
         raise BuildError(f"train:{spec.name}: {exc}") from None
     entry = res["expert"]
@@ -328,7 +332,7 @@ def _train_detector(ctx: Context, spec) -> dict:
     rec = ctx.spec.recipe(spec.name)
     work = _work(ctx, spec.name)
     sp = ctx.splits()
-    train = sp["train"][:rec.max_images] if rec.max_images else sp["train"]
+    train = _training_samples(sp, rec)
     labelled = ctx.out / "boxes" / _boxes_key(rec.teachers) / "coco" / "instances.json"
     if labelled.exists():
         ann = labelled
@@ -338,21 +342,13 @@ def _train_detector(ctx: Context, spec) -> dict:
         raise BuildError(f"train:{spec.name}: the training images carry no boxes and none were auto-labelled")
     size_key = "resolution" if spec.family == "rfdetr" else "imgsz"
     imgsz = _tiny(ctx, rec.imgsz or int(spec.options.get(size_key, 640)), "imgsz")
-    extra = {}
-    fields = getattr(DetectorConfig, "model_fields", None) or {f.name for f in dataclasses.fields(DetectorConfig)}
-    if "augment_copies" in fields:
-        extra["augment_copies"] = 0 if ctx.scale == "tiny" else rec.augment_copies
-    if "family" in fields:
-        extra["family"] = spec.family
-    elif spec.family != "ultralytics":
-        raise BuildError(f"train:{spec.name}: this build's train-detector has no {spec.family} trainer")
     cfg = DetectorConfig(coco=str(ann), out=str(work), epochs=_tiny(ctx, rec.epochs, "epochs"), imgsz=imgsz,
                          model=_detector_init(spec, rec),
                          batch=_tiny(ctx, rec.batch_size, "batch_size"), device=ctx.spec.device,
                          seed=ctx.spec.seed, val_fraction=len(sp["val"]) / (len(train) + len(sp["val"])),
                          resume=_unfinished(work / "train" / "weights" / "last.pt"), name=spec.name, amp=False,
-                         workers=rec.workers,
-                         **extra)
+                         workers=rec.workers, family=spec.family,
+                         augment_copies=0 if ctx.scale == "tiny" else rec.augment_copies)
     try:
         res = train_detector(cfg)
     except (CocoError, DetectorTrainingError, ValueError) as exc:
@@ -369,13 +365,9 @@ def _vlm_step(ctx: Context, spec, roles, cost) -> Step:
     """LoRA on the VLM tier's yes/no question (``natix_miner/training/vlm_lora.py``), from the recipe's
     ``init`` (a local base model) or, with ``--retrain``, the profile's own model; the merged
     checkpoint becomes the expert's model."""
-    import importlib.util
-
     rec = ctx.spec.recipe(spec.name)
     unavailable = None
-    if importlib.util.find_spec("natix_miner.training.vlm_lora") is None:
-        unavailable = "VLM LoRA fine-tuning (natix_miner/training/vlm_lora.py) is not in this build"
-    elif not rec.init and roles != ["retrain"]:
+    if not rec.init and roles != ["retrain"]:
         unavailable = (f"the base model {spec.model} is not here: set build.experts.{spec.name}.init to a local "
                        "base model folder to fine-tune")
     return Step(f"train:{spec.name}", "train", ["data"], {"recipe": rec.model_dump(include=VLM_KEYS),
@@ -389,7 +381,7 @@ def _train_vlm(ctx: Context, spec) -> dict:
 
     rec = ctx.spec.recipe(spec.name)
     sp = ctx.splits()
-    train = sp["train"][:rec.max_images] if rec.max_images else sp["train"]
+    train = _training_samples(sp, rec)
     steps = rec.steps or max(1, rec.epochs * len(train) // rec.batch_size)
     if ctx.scale == "tiny":
         steps = min(steps, TINY["max_steps"])
