@@ -27,6 +27,7 @@ FAMILIES: typing.Dict[str, str] = {
     "ultralytics": "natix_miner.experts.ultralytics_det:UltralyticsDetector",
     "rfdetr": "natix_miner.experts.rfdetr_det:RFDETRDetector",
     "hf_detector": "natix_miner.experts.hf_detector:HFDetector",
+    "timm_det": "natix_miner.experts.timm_det:TimmDetector",
     "grounding_dino": "natix_miner.experts.grounding_dino:GroundingDinoDetector",
     "owlv2": "natix_miner.experts.owlv2:Owlv2Detector",
     "sam3": "natix_miner.experts.sam3:Sam3Detector",

@@ -46,12 +46,13 @@ from pathlib import Path
 log = logging.getLogger("natix_miner.training")
 
 CLASSIFIER_FAMILIES = ("timm", "hf_classifier")
-DETECTOR_FAMILIES = ("ultralytics", "rfdetr", "hf_detector")
-DEFAULT_DETECTOR_INIT = {"rfdetr": "nano", "hf_detector": "d_fine"}  # random init (ultralytics: from the name)
+DETECTOR_FAMILIES = ("ultralytics", "rfdetr", "hf_detector", "timm_det")
+# random init (ultralytics: from the name); timm_det: the backbone's classification weights
+DEFAULT_DETECTOR_INIT = {"rfdetr": "nano", "hf_detector": "d_fine", "timm_det": "package:efficientnet_lite0"}
 # the recipe keys each trainer's step hash covers
 CLASSIFIER_KEYS = {"init", "epochs", "batch_size", "lr", "warmup_steps", "image_size", "imgsz", "freeze_backbone",
                    "label_smoothing", "export_dtype", "time_s", "gpu_gb", "max_images"}
-DETECTOR_KEYS = CLASSIFIER_KEYS | {"augment_copies"}
+DETECTOR_KEYS = CLASSIFIER_KEYS | {"augment_copies", "arch"}
 VLM_KEYS = {"init", "epochs", "steps", "batch_size", "lr", "warmup_steps", "max_images"}
 VLM_FAMILIES = ("vllm", "hf_vlm", "openai_vlm")
 TINY = {"train_images": 24, "val_images": 16, "test_images": 16, "epochs": 1, "max_steps": 3, "imgsz": 64,
@@ -304,8 +305,12 @@ def _detector_init(spec, rec) -> str:
     return DEFAULT_DETECTOR_INIT.get(spec.family) or _detector_yaml(spec.model)
 
 
-def _unfinished(last: Path) -> bool:
-    """An ultralytics ``last.pt`` of a run that was stopped before its last epoch (resumable)."""
+def _unfinished(work: Path, family: str) -> bool:
+    """A run of ``family`` in ``work`` to resume: ultralytics' ``last.pt`` of a run stopped before its
+    last epoch (a finished one is marked epoch -1); the PyTorch loops' (hf_detector, timm_det)
+    ``last.pt`` in any case (resuming a finished run trains nothing more and keeps its best). A step
+    whose inputs changed starts from an empty folder (:func:`run_build`)."""
+    last = work / "train" / ("weights/last.pt" if family == "ultralytics" else "last.pt")
     if not last.exists():
         return False
     import torch
@@ -314,7 +319,9 @@ def _unfinished(last: Path) -> bool:
         ck = torch.load(last, map_location="cpu", weights_only=False)
     except Exception:  # a checkpoint cut short by the kill: start the step over
         return False
-    return int(ck.get("epoch", -1)) != -1  # ultralytics marks a finished run's checkpoint with epoch -1
+    if family == "ultralytics":
+        return int(ck.get("epoch", -1)) != -1
+    return True
 
 
 def _detector_yaml(model: typing.Optional[str]) -> str:
@@ -340,13 +347,18 @@ def _train_detector(ctx: Context, spec) -> dict:
         ann = coco_from_samples(train + sp["val"], work / "coco")
     else:
         raise BuildError(f"train:{spec.name}: the training images carry no boxes and none were auto-labelled")
-    size_key = "resolution" if spec.family == "rfdetr" else "imgsz"
-    imgsz = _tiny(ctx, rec.imgsz or int(spec.options.get(size_key, 640)), "imgsz")
+    size_key = {"rfdetr": "resolution", "timm_det": "image_size"}.get(spec.family, "imgsz")
+    imgsz = _tiny(ctx, rec.imgsz or int(spec.options.get(size_key) or (224 if spec.family == "timm_det" else 640)),
+                  "imgsz")
+    model, model_options = _detector_init(spec, rec), {}
+    if spec.family == "timm_det":  # model: the backbone architecture; init: its classification weights
+        model, model_options = rec.arch or "tf_efficientnet_lite0", {"init": _detector_init(spec, rec)}
     cfg = DetectorConfig(coco=str(ann), out=str(work), epochs=_tiny(ctx, rec.epochs, "epochs"), imgsz=imgsz,
-                         model=_detector_init(spec, rec),
+                         model=model, model_options=model_options,
                          batch=_tiny(ctx, rec.batch_size, "batch_size"), device=ctx.spec.device,
+                         lr=rec.lr if "lr" in rec.model_fields_set else None,  # else the family's own
                          seed=ctx.spec.seed, val_fraction=len(sp["val"]) / (len(train) + len(sp["val"])),
-                         resume=_unfinished(work / "train" / "weights" / "last.pt"), name=spec.name, amp=False,
+                         resume=_unfinished(work, spec.family), name=spec.name, amp=False,
                          workers=rec.workers, family=spec.family,
                          augment_copies=0 if ctx.scale == "tiny" else rec.augment_copies)
     try:

@@ -101,14 +101,16 @@ def _train(sub) -> None:
 
 
 def _train_detector(sub) -> None:
-    p = sub.add_parser("train-detector", help="train a detector (ultralytics, rfdetr, hf_detector) on COCO roadwork boxes")
+    p = sub.add_parser("train-detector", help="train a detector (ultralytics, rfdetr, hf_detector, timm_det) on COCO "
+                                              "roadwork boxes")
     p.add_argument("--coco", required=True, help="COCO instances JSON (natix-miner autolabel writes OUT/coco/instances.json)")
     p.add_argument("--images", default=None, help="image folder (default: beside the JSON)")
     p.add_argument("--out", required=True)
-    p.add_argument("--family", default="ultralytics", choices=["ultralytics", "rfdetr", "hf_detector"])
+    p.add_argument("--family", default="ultralytics", choices=["ultralytics", "rfdetr", "hf_detector", "timm_det"])
     p.add_argument("--model", default="yolo11n.yaml",
                    help="ultralytics: bundled yaml or local .pt; rfdetr: nano|small|medium|large or local .pth; "
-                        "hf_detector: d_fine|rt_detr_v2 or a local save_pretrained dir")
+                        "hf_detector: d_fine|rt_detr_v2 or a local save_pretrained dir; timm_det: a timm architecture "
+                        "(tf_efficientnet_lite0)")
     p.add_argument("--arch", default="auto", choices=["auto", "yolo", "rtdetr"], help="ultralytics model class")
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--imgsz", type=int, default=640)
@@ -122,7 +124,8 @@ def _train_detector(sub) -> None:
                    help="validator-augmented copies of each training image (boxes moved along)")
     p.add_argument("--levels", default="0,1,2,3", help="validator levels of the image-level score ('' skips it)")
     p.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="rfdetr constructor / hf_detector config keyword (YAML value); repeat")
+                   help="rfdetr constructor / hf_detector config keyword / timm_det init, width, freeze_blocks, "
+                        "warmup_steps (YAML value); repeat")
     p.add_argument("--no-amp", action="store_true")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--name", default=None)

