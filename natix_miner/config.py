@@ -354,8 +354,9 @@ def resolve_profile_path(name_or_path: typing.Union[str, Path, None]) -> Path:
 
 def load_profile(name_or_path: typing.Union[str, Path, None] = None,
                  stand_ins: typing.Union[str, Path, bool, None] = None,
-                 device: typing.Union[str, bool, None] = None) -> Profile:
-    """Load and validate a profile; fitted consensus weights beside it override the YAML's.
+                 device: typing.Union[str, bool, None] = None, fitted: bool = True) -> Profile:
+    """Load and validate a profile; fitted consensus weights beside it override the YAML's
+    (``fitted=False``: the YAML's own, e.g. to rebuild a profile whose tiers changed since the fit).
 
     ``stand_ins`` (default: ``$NATIX_STAND_INS``): a directory written by ``natix-miner models stand-in``;
     every expert then loads its stand-in. ``device`` (default: ``$NATIX_DEVICE``): every expert and
@@ -369,9 +370,9 @@ def load_profile(name_or_path: typing.Union[str, Path, None] = None,
     if not isinstance(data, dict):
         raise ProfileError(f"{path}: top level must be a mapping")
     data["path"] = str(path)
-    fitted = path.with_name(path.stem + ".consensus.json")
-    if fitted.exists():
-        data["consensus"] = _fitted_consensus(fitted, data)
+    fit_path = path.with_name(path.stem + ".consensus.json")
+    if fitted and fit_path.exists():
+        data["consensus"] = _fitted_consensus(fit_path, data)
     from natix_miner import envs
 
     stand_ins = envs.get("NATIX_STAND_INS") if stand_ins is None else stand_ins  # False: as written

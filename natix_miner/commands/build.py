@@ -41,7 +41,8 @@ def main(args) -> int:
     from natix_miner.training.datasets import DataError
 
     try:
-        profile = load_profile(args.profile, stand_ins=False, device=False)
+        # the consensus beside the profile is refitted by the build (and may name experts since replaced)
+        profile = load_profile(args.profile, stand_ins=False, device=False, fitted=False)
     except ProfileError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
