@@ -26,6 +26,7 @@ def test_every_committed_profile_and_manifest_is_shipped():
     shipped = {p.as_posix() for p in resources.shipped_files(Path(REPO_ROOT))}
     assert sorted(set(tracked) - shipped) == []
     assert "configs/demo-cpu.yaml" in shipped and "models/demo/effnet_lite0_head.npz" in shipped
+    assert {"models/demo/effnet_lite0_roadwork.pth", "models/demo/effnet_lite0_det.pt"} <= set(shipped)
 
 
 def test_the_checkout_is_the_root_when_running_from_source(monkeypatch):
@@ -103,8 +104,8 @@ def test_installed_profile_validate_finds_the_shipped_profile(installed):
 
 @pytest.mark.slow  # ~20 s on 2 cores: the demo cascade loads and answers
 def test_installed_predict_runs_the_demo_profile(installed):
-    """The demo head (models/demo), the OCR manifest (store:rapidocr-ppocrv4) and the profile all come
-    from the package: a real answer from the demo model, not the fallback."""
+    """The demo's checkpoints (models/demo) and the profile come from the package: a real answer from the
+    demo model, not the fallback."""
     r = _run(installed, "predict", "bus.jpg", "--profile", "demo-cpu", "--json")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     line = next(ln for ln in r.stdout.splitlines() if ln.startswith("{"))
