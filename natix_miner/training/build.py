@@ -697,7 +697,8 @@ def _run_install(ctx: Context) -> dict:
 def write_manifest(ctx: Context, folder: Path, files: typing.Sequence[Path]) -> Path:
     """``folder/MANIFEST.json``'s ``build`` key: how the installed checkpoints were made (command,
     data, seeds, recipes), each file's sha256 and size, and the held-out figures. Other keys of an
-    existing manifest are kept."""
+    existing manifest are kept, and so are the records of files an earlier build installed that are
+    still there unchanged (same sha256), each with the command and date that made it."""
     from natix_miner.training.hub import _sha256
 
     path = folder / "MANIFEST.json"
@@ -710,7 +711,14 @@ def write_manifest(ctx: Context, folder: Path, files: typing.Sequence[Path]) -> 
             owner = next((n for n, e in experts.items() if Path(str(e.model or "")).name == f.name
                           or Path(str(e.options.get("weights", ""))).name == f.name), None)
             entries[f.name] = {"sha256": _sha256(f), "bytes": f.stat().st_size, "expert": owner,
-                               "recipe": ctx.spec.recipe(owner).model_dump(exclude_defaults=True) if owner else None}
+                               "recipe": ctx.spec.recipe(owner).model_dump(exclude_defaults=True) if owner else None,
+                               "command": ctx.command, "built": _now()}
+    before = doc.get("build") or {}
+    for name, e in (before.get("files") or {}).items():
+        f = folder / name
+        if name not in entries and f.is_file() and _sha256(f) == e.get("sha256"):
+            entries[name] = {**e, "command": e.get("command", before.get("command")),
+                             "built": e.get("built", before.get("built"))}
     sp = ctx.spec
     doc["build"] = {
         "command": ctx.command, "profile": ctx.profile.name, "data": ctx.data, "scale": ctx.scale,

@@ -227,6 +227,28 @@ def test_build_trains_a_timm_det_detector_from_the_wheels_weights(tmp_path):
     assert 0.0 <= answer["probability"] <= 1.0 and "cdet" in answer["experts"]
 
 
+def test_manifest_keeps_the_records_of_unchanged_earlier_checkpoints(tiny_profile, tmp_path):
+    """A build that installs one checkpoint keeps the record (sha256, command) of another that an earlier build
+    installed and that is still there unchanged; a file changed since loses its stale record."""
+    from natix_miner.config import load_profile
+    from natix_miner.training.build import plan, write_manifest
+
+    ctx, _ = plan(load_profile(tiny_profile), "procedural", tmp_path / "run", scale="tiny")
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "a.pth").write_bytes(b"a" * 10)
+    (folder / "b.pt").write_bytes(b"b" * 20)
+    ctx.command = "natix-miner build first"
+    write_manifest(ctx, folder, [folder / "a.pth"])
+    ctx.command = "natix-miner build second"
+    files = json.loads(write_manifest(ctx, folder, [folder / "b.pt"]).read_text())["build"]["files"]
+    assert set(files) == {"a.pth", "b.pt"} and files["a.pth"]["bytes"] == 10
+    assert (files["a.pth"]["command"], files["b.pt"]["command"]) == ("natix-miner build first", "natix-miner build second")
+    (folder / "a.pth").write_bytes(b"changed")
+    files = json.loads(write_manifest(ctx, folder, [folder / "b.pt"]).read_text())["build"]["files"]
+    assert set(files) == {"b.pt"}
+
+
 DEMO_HELD_OUT_SEED = 7  # the demo build trains on seed 1, calibrates on 2, reports on 3: 7 is none of them
 DEMO_MCC_FLOOR = 0.69  # measured 0.768 (2026-12-05, 120 scenes, seed 7); margin 0.08 for 120-scene noise
 
