@@ -660,7 +660,10 @@ def format_build_report(ctx: Context, rep: dict, markers: typing.Mapping[str, di
 
 
 def _run_install(ctx: Context) -> dict:
-    """Copy the new checkpoints to the paths the source profile names, and the consensus beside it."""
+    """Copy the new checkpoints to the paths the source profile names, the consensus beside it, and the
+    fitted escalation band into it (:func:`install_band`)."""
+    import yaml
+
     from natix_miner.config import REPO_ROOT
 
     _recover_checkpoints(ctx)
@@ -691,7 +694,41 @@ def _run_install(ctx: Context) -> dict:
     copied.append(str(target))
     for folder in sorted({Path(p).parent for p in copied[:-1]}):
         write_manifest(ctx, folder, [Path(p) for p in copied[:-1] if Path(p).parent == folder])
-    return {"installed": copied}
+    out = {"installed": copied}
+    band = (yaml.safe_load(ctx.ready_path.read_text()) or {}).get("escalation")
+    if isinstance(band, dict) and (ctx.out / ".build" / "calibrate.json").exists():
+        out["escalation"] = install_band(Path(ctx.profile.path), float(band["low"]), float(band["high"]))
+    return out
+
+
+BAND_COMMENT = "# fitted by `natix-miner build` (calibrate step)"
+
+
+def install_band(path: Path, low: float, high: float) -> dict:
+    """Write the fitted escalation band into the source profile ``path``, keeping its comments: the
+    top-level ``escalation:`` (one line or a block) becomes ``{low, high}`` and one-line per-tier
+    overrides go (the band was fitted on the cascade as a whole). Checked by parsing the result; a
+    layout this edit cannot handle is rewritten whole (comments lost, said in the result)."""
+    import re
+
+    import yaml
+
+    text = path.read_text()
+    before = yaml.safe_load(text)
+    line = f"escalation: {{low: {low:g}, high: {high:g}}}   {BAND_COMMENT}\n"
+    top = re.compile(r"^escalation:[^\n]*\n(?:[ \t]+[^\n]*\n|[ \t]*\n(?=[ \t]))*", re.M)
+    new = top.sub(lambda m: line, text, count=1) if top.search(text) else text.rstrip("\n") + "\n" + line
+    new = re.sub(r"^[ \t]+escalation:[ \t]*\{[^}\n]*\}[^\n]*\n", "", new, flags=re.M)
+    want = dict(before, escalation={"low": low, "high": high},
+                tiers=[{k: v for k, v in t.items() if k != "escalation"} for t in before.get("tiers") or []])
+    if yaml.safe_load(new) != want:
+        new = "# rewritten by `natix-miner build` (the escalation band); comments were lost\n" + \
+            yaml.safe_dump(want, sort_keys=False)
+        kept = False
+    else:
+        kept = True
+    path.write_text(new)
+    return {"low": low, "high": high, "profile": str(path), "comments_kept": kept}
 
 
 def write_manifest(ctx: Context, folder: Path, files: typing.Sequence[Path]) -> Path:
@@ -793,7 +830,8 @@ def plan(profile, data: str, out: typing.Union[str, Path], scale: str = "full", 
                       note="report.md + plots/"))
     if install:
         steps.append(Step("install", "install", ["report"], {}, [], 1.0, run=_run_install,
-                          note=f"checkpoints to the paths {Path(profile.path).name} names; consensus beside it"))
+                          note=f"checkpoints to the paths {Path(profile.path).name} names; consensus beside it; "
+                               "the fitted escalation band into it"))
     return ctx, steps
 
 

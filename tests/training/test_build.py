@@ -249,6 +249,30 @@ def test_manifest_keeps_the_records_of_unchanged_earlier_checkpoints(tiny_profil
     assert set(files) == {"b.pt"}
 
 
+@pytest.mark.parametrize("layout", ["flow", "block"])
+def test_install_writes_the_fitted_band_into_the_source_profile_keeping_its_comments(tmp_path, layout):
+    """The band calibrate fitted reaches the profile the miner serves (a build that installed only the checkpoints
+    and the consensus left demo-cpu on its old band: nothing escalated); per-tier overrides go; comments stay."""
+    from natix_miner.config import load_profile
+    from natix_miner.training.build import install_band
+
+    band = {"flow": "escalation: {low: 0.5, high: 0.5}   # the old band\n",
+            "block": "escalation:                  # climb while low < p < high\n  low: 0.3\n\n  high: 0.7\n"}[layout]
+    text = TINY_PROFILE.replace("deadline_s: 8.0\n", "deadline_s: 8.0\n" + band).replace(
+        "    budget_s: 3.0\n", "    budget_s: 3.0\n    escalation: {low: 0.25, high: 0.75}   # per tier\n")
+    path = tmp_path / "p.yaml"
+    path.write_text("# my notes on this profile\n" + text)
+    assert load_profile(path).tiers[1].escalation is not None
+    res = install_band(path, 0.02, 0.98)
+    assert res["comments_kept"], path.read_text()
+    prof = load_profile(path)
+    assert (prof.escalation.low, prof.escalation.high) == (0.02, 0.98)
+    assert all(t.escalation is None for t in prof.tiers)
+    new = path.read_text()
+    assert new.startswith("# my notes on this profile") and "# fitted by `natix-miner build`" in new
+    assert "# per tier" not in new and new.count("escalation:") == 1
+
+
 DEMO_HELD_OUT_SEED = 7  # the demo build trains on seed 1, calibrates on 2, reports on 3: 7 is none of them
 DEMO_MCC_FLOOR = 0.69  # measured 0.768 (2026-12-05, 120 scenes, seed 7); margin 0.08 for 120-scene noise
 
