@@ -962,6 +962,17 @@ def cascade_gain_note(rep: dict) -> str:
     return (f"Why not: {esc:.0%} of the challenges went past the first tier; the experts alone score "
             + ", ".join(f"{k} {v['overall']['mcc']:.3f}" for k, v in rep["experts"].items())
             + f"; the replayed cascade's MCC {steps}. A later tier can only add what its experts know "
-            "that the first does not, on the images the first leaves uncertain.")
+            "that the first does not, on the images the first leaves uncertain." + _overlap_note(rep.get("errors")))
+
+
+def _overlap_note(err: typing.Optional[dict]) -> str:
+    """`` Mistakes (each alone, at 0.5): ...`` from :func:`~natix_miner.training.evaluate.error_overlap`."""
+    if not err or len(err.get("experts", {})) < 2:
+        return ""
+    each = ", ".join(f"{k} {v}" for k, v in err["experts"].items())
+    pairs = "; ".join(f"{k}: {v} shared" for k, v in err["pairs"].items())
+    return (f" Mistakes on the {err['n']} challenges (each expert alone, at 0.5): {each}; {pairs}; "
+            f"{err['all']} made by every expert, which no consensus of these experts can fix; the cascade "
+            f"makes {err['cascade']}.")
 
 

@@ -192,6 +192,19 @@ def cross_fitted_alone(z, y, keys, fallback: float, seed: int = 0) -> np.ndarray
     return p
 
 
+def error_overlap(wrong: typing.Mapping[str, np.ndarray], cascade_wrong: np.ndarray) -> dict:
+    """How much the experts' mistakes (each alone, at 0.5) coincide: per expert its count, per pair how
+    many both make, how many every expert makes (no consensus of these experts can fix those), and the
+    cascade's own. ``{"n", "cascade", "experts": {name: k}, "pairs": {"a & b": k}, "all": k}``."""
+    names = list(wrong)
+    every = np.logical_and.reduce([wrong[n] for n in names]) if names else np.zeros(0, bool)
+    return {"n": int(len(cascade_wrong)), "cascade": int(cascade_wrong.sum()),
+            "experts": {n: int(wrong[n].sum()) for n in names},
+            "pairs": {f"{a} & {b}": int((wrong[a] & wrong[b]).sum())
+                      for i, a in enumerate(names) for b in names[i + 1:]},
+            "all": int(every.sum())}
+
+
 def evaluate_cascade_and_experts(profile, samples, seed: int = 0, all_levels: bool = False,
                                  concurrency: int = 16, progress: bool = True, plots=None) -> dict:
     """The cascade through the real engine against each expert alone and each tier, on the same challenges.
@@ -229,11 +242,12 @@ def evaluate_cascade_and_experts(profile, samples, seed: int = 0, all_levels: bo
     cascade = profile_report(challenges, results)
     p_cascade = np.array([r.probability for r in results], dtype=np.float64)
     keys = [c.key for c in challenges]
-    experts, series = {}, {"cascade": (y, p_cascade)}
+    experts, series, wrong = {}, {"cascade": (y, p_cascade)}, {}
     for j, name in enumerate(names):
         p = cross_fitted_alone(X[:, j], y, keys, prof.fallback_probability, seed)
         experts[name] = {**_metrics_by(y, p, lv, src), "answered": float(np.mean(~np.isnan(X[:, j])))}
         series[f"{name} alone"] = (y, p)
+        wrong[name] = (p > 0.5).astype(int) != y
     tiers = {}
     for k, tier in enumerate(prof.tiers):
         trial = prof.model_copy(update={"tiers": prof.tiers[:k + 1]})
@@ -243,7 +257,8 @@ def evaluate_cascade_and_experts(profile, samples, seed: int = 0, all_levels: bo
     gain = cascade["overall"]["mcc"] - (experts[best]["overall"]["mcc"] if best else 0.0)
     rep = {"profile": prof.name, "profile_path": prof.path, "n": len(challenges), "images": len(samples),
            "seed": seed, "all_levels": all_levels, "concurrency": concurrency, "cascade": cascade,
-           "experts": experts, "tiers": tiers, "best_expert": best, "gain_over_best_expert": float(gain)}
+           "experts": experts, "tiers": tiers, "best_expert": best, "gain_over_best_expert": float(gain),
+           "errors": error_overlap(wrong, (p_cascade > 0.5).astype(int) != y)}
     if plots:
         from natix_miner.training.plots import level_bars, pr_curves, reliability_diagram, threshold_curves
 
