@@ -5,9 +5,9 @@ outputs, its estimated cost, the function that runs it). :func:`plan` walks the 
 
 * ``data`` - the train / validation / test split (procedural data: three seeds, never overlapping);
 * ``train:EXPERT`` for every expert whose checkpoint the profile names and this machine lacks:
-  classifiers (``timm``, ``hf_classifier``: :mod:`.trainer`), detectors (``ultralytics``:
-  boxes from the data when it carries them, procedural scenes do, else auto-labelled; then
-  :mod:`.detector`), VLM adapters; a family without a trainer here is planned and reported as
+  classifiers (``timm``, ``hf_classifier``: :mod:`.trainer`), detectors (``ultralytics``,
+  ``rfdetr``, ``hf_detector``, ``timm_det``: boxes from the data when it carries them, procedural
+  scenes do, else auto-labelled; then :mod:`.detector`), VLM adapters; a family without a trainer here is planned and reported as
   ``not available: <why>``, never faked;
 * ``profile`` - the ready profile ``OUT/<name>.yaml``, pointing at the new checkpoints;
 * ``calibrate`` - the consensus (``OUT/<name>.consensus.json``, :mod:`.calibrate`) and the
@@ -15,8 +15,8 @@ outputs, its estimated cost, the function that runs it). :func:`plan` walks the 
 * ``evaluate`` - the cascade through the real engine on the held-out images, and every expert
   alone, every tier, every augmentation level, real against synthetic (:mod:`.evaluate`);
 * ``report`` - ``OUT/report.md`` and its plots (:mod:`.plots`);
-* ``install`` (``--install``) - the checkpoints copied to the paths the source profile names and
-  the consensus beside it, so the profile itself is ready.
+* ``install`` (``--install``) - the checkpoints copied to the paths the source profile names, the
+  consensus beside it and the fitted escalation band into it, so the profile itself is ready.
 
 Each step writes ``OUT/.build/STEP.json`` with the hash of its inputs (its settings, the data spec
 and the hashes of the steps it needs) when it finishes; a re-run skips a step whose marker matches
