@@ -262,6 +262,24 @@ def _rfdetr(spec, rec, scale, out, device):
     return model, {"model": f"{out.name}/checkpoint.pth"}
 
 
+def _timm_det(spec, rec, scale, out, device):
+    import torch
+
+    from natix_miner.experts.timm_det import save_checkpoint
+    from natix_miner.experts.timm_det_net import CenterNet
+
+    names = _classes(spec)
+    width = int(rec.get("width", 64))
+    with torch.device(device):
+        model = CenterNet(rec["arch"], len(names), width=width).eval()
+    if out is None:
+        return model, {}
+    out.mkdir(parents=True, exist_ok=True)
+    size = int(spec.options.get("image_size") or rec.get("image_size", 224))
+    save_checkpoint(model, out / "best.pt", rec["arch"], names, size, width, natix_stand_in=True)
+    return model, {"model": f"{out.name}/best.pt"}
+
+
 def _write_hf(cls, cfg: dict, spec, scale, out, device, processor: typing.Callable):
     """``cls`` built from the config mapping ``cfg``; with ``out``, saved with ``processor()`` beside it."""
     model = _instantiate(cls, _hf_config(cfg), device, _dtype(spec, scale))
@@ -353,7 +371,7 @@ def _vlm(spec, rec, scale, out, device):
 
 BUILDERS: typing.Dict[str, typing.Callable] = {
     "hf_classifier": _hf_classifier, "timm": _timm, "dino_head": _dino_head, "ultralytics": _ultralytics,
-    "rfdetr": _rfdetr, "grounding_dino": _grounding_dino, "owlv2": _owlv2, "sam3": _sam3,
+    "rfdetr": _rfdetr, "timm_det": _timm_det, "grounding_dino": _grounding_dino, "owlv2": _owlv2, "sam3": _sam3,
     "clip_zeroshot": _clip_zeroshot, "depth": _depth, "vllm": _vlm, "hf_vlm": _vlm,
 }
 

@@ -263,7 +263,7 @@ def test_full_scale_size_is_estimated_and_a_small_disk_is_refused_before_writing
     assert 85e9 < need < 105e9  # 47 B parameters, nearly all in half precision
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(build.shutil, "disk_usage", lambda path: usage(200e9, 199.99e9, 0.01e9))
-    demo = load_profile("demo-cpu", stand_ins=False, device=False)  # 37 MB of weights (cheap if not refused)
-    with pytest.raises(StandInError, match=r"need about 37 MB, .* has 10 MB free; choose another --out"):
+    demo = load_profile("demo-cpu", stand_ins=False, device=False)  # 31 MB: EfficientNet-Lite0 + its CenterNet, fp32
+    with pytest.raises(StandInError, match=r"need about 31 MB, .* has 10 MB free; choose another --out"):
         build.build_profile(demo, "full", tmp_path / "si")
     assert list((tmp_path / "si").iterdir()) == []
