@@ -735,7 +735,8 @@ def write_manifest(ctx: Context, folder: Path, files: typing.Sequence[Path]) -> 
     """``folder/MANIFEST.json``'s ``build`` key: how the installed checkpoints were made (command,
     data, seeds, recipes), each file's sha256 and size, and the held-out figures. Other keys of an
     existing manifest are kept, and so are the records of files an earlier build installed that are
-    still there unchanged (same sha256), each with the command and date that made it."""
+    still there unchanged (same sha256), each with the command and date that made it (also when this
+    build installed the same bytes again)."""
     from natix_miner.training.hub import _sha256
 
     path = folder / "MANIFEST.json"
@@ -753,8 +754,9 @@ def write_manifest(ctx: Context, folder: Path, files: typing.Sequence[Path]) -> 
     before = doc.get("build") or {}
     for name, e in (before.get("files") or {}).items():
         f = folder / name
-        if name not in entries and f.is_file() and _sha256(f) == e.get("sha256"):
-            entries[name] = {**e, "command": e.get("command", before.get("command")),
+        same = f.is_file() and e.get("sha256") == (entries[name]["sha256"] if name in entries else _sha256(f))
+        if same:  # the same bytes: keep the command and date that made them (a re-install changes nothing)
+            entries[name] = {**entries.get(name, e), "command": e.get("command", before.get("command")),
                              "built": e.get("built", before.get("built"))}
     sp = ctx.spec
     doc["build"] = {

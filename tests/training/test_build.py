@@ -229,7 +229,8 @@ def test_build_trains_a_timm_det_detector_from_the_wheels_weights(tmp_path):
 
 def test_manifest_keeps_the_records_of_unchanged_earlier_checkpoints(tiny_profile, tmp_path):
     """A build that installs one checkpoint keeps the record (sha256, command) of another that an earlier build
-    installed and that is still there unchanged; a file changed since loses its stale record."""
+    installed and that is still there unchanged; the same bytes installed again keep their record; a file changed
+    since loses its stale record."""
     from natix_miner.config import load_profile
     from natix_miner.training.build import plan, write_manifest
 
@@ -244,9 +245,13 @@ def test_manifest_keeps_the_records_of_unchanged_earlier_checkpoints(tiny_profil
     files = json.loads(write_manifest(ctx, folder, [folder / "b.pt"]).read_text())["build"]["files"]
     assert set(files) == {"a.pth", "b.pt"} and files["a.pth"]["bytes"] == 10
     assert (files["a.pth"]["command"], files["b.pt"]["command"]) == ("natix-miner build first", "natix-miner build second")
-    (folder / "a.pth").write_bytes(b"changed")
+    ctx.command = "natix-miner build third"  # installs b.pt again, the same bytes: its record stays the second's
     files = json.loads(write_manifest(ctx, folder, [folder / "b.pt"]).read_text())["build"]["files"]
-    assert set(files) == {"b.pt"}
+    assert files["b.pt"]["command"] == "natix-miner build second"
+    (folder / "a.pth").write_bytes(b"changed")
+    (folder / "b.pt").write_bytes(b"new bytes")
+    files = json.loads(write_manifest(ctx, folder, [folder / "b.pt"]).read_text())["build"]["files"]
+    assert set(files) == {"b.pt"} and files["b.pt"]["command"] == "natix-miner build third"
 
 
 @pytest.mark.parametrize("layout", ["flow", "block"])
