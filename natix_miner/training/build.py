@@ -7,8 +7,8 @@ outputs, its estimated cost, the function that runs it). :func:`plan` walks the 
 * ``train:EXPERT`` for every expert whose checkpoint the profile names and this machine lacks:
   classifiers (``timm``, ``hf_classifier``: :mod:`.trainer`), detectors (``ultralytics``,
   ``rfdetr``, ``hf_detector``, ``timm_det``: boxes from the data when it carries them, procedural
-  scenes do, else auto-labelled; then :mod:`.detector`), VLM adapters; a family without a trainer here is planned and reported as
-  ``not available: <why>``, never faked;
+  scenes do, else auto-labelled; then :mod:`.detector`), VLM adapters; a family without a trainer
+  here is planned and reported as ``not available: <why>``, never faked;
 * ``profile`` - the ready profile ``OUT/<name>.yaml``, pointing at the new checkpoints;
 * ``calibrate`` - the consensus (``OUT/<name>.consensus.json``, :mod:`.calibrate`) and the
   escalation band, on the validation images;
