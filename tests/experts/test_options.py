@@ -172,6 +172,7 @@ def test_which_dtypes_each_family_runs(family, dtype, ok):
     ("timm", "auto", "cuda:0", "float32"), ("timm", "bfloat16", "cuda:0", "bfloat16"), ("timm", "float16", "cpu", "float32"),
     ("hf_classifier", "float16", "cuda", "float16"), ("hf_classifier", "bfloat16", "cpu", "float32"),
     ("ultralytics", "auto", "cuda:1", "float16"), ("hf_detector", "auto", "cuda:0", "bfloat16"),
+    ("timm_det", "auto", "cuda:0", "float32"), ("timm_det", "float16", "cuda:0", "float16"),
     ("grounding_dino", "auto", "cuda:0", "float16"), ("depth", "auto", "cpu", "float32"),
     ("hf_vlm", "float16", "cpu", "float32"), ("hf_vlm", "bfloat16", "cpu", "bfloat16"), ("hf_vlm", "auto", "cpu", "auto"),
     ("vllm", "auto", "cuda:0", "auto"), ("vllm", "fp8", "cuda:0", "fp8"), ("vllm", "float16", "cpu", "float16")])
