@@ -56,9 +56,9 @@ def _expert(device: str, dtype: str):
     from natix_miner.config import load_profile
     from natix_miner.experts import create_expert
 
-    spec = load_profile("demo-cpu", stand_ins=False, device=False).expert("effnet_det")
-    spec = spec.model_copy(update={"device": device, "dtype": dtype})
-    ex = create_expert(spec, load_profile("demo-cpu", stand_ins=False, device=False))
+    profile = load_profile("demo-cpu", stand_ins=False, device=False)
+    spec = profile.expert("effnet_det").model_copy(update={"device": device, "dtype": dtype})
+    ex = create_expert(spec, profile)
     ex.load(device)
     return ex
 

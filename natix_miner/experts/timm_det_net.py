@@ -74,9 +74,6 @@ class CenterNet(nn.Module):
         self.std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
         self.num_classes = num_classes
 
-    def backbone_parameters(self) -> typing.List[nn.Parameter]:
-        return list(self.backbone.parameters())
-
     def forward(self, x: torch.Tensor) -> typing.Dict[str, torch.Tensor]:
         feats = self.backbone(x)
         y = self.lateral[-1](feats[-1])

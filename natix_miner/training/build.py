@@ -352,8 +352,7 @@ def _train_detector(ctx: Context, spec) -> dict:
                   "imgsz")
     model, model_options = _detector_init(spec, rec), {}
     if spec.family == "timm_det":  # model: the backbone architecture; init: its classification weights
-        model = rec.arch or "tf_efficientnet_lite0"
-        model_options = {"init": _detector_init(spec, rec), "warmup_steps": rec.warmup_steps}
+        model, model_options = rec.arch or "tf_efficientnet_lite0", {"init": model, "warmup_steps": rec.warmup_steps}
     cfg = DetectorConfig(coco=str(ann), out=str(work), epochs=_tiny(ctx, rec.epochs, "epochs"), imgsz=imgsz,
                          model=model, model_options=model_options,
                          batch=_tiny(ctx, rec.batch_size, "batch_size"), device=ctx.spec.device,

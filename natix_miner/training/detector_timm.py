@@ -95,6 +95,11 @@ def _frozen_eval(net) -> None:
             m.eval()
 
 
+def _score(row: dict) -> typing.Tuple[float, float]:
+    """How epochs rank: held-out top-peak MCC, ties broken by the lower held-out loss."""
+    return row["val_peak_mcc"], -row["val_loss"]
+
+
 def _mcc_best(scores: typing.Sequence[float], labels: typing.Sequence[int]) -> float:
     from natix_miner.training.metrics import mcc_curve
 
@@ -148,13 +153,13 @@ def train_timm_det(cfg, out: Path, train, held, classes) -> dict:
     total = steps_per_epoch * cfg.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, warmup)) * 0.5 * (
         1 + math.cos(math.pi * min(1.0, s / max(1, total)))))
-    start, best_score, history = 0, (-2.0, 0.0), []
+    start, history = 0, []
     if cfg.resume:
         state = torch.load(last, map_location=device, weights_only=False)
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
-        start, best_score, history = state["epoch"] + 1, tuple(state["best_score"]), state["history"]
+        start, history = state["epoch"] + 1, state["history"]
     frames, held_frames = _Frames(train, classes, cfg.imgsz), _Frames(held, classes, cfg.imgsz)
     hrng = np.random.default_rng(cfg.seed + 7)
     fixed = [held_frames.frame(i, hrng, flip=False) for i in range(len(held_frames))]  # one fixed view each
@@ -198,19 +203,17 @@ def train_timm_det(cfg, out: Path, train, held, classes) -> dict:
         history.append(row)
         print(f"timm_det epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.3f}, held-out loss "
               f"{row['val_loss']:.3f}, top-peak MCC {row['val_peak_mcc']:.3f}", flush=True)
-        score = (row["val_peak_mcc"], -row["val_loss"])
-        if score > best_score or not best.exists():
-            best_score = max(best_score, score)
+        if _score(row) > max(map(_score, history[:-1]), default=(-2.0, 0.0)) or not best.exists():  # first best wins
             save_checkpoint(net, best, cfg.model, classes, cfg.imgsz, width, init=init, epoch=row["epoch"],
                             held_out=row)
         tmp = last.with_suffix(".tmp")
         torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "epoch": epoch, "best_score": list(best_score), "history": history}, tmp)
+                    "epoch": epoch, "history": history}, tmp)
         os.replace(tmp, last)  # a kill mid-write leaves the previous epoch's checkpoint
     if not best.exists():
         raise DetectorTrainingError(f"timm_det: nothing trained ({cfg.epochs} epochs already done in {last})")
     metrics = dict(history[-1]) if history else {}
     metrics["epochs_done"] = len(history)
-    metrics["best_epoch"] = max(history, key=lambda r: (r["val_peak_mcc"], -r["val_loss"]))["epoch"] if history else -1
+    metrics["best_epoch"] = max(history, key=_score)["epoch"] if history else -1
     options = {"classes": {c: [c] for c in classes}, "min_score": 0.1}
     return {"best": best, "last": last, "metrics": metrics, "options": options, "data": None}

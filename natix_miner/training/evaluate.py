@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from natix_miner.stats import percentile
-from natix_miner.training.metrics import binary_metrics, pr_curve, reliability_bins, summarize
+from natix_miner.training.metrics import binary_metrics, pr_curve, reliability_bins, round_like_validator, summarize
 
 LEVELS = (0, 1, 2, 3)
 
@@ -247,7 +247,7 @@ def evaluate_cascade_and_experts(profile, samples, seed: int = 0, all_levels: bo
         p = cross_fitted_alone(X[:, j], y, keys, prof.fallback_probability, seed)
         experts[name] = {**_metrics_by(y, p, lv, src), "answered": float(np.mean(~np.isnan(X[:, j])))}
         series[f"{name} alone"] = (y, p)
-        wrong[name] = (p > 0.5).astype(int) != y
+        wrong[name] = round_like_validator(p) != y
     tiers = {}
     for k, tier in enumerate(prof.tiers):
         trial = prof.model_copy(update={"tiers": prof.tiers[:k + 1]})
@@ -258,7 +258,7 @@ def evaluate_cascade_and_experts(profile, samples, seed: int = 0, all_levels: bo
     rep = {"profile": prof.name, "profile_path": prof.path, "n": len(challenges), "images": len(samples),
            "seed": seed, "all_levels": all_levels, "concurrency": concurrency, "cascade": cascade,
            "experts": experts, "tiers": tiers, "best_expert": best, "gain_over_best_expert": float(gain),
-           "errors": error_overlap(wrong, (p_cascade > 0.5).astype(int) != y)}
+           "errors": error_overlap(wrong, round_like_validator(p_cascade) != y)}
     if plots:
         from natix_miner.training.plots import level_bars, pr_curves, reliability_diagram, threshold_curves
 
